@@ -1,0 +1,225 @@
+// `partita`: the command line. Each long-running command prints one `partita ready ...` line.
+import { mkdirSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { connect } from '@nats-io/transport-node';
+import { startDemoProducer } from './demo-producer.js';
+import { PartitaError } from './errors.js';
+import { startNatsServer } from './nats-server.js';
+import { defaultNatsUrl, startNode } from './node.js';
+import { formatStatus, readStatus } from './status.js';
+import { ensureTopology } from './topology.js';
+
+const USAGE = `usage: partita <command> [options]
+
+  dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
+      everything on one machine: a nats-server child, one node, the gateway
+  nats [--port N] [--data DIR] [--partitions N]
+      a local nats-server configured for Partita (JetStream, partition mapping)
+  node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
+      one worker node
+  gateway --nats URL [--port N]
+      the HTTP gateway
+  status [--nats URL] [--json]
+      partitions, owners, lag and checkpoint age
+
+--nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.`;
+
+class UsageError extends PartitaError {
+  constructor(detail: string) {
+    super('PARTITA_ERR_USAGE', detail);
+  }
+}
+
+function int(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a whole number, got "${v}"`);
+  return n;
+}
+
+function ready(pairs: Record<string, string | undefined>): void {
+  const parts = Object.entries(pairs)
+    .filter(([, v]) => v !== undefined)
+    .map(([k, v]) => `${k}=${v}`);
+  process.stdout.write(`partita ready ${parts.join(' ')}\n`);
+}
+
+/** Resolves on the first SIGTERM or SIGINT. */
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((res) => {
+    process.once('SIGTERM', () => res('SIGTERM'));
+    process.once('SIGINT', () => res('SIGINT'));
+  });
+}
+
+type Values = Record<string, string | boolean | undefined>;
+
+const COMMANDS: Record<
+  string,
+  { options: Record<string, { type: 'string' | 'boolean' }>; run: (v: Values) => Promise<number> }
+> = {
+  nats: {
+    options: { port: { type: 'string' }, data: { type: 'string' }, partitions: { type: 'string' } },
+    async run(v) {
+      const server = await startNatsServer({
+        port: int(v.port as string | undefined, 'port') ?? 4222,
+        dataDir: resolve((v.data as string | undefined) ?? '.partita/nats'),
+        partitions: int(v.partitions as string | undefined, 'partitions'),
+      });
+      const nc = await connect({ servers: server.url });
+      await ensureTopology(nc, { partitions: int(v.partitions as string | undefined, 'partitions') });
+      await nc.close();
+      ready({ nats: server.url });
+      const exited = new Promise<'exit'>((r) => server.process.once('exit', () => r('exit')));
+      const why = await Promise.race([untilSignal(), exited]);
+      if (why === 'exit') return 1;
+      await server.stop();
+      return 0;
+    },
+  },
+  node: {
+    options: {
+      nats: { type: 'string' },
+      actors: { type: 'string' },
+      data: { type: 'string' },
+      threads: { type: 'string' },
+      id: { type: 'string' },
+      'metrics-port': { type: 'string' },
+      partitions: { type: 'string' },
+    },
+    async run(v) {
+      const id = (v.id as string | undefined) ?? `node-${process.pid}`;
+      const dataDir = resolve((v.data as string | undefined) ?? `.partita/${id}`);
+      mkdirSync(dataDir, { recursive: true });
+      const node = await startNode({
+        natsUrl: (v.nats as string | undefined) ?? defaultNatsUrl(),
+        actorsDir: v.actors as string | undefined,
+        dataDir,
+        threads: int(v.threads as string | undefined, 'threads'),
+        id,
+        metricsPort: int(v['metrics-port'] as string | undefined, 'metrics-port') ?? 0,
+        partitions: int(v.partitions as string | undefined, 'partitions'),
+      });
+      ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
+      await untilSignal();
+      await node.stop();
+      return 0;
+    },
+  },
+  gateway: {
+    options: { nats: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' } },
+    async run(v) {
+      const { startGateway } = await import('../gateway/index.js');
+      const gw = await startGateway({
+        natsUrl: v.nats as string | undefined,
+        port: int(v.port as string | undefined, 'port') ?? 8080,
+        host: v.host as string | undefined,
+      });
+      ready({ gateway: gw.url, nats: (v.nats as string | undefined) ?? defaultNatsUrl() });
+      await untilSignal();
+      await gw.stop();
+      return 0;
+    },
+  },
+  dev: {
+    options: {
+      demo: { type: 'boolean' },
+      actors: { type: 'string' },
+      port: { type: 'string' },
+      'nats-port': { type: 'string' },
+      data: { type: 'string' },
+      partitions: { type: 'string' },
+    },
+    async run(v) {
+      const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
+      const partitions = int(v.partitions as string | undefined, 'partitions');
+      const server = await startNatsServer({
+        port: int(v['nats-port'] as string | undefined, 'nats-port') ?? 4222,
+        dataDir: resolve(dataDir, 'nats'),
+        partitions,
+      });
+      const stops: (() => Promise<void>)[] = [() => server.stop()];
+      try {
+        const node = await startNode({
+          natsUrl: server.url,
+          actorsDir: v.actors as string | undefined,
+          dataDir: resolve(dataDir, 'node'),
+          id: 'dev',
+          metricsPort: 0,
+          partitions,
+        });
+        stops.unshift(() => node.stop());
+        const { startGateway } = await import('../gateway/index.js');
+        const gw = await startGateway({
+          natsUrl: server.url,
+          port: int(v.port as string | undefined, 'port') ?? 8080,
+        });
+        stops.unshift(() => gw.stop());
+        if (v.demo) {
+          const nc = await connect({ servers: server.url, name: 'partita-demo' });
+          const demo = startDemoProducer(nc);
+          stops.unshift(async () => {
+            demo.stop();
+            await nc.drain();
+          });
+        }
+        ready({ gateway: gw.url, nats: server.url, metrics: node.metricsUrl });
+        if (v.demo) {
+          process.stderr.write(
+            `demo: watch ${gw.url}/v1/actors/warehouse/ams-1 or ${gw.url}/v1/actors/campaign/cmp-1; Ctrl-C stops\n`,
+          );
+        }
+        await untilSignal();
+      } finally {
+        for (const stop of stops) await stop().catch(() => undefined);
+      }
+      return 0;
+    },
+  },
+  status: {
+    options: { nats: { type: 'string' }, json: { type: 'boolean' } },
+    async run(v) {
+      const nc = await connect({ servers: ((v.nats as string | undefined) ?? defaultNatsUrl()).split(',') });
+      try {
+        const s = await readStatus(nc);
+        process.stdout.write(v.json ? `${JSON.stringify(s, null, 2)}\n` : `${formatStatus(s)}\n`);
+      } finally {
+        await nc.close();
+      }
+      return 0;
+    },
+  },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    process.stdout.write(`${USAGE}\n`);
+    return name ? 0 : 2;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    process.stderr.write(`partita: unknown command "${name}"\n${USAGE}\n`);
+    return 2;
+  }
+  let values: Values;
+  try {
+    values = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: false })
+      .values as Values;
+  } catch (err) {
+    process.stderr.write(`partita ${name}: ${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  try {
+    return await cmd.run(values);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      process.stderr.write(`partita ${name}: ${err.message}\n`);
+      return 2;
+    }
+    const e = err as Error & { code?: string };
+    process.stderr.write(`partita ${name}: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,60 @@
+// Every error Partita raises or writes into a dead letter, created once with a stable code.
+// docs/errors.md documents each code and how to solve it; a test keeps the two in step.
+
+export interface ErrorSpec {
+  readonly message: string;
+  /** HTTP status where the error reaches the gateway. */
+  readonly status: number;
+}
+
+export const ERRORS = {
+  // Dead-letter codes: written as the `Partita-Error-Code` header of `partita.dlq.<type>`.
+  PARTITA_ERR_DECODE: { message: 'payload could not be decoded', status: 400 },
+  PARTITA_ERR_UNKNOWN_TYPE: { message: 'no actor consumes this event type', status: 400 },
+  PARTITA_ERR_UNROUTABLE: { message: 'subject does not have the shape events.<type>.<key>', status: 400 },
+  PARTITA_ERR_UNMAPPED: {
+    message: 'event was not partitioned: the server lacks the partition mapping',
+    status: 500,
+  },
+  PARTITA_ERR_OVERSIZED: { message: 'payload is larger than the configured maximum', status: 413 },
+  PARTITA_ERR_HANDLER: { message: 'actor handler threw on this event after all retries', status: 500 },
+  PARTITA_ERR_PARTITION_MISMATCH: {
+    message: "event's partition does not match the node's partition count",
+    status: 500,
+  },
+  // Runtime errors.
+  PARTITA_ERR_USAGE: { message: 'invalid command line', status: 400 },
+  PARTITA_ERR_ACTOR_INVALID: { message: 'actor module is not a valid actor definition', status: 500 },
+  PARTITA_ERR_ACTORS_NOT_FOUND: { message: 'no actor modules found', status: 500 },
+  PARTITA_ERR_NATS_SERVER: { message: 'nats-server could not be started', status: 500 },
+  PARTITA_ERR_PARTITIONS_CONFLICT: {
+    message: 'the partition count differs from the one the deployment was created with',
+    status: 500,
+  },
+  PARTITA_ERR_RETENTION_GAP: {
+    message: 'the stream no longer holds events that a checkpoint needs',
+    status: 500,
+  },
+  PARTITA_ERR_STOPPED: { message: 'the node is stopping', status: 503 },
+  PARTITA_ERR_NOT_FOUND: { message: 'not found', status: 404 },
+  PARTITA_ERR_BAD_REQUEST: { message: 'bad request', status: 400 },
+} as const satisfies Record<string, ErrorSpec>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class PartitaError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+
+  constructor(code: ErrorCode, detail?: string, options?: { cause?: unknown }) {
+    const spec = ERRORS[code];
+    super(detail ? `${spec.message}: ${detail}` : spec.message, options);
+    this.name = 'PartitaError';
+    this.code = code;
+    this.status = spec.status;
+  }
+}
+
+export function isErrorCode(code: string): code is ErrorCode {
+  return Object.hasOwn(ERRORS, code);
+}

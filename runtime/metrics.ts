@@ -1,0 +1,117 @@
+// The node's Prometheus metrics. Worker threads report through their batch results, so one
+// registry on the main thread holds every observation of the process.
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+export interface NodeMetrics {
+  readonly registry: Registry;
+  readonly eventsIn: Counter<'partition'>;
+  readonly eventsApplied: Counter<'partition'>;
+  readonly deadLetters: Counter<'code'>;
+  readonly eventsOut: Counter<string>;
+  readonly stateChanges: Counter<string>;
+  readonly batchSize: Histogram<string>;
+  readonly handlerSeconds: Histogram<string>;
+  readonly endToEndSeconds: Histogram<string>;
+  readonly checkpointSeconds: Histogram<string>;
+  readonly consumerLagMessages: Gauge<'partition'>;
+  readonly consumerLagSeconds: Gauge<'partition'>;
+  readonly checkpointAgeSeconds: Gauge<'partition'>;
+  readonly ownedPartitions: Gauge<string>;
+  readonly actors: Gauge<string>;
+  readonly batchFailures: Counter<'partition'>;
+}
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60];
+
+export function createNodeMetrics(registry = new Registry()): NodeMetrics {
+  const r = [registry];
+  return {
+    registry,
+    eventsIn: new Counter({
+      name: 'partita_events_in_total',
+      help: 'Events taken from the input stream',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    eventsApplied: new Counter({
+      name: 'partita_events_applied_total',
+      help: 'Events applied to at least one actor and committed',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    deadLetters: new Counter({
+      name: 'partita_events_dead_lettered_total',
+      help: 'Events written to the dead-letter stream, by error code',
+      labelNames: ['code'],
+      registers: r,
+    }),
+    eventsOut: new Counter({
+      name: 'partita_events_out_total',
+      help: 'Events emitted by actors (ctx.emit) and published',
+      registers: r,
+    }),
+    stateChanges: new Counter({
+      name: 'partita_state_changes_total',
+      help: 'Committed state changes published',
+      registers: r,
+    }),
+    batchSize: new Histogram({
+      name: 'partita_batch_size',
+      help: 'Events per batch handed to a worker',
+      buckets: [1, 2, 5, 10, 50, 100, 500, 1000, 2000, 5000],
+      registers: r,
+    }),
+    handlerSeconds: new Histogram({
+      name: 'partita_handler_seconds',
+      help: 'Time spent in actor handlers per batch',
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    endToEndSeconds: new Histogram({
+      name: 'partita_end_to_end_seconds',
+      help: 'From JetStream publish to committed and published state, per event',
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    checkpointSeconds: new Histogram({
+      name: 'partita_checkpoint_seconds',
+      help: 'Duration of the LMDB commit of a batch (states, checkpoint, outbox)',
+      buckets: LATENCY_BUCKETS,
+      registers: r,
+    }),
+    consumerLagMessages: new Gauge({
+      name: 'partita_consumer_lag_messages',
+      help: 'Events of the partition in the stream not yet taken',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    consumerLagSeconds: new Gauge({
+      name: 'partita_consumer_lag_seconds',
+      help: 'Age of the last committed event when the partition is behind, else 0',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    checkpointAgeSeconds: new Gauge({
+      name: 'partita_checkpoint_age_seconds',
+      help: 'Seconds since the partition last committed a checkpoint',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    ownedPartitions: new Gauge({
+      name: 'partita_owned_partitions',
+      help: 'Partitions this node runs',
+      registers: r,
+    }),
+    actors: new Gauge({
+      name: 'partita_actors',
+      help: 'Actor instances (actor, key) with state on this node',
+      registers: r,
+    }),
+    batchFailures: new Counter({
+      name: 'partita_batch_failures_total',
+      help: 'Batches that failed before commit and were retried',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+  };
+}

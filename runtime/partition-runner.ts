@@ -1,0 +1,309 @@
+// Runs one partition on this node: pulls its events, hands batches to the worker pool (one batch
+// in flight at a time, which is what keeps per-key order), publishes what each commit produced,
+// and only then acknowledges. See ARCHITECTURE.md, "Checkpoint protocol".
+import {
+  AckPolicy,
+  type Consumer,
+  type ConsumerMessages,
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type JsMsg,
+} from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { pack, unpack } from 'msgpackr';
+import type { Piscina } from 'piscina';
+import type { RawEvent } from './batch.js';
+import type { BatchResult, BatchTask } from './batch-worker.js';
+import { producerSubject, publishDeadLetter } from './dead-letter.js';
+import type { Logger } from './logger.js';
+import type { NodeMetrics } from './metrics.js';
+import type { Outbox, StateStore } from './state-store.js';
+import { IN_PREFIX, IN_STREAM, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
+
+export interface PartitionDeps {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  pool: Piscina;
+  store: StateStore;
+  metrics: NodeMetrics;
+  log: Logger;
+  nodeId: string;
+  /** Most events handed to a worker at once. */
+  maxBatch: number;
+}
+
+export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED';
+
+const MSGPACK = 'application/msgpack';
+const nanos = (ms: number) => ms * 1_000_000;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function consumerName(partition: number): string {
+  return `partita-p${partition}`;
+}
+
+export class PartitionRunner {
+  status: PartitionStatus = 'STARTING';
+  /** Highest sequence committed in LMDB for this partition. */
+  committedSeq = 0;
+  lastCommitAt = 0;
+  private lastQueuedSeq = 0;
+  private queue: JsMsg[] = [];
+  private busy: Promise<void> | null = null;
+  private fetch: ConsumerMessages | null = null;
+  private consumer: Consumer | null = null;
+  private loop: Promise<void> | null = null;
+  private readonly label: { partition: string };
+  private readonly log: Logger;
+
+  constructor(
+    readonly partition: number,
+    private readonly deps: PartitionDeps,
+  ) {
+    this.label = { partition: String(partition) };
+    this.log = deps.log.child({ partition });
+  }
+
+  async start(): Promise<void> {
+    const cp = this.deps.store.checkpoint(this.partition);
+    this.committedSeq = cp?.seq ?? 0;
+    this.lastCommitAt = cp?.at ?? 0;
+    this.lastQueuedSeq = this.committedSeq;
+    const ob = this.deps.store.outbox(this.partition);
+    if (ob) await this.recoverOutbox(ob);
+    await this.createConsumer(this.committedSeq + 1);
+    this.status = 'RUNNING';
+    this.loop = this.pullLoop();
+  }
+
+  /** Stops pulling, finishes the batch in flight and publishes its outputs. */
+  async stop(): Promise<void> {
+    if (this.status === 'STOPPED') return;
+    this.status = 'STOPPING';
+    this.queue = [];
+    this.fetch?.stop();
+    await this.loop;
+    await this.busy;
+    this.status = 'STOPPED';
+  }
+
+  private async createConsumer(startSeq: number): Promise<void> {
+    const { jsm, js } = this.deps;
+    const name = consumerName(this.partition);
+    // The consumer's position is not the truth (the LMDB checkpoint is): recreate it at the
+    // checkpoint so nothing waits for an ack timeout after a crash.
+    await jsm.consumers.delete(IN_STREAM, name).catch(() => undefined);
+    await jsm.consumers.add(IN_STREAM, {
+      durable_name: name,
+      filter_subject: `${IN_PREFIX}.${this.partition}.>`,
+      ack_policy: AckPolicy.All,
+      ack_wait: nanos(120_000),
+      max_ack_pending: 100_000,
+      description: `owner=${this.deps.nodeId}`,
+      ...(startSeq > 1
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }
+        : { deliver_policy: DeliverPolicy.All }),
+    });
+    this.consumer = await js.consumers.get(IN_STREAM, name);
+  }
+
+  private async pullLoop(): Promise<void> {
+    const bufferMax = this.deps.maxBatch * 2;
+    let failures = 0;
+    while (this.status === 'RUNNING') {
+      const room = bufferMax - this.queue.length;
+      if (room < this.deps.maxBatch / 2) {
+        await this.busy;
+        continue;
+      }
+      try {
+        this.fetch = await this.consumer!.fetch({ max_messages: room, expires: 2000 });
+        for await (const m of this.fetch) {
+          if (this.status !== 'RUNNING') break;
+          // Redeliveries and duplicates below what is queued are already handled.
+          if (m.seq <= this.lastQueuedSeq) continue;
+          this.lastQueuedSeq = m.seq;
+          this.queue.push(m);
+          this.deps.metrics.consumerLagMessages.set(this.label, m.info.pending);
+          if (!this.busy) this.busy = this.drain();
+        }
+        failures = 0;
+      } catch (err) {
+        if (this.status !== 'RUNNING') break;
+        failures++;
+        this.log.warn({ err: (err as Error).message }, 'fetch failed; retrying');
+        await sleep(Math.min(2000, 50 * 2 ** failures));
+        if ((err as Error).message?.includes('consumer not found') || failures > 3) {
+          await this.createConsumer(this.lastQueuedSeq + 1).catch((e) =>
+            this.log.warn({ err: e.message }, 'consumer recreate failed'),
+          );
+        }
+      }
+    }
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0 && this.status !== 'STOPPED') {
+        const batch = this.queue.splice(0, this.deps.maxBatch);
+        await this.process(batch);
+      }
+    } finally {
+      this.busy = null;
+    }
+  }
+
+  private toRaw(m: JsMsg): RawEvent {
+    let headers: Record<string, string> | null = null;
+    let msgpack = false;
+    if (m.headers) {
+      headers = {};
+      for (const k of m.headers.keys()) headers[k] = m.headers.get(k);
+      msgpack = m.headers.get('Content-Type') === MSGPACK;
+    }
+    const parsed = parseInSubject(m.subject);
+    const raw: RawEvent = {
+      seq: m.seq,
+      type: parsed?.type ?? '',
+      key: parsed?.key ?? '',
+      data: m.data,
+      msgpack,
+      publishMs: Math.floor(m.info.timestampNanos / 1_000_000),
+      headers,
+    };
+    if (!parsed || parsed.partition !== this.partition) raw.badSubject = m.subject;
+    return raw;
+  }
+
+  private async process(batch: JsMsg[]): Promise<void> {
+    const { pool, metrics } = this.deps;
+    const events = batch.map((m) => this.toRaw(m));
+    metrics.eventsIn.inc(this.label, batch.length);
+    metrics.batchSize.observe(batch.length);
+    let result: BatchResult | undefined;
+    for (let attempt = 1; !result; attempt++) {
+      try {
+        const packed = pack(events);
+        const buf = new Uint8Array(packed.byteLength);
+        buf.set(packed);
+        const task: BatchTask = { partition: this.partition, events: buf };
+        const out = (await pool.run(task, { transferList: [buf.buffer] })) as Uint8Array;
+        result = unpack(out) as BatchResult;
+      } catch (err) {
+        // Nothing was committed: the same batch is tried again, so nothing is skipped.
+        metrics.batchFailures.inc(this.label);
+        this.log.error({ err: (err as Error).message, attempt }, 'batch failed before commit; retrying');
+        await sleep(Math.min(5000, 100 * 2 ** attempt));
+        if (this.status === 'STOPPED') return;
+      }
+    }
+    this.committedSeq = result.lastSeq;
+    this.lastCommitAt = Date.now();
+    metrics.handlerSeconds.observe(result.handlerMs / 1000);
+    metrics.checkpointSeconds.observe(result.commitMs / 1000);
+    metrics.actors.inc(result.created);
+    metrics.eventsApplied.inc(this.label, result.applied);
+    const bySeq = new Map<number, JsMsg>();
+    if (result.dead.length > 0) for (const m of batch) bySeq.set(m.seq, m);
+    await this.publishOutputs(result.changes, result.emits, result.dead, async (seq) => {
+      const m = bySeq.get(seq);
+      return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
+    });
+    const now = Date.now();
+    for (const e of events) metrics.endToEndSeconds.observe((now - e.publishMs) / 1000);
+    const last = batch[batch.length - 1]!;
+    const pending = last.info.pending;
+    metrics.consumerLagMessages.set(this.label, pending);
+    metrics.consumerLagSeconds.set(
+      this.label,
+      pending > 0 ? (now - events[events.length - 1]!.publishMs) / 1000 : 0,
+    );
+    // AckAll: one ack covers the whole batch. Only for retention and lag: the checkpoint is the truth.
+    last.ack();
+  }
+
+  /** Publishes what a commit produced; retried until NATS takes it, since the state is committed. */
+  private async publishOutputs(
+    changes: [string, string][],
+    emits: Outbox['emits'],
+    dead: Outbox['dead'],
+    original: (
+      seq: number,
+    ) => Promise<{ subject: string; data: Uint8Array; headers?: JsMsg['headers'] } | undefined>,
+  ): Promise<void> {
+    const { nc, js, metrics } = this.deps;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
+        for (const [kvKey, json] of changes) nc.publish(`$KV.${STATE_BUCKET}.${kvKey}`, json);
+        const acks: Promise<unknown>[] = [];
+        for (const [subject, msgID, json] of emits) acks.push(js.publish(subject, json, { msgID }));
+        for (const [seq, code, message, actor] of dead) {
+          const m = await original(seq);
+          if (!m) {
+            this.log.error(
+              { seq, code },
+              'dead letter lost its original event: the stream no longer holds it',
+            );
+            continue;
+          }
+          acks.push(
+            publishDeadLetter(js, {
+              subject: m.subject,
+              originalSubject: producerSubject(m.subject),
+              data: m.data,
+              headers: m.headers,
+              stream: IN_STREAM,
+              seq,
+              code,
+              message,
+              actor,
+            }).then(() => metrics.deadLetters.inc({ code })),
+          );
+        }
+        await Promise.all(acks);
+        if (changes.length > 0) await nc.flush();
+        metrics.stateChanges.inc(changes.length);
+        metrics.eventsOut.inc(emits.length);
+        return;
+      } catch (err) {
+        this.log.warn(
+          { err: (err as Error).message, attempt },
+          'publishing committed outputs failed; retrying',
+        );
+        await sleep(Math.min(2000, 50 * 2 ** attempt));
+      }
+    }
+  }
+
+  /** After a restart, publishes again what the last commit may not have published. */
+  private async recoverOutbox(ob: Outbox): Promise<void> {
+    const { store, jsm } = this.deps;
+    const changes: [string, string][] = [];
+    for (const [actor, key] of ob.keys) {
+      const rec = store.states.get([actor, key]);
+      if (!rec) continue;
+      changes.push([
+        stateKvKey(actor, key),
+        JSON.stringify({
+          actor,
+          key,
+          state: rec.s,
+          seq: rec.q,
+          updatedAt: new Date(rec.t).toISOString(),
+          partition: this.partition,
+        }),
+      ]);
+    }
+    await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
+      try {
+        const sm = await jsm.streams.getMessage(IN_STREAM, { seq });
+        return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
+      } catch {
+        return undefined;
+      }
+    });
+  }
+}

@@ -1,0 +1,79 @@
+// The subject namespace, in one place. See ARCHITECTURE.md, "Subjects".
+
+/** Producers publish here: `events.<type>.<key>`. */
+export const EVENTS_PREFIX = 'events';
+/** Where the server's partition mapping sends events: `partita.in.<partition>.<type>.<key>`. */
+export const IN_PREFIX = 'partita.in';
+/** Committed state changes, republished by the state KV bucket: `partita.state.<actor>.<key>`. */
+export const STATE_PREFIX = 'partita.state';
+/** Dead letters: `partita.dlq.<type>`. */
+export const DLQ_PREFIX = 'partita.dlq';
+
+export const IN_STREAM = 'PARTITA_IN';
+export const UNROUTED_STREAM = 'PARTITA_UNROUTED';
+export const DLQ_STREAM = 'PARTITA_DLQ';
+export const STATE_BUCKET = 'partita_state';
+export const META_BUCKET = 'partita_meta';
+
+/** The server-side mapping that assigns partitions; `partition(n, 2)` hashes the key token. */
+export function partitionMapping(partitions: number): Record<string, string> {
+  return {
+    [`${EVENTS_PREFIX}.*.*`]: `${IN_PREFIX}.{{partition(${partitions},2)}}.{{wildcard(1)}}.{{wildcard(2)}}`,
+  };
+}
+
+/**
+ * The partition nats-server assigns to a key: FNV-1a 32-bit over the key token, mod n.
+ * Used to check that the server's mapping and the node agree on the partition count.
+ */
+export function partitionOf(key: string, partitions: number): number {
+  let h = 0x811c9dc5;
+  const bytes = Buffer.from(key, 'utf8');
+  for (const b of bytes) {
+    h ^= b;
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return h % partitions;
+}
+
+export interface InSubject {
+  partition: number;
+  type: string;
+  key: string;
+}
+
+/** Parses `partita.in.<p>.<type>.<key>`; null when the subject has another shape. */
+export function parseInSubject(subject: string): InSubject | null {
+  const t = subject.split('.');
+  if (t.length !== 5 || t[0] !== 'partita' || t[1] !== 'in') return null;
+  const partition = Number(t[2]);
+  if (!Number.isInteger(partition) || partition < 0) return null;
+  return { partition, type: t[3]!, key: t[4]! };
+}
+
+/** The type token used for the dead-letter subject of any subject (`_` when there is none). */
+export function dlqTypeOf(subject: string): string {
+  const t = subject.split('.');
+  if (t[0] === 'partita' && t[1] === 'in') return t[3] || '_';
+  return t[1] || '_';
+}
+
+const KV_KEY_OK = /^[-/_=a-zA-Z0-9]+$/;
+
+/**
+ * KV keys allow fewer characters than subject tokens; other bytes are escaped as `=XX` (hex of
+ * the UTF-8 byte), so `partita.state.<actor>.<key>` carries the escaped key for such keys.
+ */
+export function kvToken(token: string): string {
+  if (KV_KEY_OK.test(token) && !token.includes('=')) return token;
+  let out = '';
+  for (const b of Buffer.from(token, 'utf8')) {
+    const c = String.fromCharCode(b);
+    out += /[-/_a-zA-Z0-9]/.test(c) ? c : `=${b.toString(16).padStart(2, '0').toUpperCase()}`;
+  }
+  return out;
+}
+
+export function stateKvKey(actor: string, key: string): string {
+  return `${kvToken(actor)}.${kvToken(key)}`;
+}
