@@ -1,0 +1,23 @@
+// Every NATS config in deploy/ is accepted by nats-server and maps partitions as the runtime does.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { partitionMapping } from '../runtime/index.js';
+
+const DEPLOY = fileURLToPath(new URL('../../deploy/', import.meta.url));
+
+it('nats-server -t accepts every deploy/*.conf, and each maps events like the runtime', () => {
+  const confs = readdirSync(DEPLOY).filter((f) => f.endsWith('.conf'));
+  assert.ok(confs.length > 0);
+  for (const f of confs) {
+    const r = spawnSync(process.env.PARTITA_NATS_SERVER || 'nats-server', ['-c', join(DEPLOY, f), '-t'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, `${f}: ${r.stderr}`);
+    const text = readFileSync(join(DEPLOY, f), 'utf8');
+    const n = Number(/partition\((\d+),2\)/.exec(text)?.[1]);
+    const [[from, to]] = Object.entries(partitionMapping(n)) as [[string, string]];
+    assert.ok(text.includes(`"${from}": "${to}"`), `${f} maps ${from} to ${to}`);
+  }
+});
