@@ -1,5 +1,6 @@
 // `partita`: the command line. Each long-running command prints one `partita ready ...` line.
 import { mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
@@ -50,6 +51,15 @@ function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((res) => {
     process.once('SIGTERM', () => res('SIGTERM'));
     process.once('SIGINT', () => res('SIGINT'));
+  });
+}
+
+/** `preferred` when it is free on loopback, else 0 (any free port): the ready line names the one used. */
+async function freeOr(preferred: number): Promise<number> {
+  return new Promise((res) => {
+    const srv = createServer();
+    srv.once('error', () => res(0));
+    srv.listen(preferred, '127.0.0.1', () => srv.close(() => res(preferred)));
   });
 }
 
@@ -135,7 +145,7 @@ const COMMANDS: Record<
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
       const partitions = int(v.partitions as string | undefined, 'partitions');
       const server = await startNatsServer({
-        port: int(v['nats-port'] as string | undefined, 'nats-port') ?? 4222,
+        port: int(v['nats-port'] as string | undefined, 'nats-port') ?? (await freeOr(4222)),
         dataDir: resolve(dataDir, 'nats'),
         partitions,
       });

@@ -33,10 +33,14 @@ describe('partita command line', () => {
   it('exits 1 with the error code when actors are invalid', () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'bad.mjs'), 'export default { name: "bad" };\n');
-    const r = spawnSync(process.execPath, [PARTITA_BIN, 'node', '--nats', nats.url, '--actors', dir, '--data', join(dir, 'd')], {
-      encoding: 'utf8',
-      timeout: 20_000,
-    });
+    const r = spawnSync(
+      process.execPath,
+      [PARTITA_BIN, 'node', '--nats', nats.url, '--actors', dir, '--data', join(dir, 'd')],
+      {
+        encoding: 'utf8',
+        timeout: 20_000,
+      },
+    );
     assert.equal(r.status, 1);
     assert.match(r.stderr, /PARTITA_ERR_ACTOR_INVALID/);
     assert.match(r.stderr, /`events` must be a non-empty list/);
@@ -45,7 +49,10 @@ describe('partita command line', () => {
   it('loads only .js, .mjs and .ts modules from --actors, TypeScript without a build', async () => {
     const dir = tempDir();
     copyFileSync(join(TS_ACTORS, 'greeter.ts'), join(dir, 'greeter.ts'));
-    writeFileSync(join(dir, 'counter.mjs'), "export default { name: 'counter', events: ['hello'], initial: () => ({ n: 0 }), handle(s) { s.n++; } };\n");
+    writeFileSync(
+      join(dir, 'counter.mjs'),
+      "export default { name: 'counter', events: ['hello'], initial: () => ({ n: 0 }), handle(s) { s.n++; } };\n",
+    );
     writeFileSync(join(dir, 'notes.txt'), 'not an actor');
     writeFileSync(join(dir, 'types.d.ts'), 'export {};');
     mkdirSync(join(dir, 'nested'));
@@ -53,19 +60,36 @@ describe('partita command line', () => {
     const files = findActorFiles(dir).map((f) => f.slice(dir.length + 1));
     assert.deepEqual(files, ['counter.mjs', 'greeter.ts']);
     const actors = await loadActors(findActorFiles(dir));
-    assert.deepEqual(actors.map((a) => [a.name, a.guarantee]), [
-      ['counter', 'exactly-once'],
-      ['greeter', 'exactly-once'],
-    ]);
+    assert.deepEqual(
+      actors.map((a) => [a.name, a.guarantee]),
+      [
+        ['counter', 'exactly-once'],
+        ['greeter', 'exactly-once'],
+      ],
+    );
 
-    const node = await spawnPartita(['node', '--nats', nats.url, '--actors', dir, '--data', join(dir, 'data'), '--id', 'ts-node']);
+    const node = await spawnPartita([
+      'node',
+      '--nats',
+      nats.url,
+      '--actors',
+      dir,
+      '--data',
+      join(dir, 'data'),
+      '--id',
+      'ts-node',
+    ]);
     try {
       assert.equal(node.ready.node, 'ts-node');
       assert.match(node.ready.metrics ?? '', /^http:\/\/127\.0\.0\.1:\d+$/);
       const nc = await nats.connect();
       nc.publish('events.hello.world', JSON.stringify({ name: 'Ada' }));
       const kv = await new Kvm(nc).open(STATE_BUCKET);
-      const v = await check(async () => (await kv.get('greeter.world'))?.json<{ state: unknown }>(), 20_000, 'greeter state');
+      const v = await check(
+        async () => (await kv.get('greeter.world'))?.json<{ state: unknown }>(),
+        20_000,
+        'greeter state',
+      );
       assert.deepEqual(v.state, { greetings: 1, last: 'Ada' });
       const metrics = await (await fetch(`${node.ready.metrics}/metrics`)).text();
       assert.match(metrics, /partita_events_applied_total\{partition="\d+"\} 1/);
@@ -78,15 +102,59 @@ describe('partita command line', () => {
 
   it('status --json names the owner of every partition', async () => {
     const dir = tempDir();
-    const node = await spawnPartita(['node', '--nats', nats.url, '--data', join(dir, 'data'), '--id', 'owner-1']);
+    const node = await spawnPartita([
+      'node',
+      '--nats',
+      nats.url,
+      '--data',
+      join(dir, 'data'),
+      '--id',
+      'owner-1',
+    ]);
     try {
-      const r = spawnSync(process.execPath, [PARTITA_BIN, 'status', '--json', '--nats', nats.url], { encoding: 'utf8' });
+      const r = spawnSync(process.execPath, [PARTITA_BIN, 'status', '--json', '--nats', nats.url], {
+        encoding: 'utf8',
+      });
       assert.equal(r.status, 0, r.stderr);
       const s = JSON.parse(r.stdout) as { partitions: { partition: number; owner: string | null }[] };
       assert.equal(s.partitions.length, 4);
       for (const p of s.partitions) assert.equal(p.owner, 'owner-1');
     } finally {
       await node.kill('SIGTERM');
+    }
+  });
+
+  it('dev --demo serves state that changes as the demo publishes', async () => {
+    const dir = tempDir();
+    const dev = await spawnPartita(
+      ['dev', '--demo', '--data', dir, '--port', '0', '--nats-port', '0'],
+      {},
+      30_000,
+    );
+    try {
+      const gw = dev.ready.gateway!;
+      assert.match(gw, /^http:\/\/127\.0\.0\.1:\d+$/);
+      assert.match(dev.ready.nats ?? '', /^nats:\/\//);
+      const read = async () => {
+        const r = await fetch(`${gw}/v1/actors/campaign/cmp-1`);
+        return r.status === 200
+          ? ((await r.json()) as { seq: number; state: { impressions: number } })
+          : undefined;
+      };
+      const first = await check(read, 20_000, 'demo state');
+      const later = await check(
+        async () => {
+          const v = await read();
+          return v && v.seq > first.seq ? v : undefined;
+        },
+        20_000,
+        'a later demo state',
+      );
+      assert.ok(later.state.impressions >= first.state.impressions);
+      const ready = await fetch(`${gw}/readyz`);
+      assert.equal(ready.status, 200);
+    } finally {
+      assert.equal(await dev.kill('SIGINT'), 0);
     }
   });
 });
