@@ -26,8 +26,11 @@ export interface DeadLetterInput {
   actor?: string | null;
 }
 
-/** Publishes a dead letter and waits for JetStream's ack; its message id makes a retry a no-op. */
-export async function publishDeadLetter(js: JetStreamClient, d: DeadLetterInput): Promise<void> {
+/**
+ * Publishes a dead letter and waits for JetStream's ack; its message id makes a retry a no-op.
+ * Resolves false when JetStream dropped it as a duplicate of one already written (count only true).
+ */
+export async function publishDeadLetter(js: JetStreamClient, d: DeadLetterInput): Promise<boolean> {
   const h = natsHeaders();
   if (d.headers) {
     for (const k of d.headers.keys()) {
@@ -42,10 +45,11 @@ export async function publishDeadLetter(js: JetStreamClient, d: DeadLetterInput)
   h.set(DLQ_HEADERS.stream, d.stream);
   h.set(DLQ_HEADERS.seq, String(d.seq));
   if (d.actor) h.set(DLQ_HEADERS.actor, d.actor);
-  await js.publish(`${DLQ_PREFIX}.${dlqTypeOf(d.subject)}`, d.data, {
+  const ack = await js.publish(`${DLQ_PREFIX}.${dlqTypeOf(d.subject)}`, d.data, {
     headers: h,
     msgID: `dlq:${d.stream}:${d.seq}:${d.actor ?? '-'}`,
   });
+  return !ack.duplicate;
 }
 
 /** `partita.in.<p>.<type>.<key>` was published by a producer as `events.<type>.<key>`. */

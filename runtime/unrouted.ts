@@ -37,7 +37,7 @@ export class UnroutedDeadLetterer {
             const message = unmapped
               ? 'the server has no partition mapping for events.*.*: start it with `partita nats` or a config from deploy/'
               : `subject "${m.subject}" does not have the shape events.<type>.<key>`;
-            await publishDeadLetter(this.js, {
+            const written = await publishDeadLetter(this.js, {
               subject: m.subject,
               data: m.data,
               headers: m.headers,
@@ -46,7 +46,8 @@ export class UnroutedDeadLetterer {
               code,
               message,
             });
-            this.metrics.deadLetters.inc({ code });
+            // A redelivery (after a crash between publish and ack) was deduplicated: count it once.
+            if (written) this.metrics.deadLetters.inc({ code });
             await m.ackAck();
           }
         } catch (err) {
