@@ -79,14 +79,7 @@ export default async function runBatch(task: BatchTask): Promise<unknown> {
     if (w.created) created++;
     changes.push([
       stateKvKey(w.actor, w.key),
-      JSON.stringify({
-        actor: w.actor,
-        key: w.key,
-        state: w.record.s,
-        seq: w.record.q,
-        updatedAt,
-        partition: task.partition,
-      }),
+      `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${task.partition}}`,
     ]);
   }
   const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);

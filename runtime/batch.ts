@@ -42,7 +42,8 @@ export interface DeadLetter {
 
 export interface ApplyOutput {
   /** The records to write, keyed by [actor, key]. */
-  writes: { actor: string; key: string; record: StateRecord; created: boolean }[];
+  /** `json` is the state as JSON, as it goes out on `partita.state.*`. */
+  writes: { actor: string; key: string; record: StateRecord; created: boolean; json: string }[];
   emits: Outbox['emits'];
   dead: DeadLetter[];
   /** Events applied to at least one actor. */
@@ -226,16 +227,57 @@ export function applyBatch(
   }
 
   const writes: ApplyOutput['writes'] = [];
+  let emitsOut = emits;
   for (const e of entries.values()) {
     if (!e.changed) continue;
+    let json = toJson(e.state);
+    if (json === undefined) {
+      // Slow path: find the events that made the state unserialisable and dead-letter them.
+      const bad = new Set<number>();
+      const fresh = load(e.actor.name, e.key);
+      e.state = fresh ? fresh.s : e.actor.def.initial(e.key);
+      const kept: ActorEvent[] = [];
+      for (const ev of e.applied) {
+        run(e, ev, false);
+        if (toJson(e.state) !== undefined) {
+          kept.push(ev);
+          continue;
+        }
+        bad.add(ev.seq);
+        dead.push({
+          seq: ev.seq,
+          code: 'PARTITA_ERR_HANDLER',
+          message: `${e.actor.name}: state is not JSON-serialisable after this event`,
+          actor: e.actor.name,
+        });
+        const again = load(e.actor.name, e.key);
+        e.state = again ? again.s : e.actor.def.initial(e.key);
+        for (const k of kept) run(e, k, false);
+      }
+      const prefix = `pt:${e.actor.name}:`;
+      emitsOut = emitsOut.filter(
+        ([, id]) => !(id.startsWith(prefix) && bad.has(Number(id.slice(prefix.length).split(':')[0]))),
+      );
+      json = toJson(e.state);
+      if (json === undefined) continue;
+    }
     writes.push({
       actor: e.actor.name,
       key: e.key,
       record: { s: e.state, q: e.seq, t: opts.now },
       created: !e.base,
+      json,
     });
   }
-  return { writes, emits, dead, applied, lastSeq };
+  return { writes, emits: emitsOut, dead, applied, lastSeq };
+}
+
+function toJson(state: unknown): string | undefined {
+  try {
+    return JSON.stringify(state) ?? undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export function actorsByType(actors: readonly LoadedActor[]): Map<string, LoadedActor[]> {

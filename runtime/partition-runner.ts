@@ -72,7 +72,10 @@ export class PartitionRunner {
     this.lastCommitAt = cp?.at ?? 0;
     this.lastQueuedSeq = this.committedSeq;
     const ob = this.deps.store.outbox(this.partition);
-    if (ob) await this.recoverOutbox(ob);
+    if (ob && ob.seq > this.deps.store.published(this.partition)) {
+      await this.recoverOutbox(ob);
+      await this.deps.store.markPublished(this.partition, ob.seq);
+    }
     await this.createConsumer(this.committedSeq + 1);
     this.status = 'RUNNING';
     this.loop = this.pullLoop();
@@ -196,7 +199,8 @@ export class PartitionRunner {
         metrics.batchFailures.inc(this.label);
         this.log.error({ err: (err as Error).message, attempt }, 'batch failed before commit; retrying');
         await sleep(Math.min(5000, 100 * 2 ** attempt));
-        if (this.status === 'STOPPED') return;
+        // Nothing was committed, so a stopping node may leave the batch for the next owner.
+        if (this.status !== 'RUNNING') return;
       }
     }
     this.committedSeq = result.lastSeq;
@@ -211,6 +215,9 @@ export class PartitionRunner {
       const m = bySeq.get(seq);
       return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
     });
+    // The outbox is published: a restart must not publish it again (JetStream's duplicate window
+    // only covers two minutes). Not awaited: lmdb-js orders it before the next commit.
+    void this.deps.store.markPublished(this.partition, result.lastSeq);
     const now = Date.now();
     for (const e of events) metrics.endToEndSeconds.observe((now - e.publishMs) / 1000);
     const last = batch[batch.length - 1]!;
@@ -260,7 +267,9 @@ export class PartitionRunner {
               code,
               message,
               actor,
-            }).then(() => metrics.deadLetters.inc({ code })),
+            }).then((written) => {
+              if (written) metrics.deadLetters.inc({ code });
+            }),
           );
         }
         await Promise.all(acks);

@@ -2,6 +2,7 @@
 //   states: [actor, key]        -> StateRecord
 //   meta:   ['cp', partition]   -> Checkpoint  (input position, committed with the states)
 //           ['ob', partition]   -> Outbox      (what the last commit must publish)
+//           ['pub', partition]  -> number      (sequence of the last outbox fully published)
 // Every batch writes its states, checkpoint and outbox in ONE transaction: that is the
 // exactly-once invariant (see ARCHITECTURE.md, "Checkpoint protocol").
 import { join } from 'node:path';
@@ -40,6 +41,9 @@ export interface StateStore {
   readonly meta: Database<unknown, [string, number]>;
   checkpoint(partition: number): Checkpoint | undefined;
   outbox(partition: number): Outbox | undefined;
+  /** Sequence of the last outbox whose outputs were all published; 0 if none. */
+  published(partition: number): number;
+  markPublished(partition: number, seq: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
@@ -53,6 +57,8 @@ export function openStateStore(dataDir: string): StateStore {
     meta,
     checkpoint: (p) => meta.get(['cp', p]) as Checkpoint | undefined,
     outbox: (p) => meta.get(['ob', p]) as Outbox | undefined,
+    published: (p) => (meta.get(['pub', p]) as number | undefined) ?? 0,
+    markPublished: (p, seq) => meta.put(['pub', p], seq),
     close: () => root.close(),
   };
 }

@@ -101,7 +101,8 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     name: UNROUTED_STREAM,
     subjects: [`${EVENTS_PREFIX}.>`],
     storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
+    // A work queue: an unrouted event leaves once it has been dead-lettered.
+    retention: RetentionPolicy.Workqueue,
     duplicate_window: nanos(120_000),
     num_replicas: replicas,
   });

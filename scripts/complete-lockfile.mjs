@@ -28,11 +28,18 @@ for (const [path, meta] of Object.entries(pkgs)) {
     if (pkgs[key] || pkgs[nested]) continue;
     const p = platform(dep);
     if (!p.os && !p.cpu) continue;
-    pkgs[key] = { version: range.replace(/^[\^~=]/, ''), ...(meta.dev ? { dev: true } : {}), optional: true, ...p };
+    pkgs[key] = {
+      version: range.replace(/^[\^~=]/, ''),
+      ...(meta.dev ? { dev: true } : {}),
+      optional: true,
+      ...p,
+    };
     added++;
   }
 }
-const sorted = Object.fromEntries(Object.entries(pkgs).sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : a < b ? -1 : 1)));
+const sorted = Object.fromEntries(
+  Object.entries(pkgs).sort(([a], [b]) => (a === '' ? -1 : b === '' ? 1 : a < b ? -1 : 1)),
+);
 lock.packages = sorted;
 writeFileSync(file, `${JSON.stringify(lock, null, 2)}\n`);
 console.log(`complete-lockfile: added ${added} platform entries`);

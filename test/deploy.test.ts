@@ -13,7 +13,9 @@ it('nats-server -t accepts every deploy/*.conf, and each maps events like the ru
   const confs = readdirSync(DEPLOY).filter((f) => f.endsWith('.conf'));
   assert.ok(confs.length > 0);
   for (const f of confs) {
-    const r = spawnSync(process.env.PARTITA_NATS_SERVER || 'nats-server', ['-c', join(DEPLOY, f), '-t'], { encoding: 'utf8' });
+    const r = spawnSync(process.env.PARTITA_NATS_SERVER || 'nats-server', ['-c', join(DEPLOY, f), '-t'], {
+      encoding: 'utf8',
+    });
     assert.equal(r.status, 0, `${f}: ${r.stderr}`);
     const text = readFileSync(join(DEPLOY, f), 'utf8');
     const n = Number(/partition\((\d+),2\)/.exec(text)?.[1]);
