@@ -5,7 +5,7 @@ import { pack, unpack } from 'msgpackr';
 import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
-import { type ApplyOptions, actorsByType, applyBatch, type RawEvent } from './batch.js';
+import { actorsByType, applyBatch, type RawEvent } from './batch.js';
 import { type Outbox, openStateStore, type StateStore } from './state-store.js';
 import { stateKvKey } from './subjects.js';
 
@@ -17,21 +17,27 @@ export interface WorkerConfig {
   maxAttempts: number;
 }
 
+/** One piscina task: the ready batches of several partitions, committed in one transaction. */
 export interface BatchTask {
+  /** msgpack of PartitionBatch[] (empty: only load the actors and open LMDB). */
+  batches: Uint8Array;
+}
+
+export interface PartitionBatch {
   partition: number;
-  /** msgpack of RawEvent[] */
-  events: Uint8Array;
+  events: RawEvent[];
 }
 
 export interface BatchResult {
   applied: number;
   created: number;
   lastSeq: number;
-  /** [kv key, state change JSON] */
-  changes: [string, string][];
+  /** [kv key, state change JSON, UTF-8 encoded here rather than on the main thread] */
+  changes: [string, Uint8Array][];
   emits: Outbox['emits'];
   dead: Outbox['dead'];
   handlerMs: number;
+  /** Time of the shared commit. */
   commitMs: number;
 }
 
@@ -55,50 +61,64 @@ export function ownBuffer(b: Uint8Array): Uint8Array {
   return out;
 }
 
-export default async function runBatch(task: BatchTask): Promise<unknown> {
+/** Returns msgpack of BatchResult[], in the order of the task's batches. */
+export default async function runBatches(task: BatchTask): Promise<unknown> {
   ready ??= init();
   const { byType, store } = await ready;
-  const events = unpack(task.events) as RawEvent[];
+  const batches = unpack(task.batches) as PartitionBatch[];
+  if (batches.length === 0) return null;
   const now = Date.now();
-  const opts: ApplyOptions = {
-    partition: task.partition,
-    partitions: cfg.partitions,
-    maxEventBytes: cfg.maxEventBytes,
-    maxAttempts: cfg.maxAttempts,
-    now,
-  };
-  const t0 = performance.now();
-  const out = applyBatch(byType, events, (actor, key) => store.states.get([actor, key]), opts);
-  const t1 = performance.now();
   const updatedAt = new Date(now).toISOString();
-  const changes: [string, string][] = [];
-  const keys: [string, string][] = [];
-  let created = 0;
-  for (const w of out.writes) {
-    keys.push([w.actor, w.key]);
-    if (w.created) created++;
-    changes.push([
-      stateKvKey(w.actor, w.key),
-      `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${task.partition}}`,
-    ]);
-  }
-  const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
-  const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead };
-  await store.root.transaction(() => {
-    for (const w of out.writes) store.states.put([w.actor, w.key], w.record);
-    store.meta.put(['cp', task.partition], { seq: out.lastSeq, at: now });
-    store.meta.put(['ob', task.partition], outbox);
+  const outs = batches.map((b) => {
+    const t0 = performance.now();
+    const out = applyBatch(byType, b.events, (actor, key) => store.states.get([actor, key]), {
+      partition: b.partition,
+      partitions: cfg.partitions,
+      maxEventBytes: cfg.maxEventBytes,
+      maxAttempts: cfg.maxAttempts,
+      now,
+    });
+    return { b, out, handlerMs: performance.now() - t0 };
   });
-  const t2 = performance.now();
-  const result: BatchResult = {
-    applied: out.applied,
-    created,
-    lastSeq: out.lastSeq,
-    changes,
-    emits: out.emits,
-    dead,
-    handlerMs: t1 - t0,
-    commitMs: t2 - t1,
-  };
-  return Piscina.move(ownBuffer(pack(result)));
+  const t1 = performance.now();
+  // Group commit: every partition's states, checkpoint and outbox in one synchronous transaction.
+  // Each partition's part is still all-or-nothing, which is all exactly-once needs.
+  store.root.transactionSync(() => {
+    for (const { b, out } of outs) {
+      const keys: [string, string][] = [];
+      for (const w of out.writes) {
+        store.states.put([w.actor, w.key], w.record);
+        keys.push([w.actor, w.key]);
+      }
+      const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
+      const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead };
+      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now });
+      store.meta.put(['ob', b.partition, out.lastSeq], outbox);
+    }
+  });
+  const commitMs = performance.now() - t1;
+  const results: BatchResult[] = outs.map(({ b, out, handlerMs }) => {
+    let created = 0;
+    const changes: [string, Uint8Array][] = [];
+    for (const w of out.writes) {
+      if (w.created) created++;
+      changes.push([
+        stateKvKey(w.actor, w.key),
+        Buffer.from(
+          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition}}`,
+        ),
+      ]);
+    }
+    return {
+      applied: out.applied,
+      created,
+      lastSeq: out.lastSeq,
+      changes,
+      emits: out.emits,
+      dead: out.dead.map((d) => [d.seq, d.code, d.message, d.actor]),
+      handlerMs,
+      commitMs,
+    };
+  });
+  return Piscina.move(ownBuffer(pack(results)));
 }

@@ -6,6 +6,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Piscina } from 'piscina';
 import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 import type { WorkerConfig } from './batch-worker.js';
+import { BatchDispatcher } from './dispatcher.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
@@ -21,7 +22,7 @@ export interface NodeOptions {
   actorsDir?: string;
   /** Where LMDB keeps states and checkpoints. */
   dataDir: string;
-  /** Worker threads. @default available cores */
+  /** Worker threads. @default available cores − 1 (at least 1) */
   threads?: number;
   /** Node id. @default node-<pid> */
   id?: string;
@@ -82,7 +83,9 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   const store: StateStore = openStateStore(opts.dataDir);
   const metrics = createNodeMetrics();
   metrics.actors.set(store.states.getCount());
-  const threads = opts.threads ?? availableParallelism();
+  // The main thread (NATS I/O) needs a core of its own; on a 2-core machine one worker thread also
+  // makes every LMDB commit come from one writer, which lmdb-js groups into shared transactions.
+  const threads = opts.threads ?? Math.max(1, availableParallelism() - 1);
   const workerData: WorkerConfig = {
     actorFiles,
     dataDir: opts.dataDir,
@@ -95,16 +98,17 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     workerData,
     minThreads: threads,
     maxThreads: threads,
-    // A worker waiting on an LMDB commit can compute another partition's batch meanwhile.
-    concurrentTasksPerWorker: 4,
+    // Tasks commit synchronously: one at a time per worker.
+    concurrentTasksPerWorker: 1,
     idleTimeout: Number.POSITIVE_INFINITY,
   });
   let status: NodeStatus = 'STARTING';
+  const dispatcher = new BatchDispatcher(pool, threads);
   const deps = {
     nc,
     js,
     jsm: topology.jsm,
-    pool,
+    dispatcher,
     store,
     metrics,
     log,
@@ -116,6 +120,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log);
   let server: MetricsServer | undefined;
   try {
+    await dispatcher.warm(threads);
     await Promise.all(runners.map((r) => r.start()));
     metrics.ownedPartitions.set(runners.length);
     await unrouted.start();

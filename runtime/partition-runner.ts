@@ -3,7 +3,6 @@
 // and only then acknowledges. See ARCHITECTURE.md, "Checkpoint protocol".
 import {
   AckPolicy,
-  type Consumer,
   type ConsumerMessages,
   DeliverPolicy,
   type JetStreamClient,
@@ -11,11 +10,10 @@ import {
   type JsMsg,
 } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { pack, unpack } from 'msgpackr';
-import type { Piscina } from 'piscina';
 import type { RawEvent } from './batch.js';
-import type { BatchResult, BatchTask } from './batch-worker.js';
+import type { BatchResult } from './batch-worker.js';
 import { producerSubject, publishDeadLetter } from './dead-letter.js';
+import type { BatchDispatcher } from './dispatcher.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { Outbox, StateStore } from './state-store.js';
@@ -25,7 +23,7 @@ export interface PartitionDeps {
   nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
-  pool: Piscina;
+  dispatcher: BatchDispatcher;
   store: StateStore;
   metrics: NodeMetrics;
   log: Logger;
@@ -37,6 +35,7 @@ export interface PartitionDeps {
 export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED';
 
 const MSGPACK = 'application/msgpack';
+const KV_STATE_PREFIX = `$KV.${STATE_BUCKET}.`;
 const nanos = (ms: number) => ms * 1_000_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -52,9 +51,11 @@ export class PartitionRunner {
   private lastQueuedSeq = 0;
   private queue: JsMsg[] = [];
   private busy: Promise<void> | null = null;
-  private fetch: ConsumerMessages | null = null;
-  private consumer: Consumer | null = null;
-  private loop: Promise<void> | null = null;
+  private scheduled = false;
+  private messages: ConsumerMessages | null = null;
+  /** Publishing of committed batches, in commit order, off the compute path. */
+  private publishing: Promise<void> = Promise.resolve();
+  private unpublished = 0;
   private readonly label: { partition: string };
   private readonly log: Logger;
 
@@ -71,29 +72,28 @@ export class PartitionRunner {
     this.committedSeq = cp?.seq ?? 0;
     this.lastCommitAt = cp?.at ?? 0;
     this.lastQueuedSeq = this.committedSeq;
-    const ob = this.deps.store.outbox(this.partition);
-    if (ob && ob.seq > this.deps.store.published(this.partition)) {
+    for (const ob of this.deps.store.outboxes(this.partition)) {
       await this.recoverOutbox(ob);
-      await this.deps.store.markPublished(this.partition, ob.seq);
+      await this.deps.store.deleteOutbox(this.partition, ob.seq);
     }
     await this.createConsumer(this.committedSeq + 1);
     this.status = 'RUNNING';
-    this.loop = this.pullLoop();
+    await this.consume();
   }
 
-  /** Stops pulling, finishes the batch in flight and publishes its outputs. */
+  /** Stops taking events, finishes the batch in flight and publishes its outputs. */
   async stop(): Promise<void> {
     if (this.status === 'STOPPED') return;
     this.status = 'STOPPING';
     this.queue = [];
-    this.fetch?.stop();
-    await this.loop;
+    this.messages?.stop();
     await this.busy;
+    await this.publishing;
     this.status = 'STOPPED';
   }
 
   private async createConsumer(startSeq: number): Promise<void> {
-    const { jsm, js } = this.deps;
+    const { jsm } = this.deps;
     const name = consumerName(this.partition);
     // The consumer's position is not the truth (the LMDB checkpoint is): recreate it at the
     // checkpoint so nothing waits for an ack timeout after a crash.
@@ -103,55 +103,65 @@ export class PartitionRunner {
       filter_subject: `${IN_PREFIX}.${this.partition}.>`,
       ack_policy: AckPolicy.All,
       ack_wait: nanos(120_000),
-      max_ack_pending: 100_000,
+      // Flow control: the server delivers at most this many events past the last ack (acks come
+      // after commit and publish), which bounds what a partition buffers.
+      max_ack_pending: this.deps.maxBatch * 3,
       description: `owner=${this.deps.nodeId}`,
       ...(startSeq > 1
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }
         : { deliver_policy: DeliverPolicy.All }),
     });
-    this.consumer = await js.consumers.get(IN_STREAM, name);
   }
 
-  private async pullLoop(): Promise<void> {
-    const bufferMax = this.deps.maxBatch * 2;
-    let failures = 0;
-    while (this.status === 'RUNNING') {
-      const room = bufferMax - this.queue.length;
-      if (room < this.deps.maxBatch / 2) {
-        await this.busy;
-        continue;
-      }
-      try {
-        this.fetch = await this.consumer!.fetch({ max_messages: room, expires: 2000 });
-        for await (const m of this.fetch) {
-          if (this.status !== 'RUNNING') break;
-          // Redeliveries and duplicates below what is queued are already handled.
-          if (m.seq <= this.lastQueuedSeq) continue;
-          this.lastQueuedSeq = m.seq;
-          this.queue.push(m);
-          this.deps.metrics.consumerLagMessages.set(this.label, m.info.pending);
-          if (!this.busy) this.busy = this.drain();
-        }
-        failures = 0;
-      } catch (err) {
-        if (this.status !== 'RUNNING') break;
-        failures++;
-        this.log.warn({ err: (err as Error).message }, 'fetch failed; retrying');
-        await sleep(Math.min(2000, 50 * 2 ** failures));
-        if ((err as Error).message?.includes('consumer not found') || failures > 3) {
-          await this.createConsumer(this.lastQueuedSeq + 1).catch((e) =>
-            this.log.warn({ err: e.message }, 'consumer recreate failed'),
-          );
+  private async consume(): Promise<void> {
+    const consumer = await this.deps.js.consumers.get(IN_STREAM, consumerName(this.partition));
+    const messages = await consumer.consume({
+      max_messages: this.deps.maxBatch,
+      expires: 5000,
+      callback: (m) => this.onMessage(m),
+    });
+    this.messages = messages;
+    // nats.js re-pulls after timeouts and missed heartbeats itself; if the consume ends for another
+    // reason (the consumer was deleted), start again from what is queued.
+    void messages.closed().then(async (err) => {
+      if (this.status !== 'RUNNING') return;
+      this.log.warn({ err: err ? (err as Error).message : undefined }, 'consume ended; resuming');
+      for (let attempt = 1; this.status === 'RUNNING'; attempt++) {
+        try {
+          await this.createConsumer(this.lastQueuedSeq + 1);
+          await this.consume();
+          return;
+        } catch (e) {
+          this.log.warn({ err: (e as Error).message, attempt }, 'resuming consume failed; retrying');
+          await sleep(Math.min(2000, 50 * 2 ** attempt));
         }
       }
+    });
+  }
+
+  private onMessage(m: JsMsg): void {
+    if (this.status !== 'RUNNING') return;
+    // Redeliveries and duplicates below what is queued are already handled.
+    if (m.seq <= this.lastQueuedSeq) return;
+    this.lastQueuedSeq = m.seq;
+    this.queue.push(m);
+    // Start on the next turn, so that what one socket read brought forms one batch.
+    if (!this.busy && !this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => {
+        this.scheduled = false;
+        if (!this.busy) this.busy = this.drain();
+      });
     }
   }
 
   private async drain(): Promise<void> {
     try {
-      while (this.queue.length > 0 && this.status !== 'STOPPED') {
+      while (this.queue.length > 0 && this.status === 'RUNNING') {
         const batch = this.queue.splice(0, this.deps.maxBatch);
         await this.process(batch);
+        // Let publishing fall at most two batches behind compute.
+        if (this.unpublished >= 2) await this.publishing;
       }
     } finally {
       this.busy = null;
@@ -181,25 +191,20 @@ export class PartitionRunner {
   }
 
   private async process(batch: JsMsg[]): Promise<void> {
-    const { pool, metrics } = this.deps;
+    const { metrics } = this.deps;
     const events = batch.map((m) => this.toRaw(m));
     metrics.eventsIn.inc(this.label, batch.length);
     metrics.batchSize.observe(batch.length);
     let result: BatchResult | undefined;
     for (let attempt = 1; !result; attempt++) {
       try {
-        const packed = pack(events);
-        const buf = new Uint8Array(packed.byteLength);
-        buf.set(packed);
-        const task: BatchTask = { partition: this.partition, events: buf };
-        const out = (await pool.run(task, { transferList: [buf.buffer] })) as Uint8Array;
-        result = unpack(out) as BatchResult;
+        result = await this.deps.dispatcher.submit(this.partition, events);
       } catch (err) {
         // Nothing was committed: the same batch is tried again, so nothing is skipped.
         metrics.batchFailures.inc(this.label);
         this.log.error({ err: (err as Error).message, attempt }, 'batch failed before commit; retrying');
         await sleep(Math.min(5000, 100 * 2 ** attempt));
-        // Nothing was committed, so a stopping node may leave the batch for the next owner.
+        // A stopping node may leave the batch to the next run: it starts after the checkpoint.
         if (this.status !== 'RUNNING') return;
       }
     }
@@ -209,31 +214,38 @@ export class PartitionRunner {
     metrics.checkpointSeconds.observe(result.commitMs / 1000);
     metrics.actors.inc(result.created);
     metrics.eventsApplied.inc(this.label, result.applied);
-    const bySeq = new Map<number, JsMsg>();
-    if (result.dead.length > 0) for (const m of batch) bySeq.set(m.seq, m);
-    await this.publishOutputs(result.changes, result.emits, result.dead, async (seq) => {
-      const m = bySeq.get(seq);
-      return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
-    });
-    // The outbox is published: a restart must not publish it again (JetStream's duplicate window
-    // only covers two minutes). Not awaited: lmdb-js orders it before the next commit.
-    void this.deps.store.markPublished(this.partition, result.lastSeq);
-    const now = Date.now();
-    for (const e of events) metrics.endToEndSeconds.observe((now - e.publishMs) / 1000);
+    const done = result;
     const last = batch[batch.length - 1]!;
-    const pending = last.info.pending;
-    metrics.consumerLagMessages.set(this.label, pending);
-    metrics.consumerLagSeconds.set(
-      this.label,
-      pending > 0 ? (now - events[events.length - 1]!.publishMs) / 1000 : 0,
-    );
-    // AckAll: one ack covers the whole batch. Only for retention and lag: the checkpoint is the truth.
-    last.ack();
+    const previous = this.publishing;
+    this.unpublished++;
+    this.publishing = (async () => {
+      await previous;
+      let bySeq: Map<number, JsMsg> | undefined;
+      if (done.dead.length > 0) bySeq = new Map(batch.map((m) => [m.seq, m]));
+      await this.publishOutputs(done.changes, done.emits, done.dead, async (seq) => {
+        const m = bySeq?.get(seq);
+        return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
+      });
+      // Published: a restart must not publish it again (JetStream's duplicate window only covers
+      // two minutes). Not awaited: lmdb-js orders it before later writes.
+      void this.deps.store.deleteOutbox(this.partition, done.lastSeq);
+      const now = Date.now();
+      for (const e of events) metrics.endToEndSeconds.observe((now - e.publishMs) / 1000);
+      const pending = last.info.pending;
+      metrics.consumerLagMessages.set(this.label, pending);
+      metrics.consumerLagSeconds.set(
+        this.label,
+        pending > 0 ? (now - events[events.length - 1]!.publishMs) / 1000 : 0,
+      );
+      // AckAll: one ack covers the batch. Only for retention, lag and flow control: the checkpoint is the truth.
+      last.ack();
+      this.unpublished--;
+    })();
   }
 
   /** Publishes what a commit produced; retried until NATS takes it, since the state is committed. */
   private async publishOutputs(
-    changes: [string, string][],
+    changes: [string, Uint8Array | string][],
     emits: Outbox['emits'],
     dead: Outbox['dead'],
     original: (
@@ -244,7 +256,7 @@ export class PartitionRunner {
     for (let attempt = 1; ; attempt++) {
       try {
         // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
-        for (const [kvKey, json] of changes) nc.publish(`$KV.${STATE_BUCKET}.${kvKey}`, json);
+        for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);
         const acks: Promise<unknown>[] = [];
         for (const [subject, msgID, json] of emits) acks.push(js.publish(subject, json, { msgID }));
         for (const [seq, code, message, actor] of dead) {
@@ -290,7 +302,7 @@ export class PartitionRunner {
   /** After a restart, publishes again what the last commit may not have published. */
   private async recoverOutbox(ob: Outbox): Promise<void> {
     const { store, jsm } = this.deps;
-    const changes: [string, string][] = [];
+    const changes: [string, Uint8Array | string][] = [];
     for (const [actor, key] of ob.keys) {
       const rec = store.states.get([actor, key]);
       if (!rec) continue;

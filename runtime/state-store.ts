@@ -1,8 +1,7 @@
 // The LMDB layout of a node's data dir. One environment, two databases:
 //   states: [actor, key]        -> StateRecord
 //   meta:   ['cp', partition]   -> Checkpoint  (input position, committed with the states)
-//           ['ob', partition]   -> Outbox      (what the last commit must publish)
-//           ['pub', partition]  -> number      (sequence of the last outbox fully published)
+//           ['ob', partition, seq] -> Outbox  (what a commit must publish; deleted once published)
 // Every batch writes its states, checkpoint and outbox in ONE transaction: that is the
 // exactly-once invariant (see ARCHITECTURE.md, "Checkpoint protocol").
 import { join } from 'node:path';
@@ -38,27 +37,31 @@ export interface Outbox {
 export interface StateStore {
   readonly root: RootDatabase;
   readonly states: Database<StateRecord, [string, string]>;
-  readonly meta: Database<unknown, [string, number]>;
+  readonly meta: Database<unknown, (string | number)[]>;
   checkpoint(partition: number): Checkpoint | undefined;
-  outbox(partition: number): Outbox | undefined;
-  /** Sequence of the last outbox whose outputs were all published; 0 if none. */
-  published(partition: number): number;
-  markPublished(partition: number, seq: number): Promise<boolean>;
+  /** Outboxes not yet fully published, oldest first. */
+  outboxes(partition: number): Outbox[];
+  deleteOutbox(partition: number, seq: number): Promise<boolean>;
   close(): Promise<void>;
 }
 
 export function openStateStore(dataDir: string): StateStore {
-  const root = open({ path: join(dataDir, 'state.lmdb'), maxDbs: 4, mapSize: 2 ** 34 });
+  const root = open({
+    path: join(dataDir, 'state.lmdb'),
+    maxDbs: 4,
+    mapSize: 2 ** 34,
+    noSync: process.env.PARTITA_LMDB_NOSYNC === '1',
+  });
   const states = root.openDB<StateRecord, [string, string]>({ name: 'states' });
-  const meta = root.openDB<unknown, [string, number]>({ name: 'meta' });
+  const meta = root.openDB<unknown, (string | number)[]>({ name: 'meta' });
   return {
     root,
     states,
     meta,
     checkpoint: (p) => meta.get(['cp', p]) as Checkpoint | undefined,
-    outbox: (p) => meta.get(['ob', p]) as Outbox | undefined,
-    published: (p) => (meta.get(['pub', p]) as number | undefined) ?? 0,
-    markPublished: (p, seq) => meta.put(['pub', p], seq),
+    outboxes: (p) =>
+      [...meta.getRange({ start: ['ob', p], end: ['ob', p + 1] })].map((e) => e.value as Outbox),
+    deleteOutbox: (p, seq) => meta.remove(['ob', p, seq]),
     close: () => root.close(),
   };
 }
