@@ -65,7 +65,7 @@ export class BatchDispatcher {
       const task: BatchTask = { batches: buf };
       const out = (await this.pool.run(task, { transferList: [buf.buffer] })) as Uint8Array;
       const results = unpack(out) as BatchResult[];
-      group.forEach((g, i) => g.resolve(results[i]!));
+      for (const [i, g] of group.entries()) g.resolve(results[i]!);
     } catch (err) {
       for (const g of group) g.reject(err);
     } finally {
