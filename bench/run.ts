@@ -1,8 +1,8 @@
 // `npm run bench`: measures Partita against baselines taken in the same run, on this machine, and
 // prints the numbers next to the targets of SPEC.md ("Targets"). It reports; it asserts nothing.
 //
-//   1. raw consume   a durable pull consumer on PARTITA_IN that only acks (AckAll every 1,000): the
-//                    ceiling (best of two runs)
+//   1. raw consume   a durable pull consumer per partition stream (PARTITA_IN_<p>) that only acks
+//                    (AckAll every 1,000), all at once: the ceiling (best of two runs)
 //   2. KV per event  a plain nats.js consumer doing kv.get + kv.update per event (no Partita)
 //   3. backlog       a Partita node (in-process) working off the same backlog, exactly-once; timed from
 //                    the startNode call until every partition's consumer has nothing pending or unacked
@@ -28,7 +28,7 @@ import { pino } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
 import {
   ensureTopology,
-  IN_STREAM,
+  inStream,
   type NatsServerHandle,
   type PartitaNode,
   startNatsServer,
@@ -245,7 +245,9 @@ function backlogEvent(i: number): [string, string] {
 }
 
 async function streamMessages(jsm: JetStreamManager): Promise<number> {
-  return (await jsm.streams.info(IN_STREAM)).state.messages;
+  let n = 0;
+  for (let p = 0; p < opts.partitions; p++) n += (await jsm.streams.info(inStream(p))).state.messages;
+  return n;
 }
 
 /** Publishes events 0..n-1 with core publishes and waits until the stream holds them all. */
@@ -275,23 +277,33 @@ async function publishBacklog(env: Env, n: number): Promise<{ rate: number; byte
 async function rawConsumeOnce(env: Env, name: string, n: number): Promise<number> {
   const js = jetstream(env.nc);
   const t0 = now();
-  await env.jsm.consumers.add(IN_STREAM, {
-    durable_name: name,
-    ack_policy: AckPolicy.All,
-    deliver_policy: DeliverPolicy.All,
-    max_ack_pending: 100_000,
-  });
-  const consumer = await js.consumers.get(IN_STREAM, name);
-  const msgs = await consumer.consume({ max_messages: 5000 });
-  let count = 0;
-  for await (const m of msgs) {
-    count++;
-    if (count % 1000 === 0 || count >= n) m.ack();
-    if (count >= n) break;
-  }
+  let total = 0;
+  await Promise.all(
+    Array.from({ length: opts.partitions }, async (_, p) => {
+      const stream = inStream(p);
+      const have = (await env.jsm.streams.info(stream)).state.messages;
+      if (have === 0) return;
+      await env.jsm.consumers.add(stream, {
+        durable_name: name,
+        ack_policy: AckPolicy.All,
+        deliver_policy: DeliverPolicy.All,
+        max_ack_pending: 100_000,
+      });
+      const consumer = await js.consumers.get(stream, name);
+      const msgs = await consumer.consume({ max_messages: 5000 });
+      let count = 0;
+      for await (const m of msgs) {
+        count++;
+        if (count % 1000 === 0 || count >= have) m.ack();
+        if (count >= have) break;
+      }
+      msgs.stop();
+      total += count;
+    }),
+  );
   const ms = now() - t0;
-  msgs.stop();
   await env.nc.flush();
+  if (total !== n) throw new Error(`raw consume read ${total} of ${n} events`);
   return n / (ms / 1000);
 }
 
@@ -344,31 +356,40 @@ async function benchKv(): Promise<KvResult> {
     const js = jetstream(env.nc);
     const t0 = now();
     const deadline = t0 + opts.kvSeconds * 1000;
-    await env.jsm.consumers.add(IN_STREAM, {
-      durable_name: 'bench-kv',
-      ack_policy: AckPolicy.All,
-      deliver_policy: DeliverPolicy.All,
-      max_ack_pending: 100_000,
-    });
-    const consumer = await js.consumers.get(IN_STREAM, 'bench-kv');
-    const msgs = await consumer.consume({ max_messages: 1000 });
     let count = 0;
-    for await (const m of msgs) {
-      const key = m.subject.slice(m.subject.lastIndexOf('.') + 1);
-      const ev = m.json<{ amount: number }>();
-      const e = await kv.get(key);
-      const s = e?.operation === 'PUT' ? e.json<{ count: number; total: number }>() : { count: 0, total: 0 };
-      s.count += 1;
-      s.total = Math.round((s.total + ev.amount) * 100) / 100;
-      if (e?.operation === 'PUT') await kv.update(key, JSON.stringify(s), e.revision);
-      else await kv.create(key, JSON.stringify(s));
-      count++;
-      const done = count >= n || now() >= deadline;
-      if (count % 1000 === 0 || done) m.ack();
-      if (done) break;
+    // Partition by partition, as a plain consumer of one stream would; the time budget ends it.
+    for (let p = 0; p < opts.partitions && count < n && now() < deadline; p++) {
+      const stream = inStream(p);
+      const have = (await env.jsm.streams.info(stream)).state.messages;
+      if (have === 0) continue;
+      await env.jsm.consumers.add(stream, {
+        durable_name: 'bench-kv',
+        ack_policy: AckPolicy.All,
+        deliver_policy: DeliverPolicy.All,
+        max_ack_pending: 100_000,
+      });
+      const consumer = await js.consumers.get(stream, 'bench-kv');
+      const msgs = await consumer.consume({ max_messages: 1000 });
+      let inStreamCount = 0;
+      for await (const m of msgs) {
+        inStreamCount++;
+        const key = m.subject.slice(m.subject.lastIndexOf('.') + 1);
+        const ev = m.json<{ amount: number }>();
+        const e = await kv.get(key);
+        const s =
+          e?.operation === 'PUT' ? e.json<{ count: number; total: number }>() : { count: 0, total: 0 };
+        s.count += 1;
+        s.total = Math.round((s.total + ev.amount) * 100) / 100;
+        if (e?.operation === 'PUT') await kv.update(key, JSON.stringify(s), e.revision);
+        else await kv.create(key, JSON.stringify(s));
+        count++;
+        const done = count >= n || now() >= deadline || inStreamCount >= have;
+        if (count % 1000 === 0 || done) m.ack();
+        if (done) break;
+      }
+      msgs.stop();
     }
     const seconds = (now() - t0) / 1000;
-    msgs.stop();
     const rate = count / seconds;
     log(`  ${fmtInt(count)} events in ${fmt(seconds, 1)} s: ${fmtInt(rate)} events/s`);
     return { eventsPerSec: rate, events: count, seconds };
@@ -507,7 +528,7 @@ interface BacklogResult {
 async function allAcked(env: Env, partitions: number): Promise<boolean> {
   for (let p = 0; p < partitions; p++) {
     // The runtime names its durable consumers partita-p<partition> (partition-runner.ts).
-    const ci = await env.jsm.consumers.info(IN_STREAM, `partita-p${p}`);
+    const ci = await env.jsm.consumers.info(inStream(p), `partita-p${p}`);
     if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
   }
   return true;

@@ -12,7 +12,7 @@ import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
 import { PartitionRunner } from './partition-runner.js';
 import { openStateStore, type StateStore } from './state-store.js';
-import { ensureTopology, type Topology } from './topology.js';
+import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
 export interface NodeOptions {
@@ -75,6 +75,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let topology: Topology;
   try {
     topology = await ensureTopology(nc, { partitions: opts.partitions });
+    await verifyPartitionMapping(nc, topology.partitions);
   } catch (err) {
     await nc.close();
     throw err;

@@ -17,7 +17,7 @@ import type { BatchDispatcher } from './dispatcher.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { Outbox, StateStore } from './state-store.js';
-import { IN_PREFIX, IN_STREAM, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
+import { inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
 
 export interface PartitionDeps {
   nc: NatsConnection;
@@ -58,12 +58,15 @@ export class PartitionRunner {
   private unpublished = 0;
   private readonly label: { partition: string };
   private readonly log: Logger;
+  /** The partition's input stream. */
+  readonly stream: string;
 
   constructor(
     readonly partition: number,
     private readonly deps: PartitionDeps,
   ) {
     this.label = { partition: String(partition) };
+    this.stream = inStream(partition);
     this.log = deps.log.child({ partition });
   }
 
@@ -97,10 +100,9 @@ export class PartitionRunner {
     const name = consumerName(this.partition);
     // The consumer's position is not the truth (the LMDB checkpoint is): recreate it at the
     // checkpoint so nothing waits for an ack timeout after a crash.
-    await jsm.consumers.delete(IN_STREAM, name).catch(() => undefined);
-    await jsm.consumers.add(IN_STREAM, {
+    await jsm.consumers.delete(this.stream, name).catch(() => undefined);
+    await jsm.consumers.add(this.stream, {
       durable_name: name,
-      filter_subject: `${IN_PREFIX}.${this.partition}.>`,
       ack_policy: AckPolicy.All,
       ack_wait: nanos(120_000),
       // Flow control: the server delivers at most this many events past the last ack (acks come
@@ -114,7 +116,7 @@ export class PartitionRunner {
   }
 
   private async consume(): Promise<void> {
-    const consumer = await this.deps.js.consumers.get(IN_STREAM, consumerName(this.partition));
+    const consumer = await this.deps.js.consumers.get(this.stream, consumerName(this.partition));
     const messages = await consumer.consume({
       max_messages: this.deps.maxBatch,
       expires: 5000,
@@ -274,7 +276,7 @@ export class PartitionRunner {
               originalSubject: producerSubject(m.subject),
               data: m.data,
               headers: m.headers,
-              stream: IN_STREAM,
+              stream: this.stream,
               seq,
               code,
               message,
@@ -320,7 +322,7 @@ export class PartitionRunner {
     }
     await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
       try {
-        const sm = await jsm.streams.getMessage(IN_STREAM, { seq });
+        const sm = await jsm.streams.getMessage(this.stream, { seq });
         return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
       } catch {
         return undefined;

@@ -3,64 +3,66 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { consumerName } from './partition-runner.js';
-import { IN_STREAM, META_BUCKET } from './subjects.js';
+import { inStream, META_BUCKET } from './subjects.js';
 
 export interface PartitionState {
   partition: number;
   /** The node id that runs the partition, or null when none does. */
   owner: string | null;
+  /** Events in the partition's stream not yet acknowledged by its owner. */
   lagMessages: number | null;
   /** Seconds since the owner last acknowledged a commit; null before the first. */
   checkpointAgeSeconds: number | null;
   ackedSeq: number | null;
+  /** The partition's input stream: events held and their sequence range. */
+  stream: { name: string; messages: number; firstSeq: number; lastSeq: number } | null;
 }
 
 export interface ClusterStatus {
   partitions: PartitionState[];
   nodes: string[];
-  stream: { messages: number; firstSeq: number; lastSeq: number } | null;
 }
 
 export async function readStatus(nc: NatsConnection): Promise<ClusterStatus> {
   const jsm = await jetstreamManager(nc);
   const meta = await new Kvm(nc).open(META_BUCKET).catch(() => null);
   const n = Number((await meta?.get('partitions'))?.string() ?? 0);
-  const info = await jsm.streams.info(IN_STREAM).catch(() => null);
-  const partitions: PartitionState[] = [];
   const now = Date.now();
-  for (let p = 0; p < n; p++) {
-    const ci = await jsm.consumers.info(IN_STREAM, consumerName(p)).catch(() => null);
-    const owner = ci?.config.description?.match(/owner=(\S+)/)?.[1] ?? null;
-    const last = ci?.ack_floor?.last_active ? Date.parse(String(ci.ack_floor.last_active)) : null;
-    partitions.push({
-      partition: p,
-      owner,
-      lagMessages: ci ? ci.num_pending + ci.num_ack_pending : null,
-      checkpointAgeSeconds: last ? Math.max(0, (now - last) / 1000) : null,
-      ackedSeq: ci ? ci.ack_floor.stream_seq : null,
-    });
-  }
+  const partitions = await Promise.all(
+    Array.from({ length: n }, async (_, p): Promise<PartitionState> => {
+      const name = inStream(p);
+      const info = await jsm.streams.info(name).catch(() => null);
+      const ci = await jsm.consumers.info(name, consumerName(p)).catch(() => null);
+      const owner = ci?.config.description?.match(/owner=(\S+)/)?.[1] ?? null;
+      const last = ci?.ack_floor?.last_active ? Date.parse(String(ci.ack_floor.last_active)) : null;
+      return {
+        partition: p,
+        owner,
+        lagMessages: ci ? ci.num_pending + ci.num_ack_pending : null,
+        checkpointAgeSeconds: last ? Math.max(0, (now - last) / 1000) : null,
+        ackedSeq: ci ? ci.ack_floor.stream_seq : null,
+        stream: info
+          ? {
+              name,
+              messages: info.state.messages,
+              firstSeq: info.state.first_seq,
+              lastSeq: info.state.last_seq,
+            }
+          : null,
+      };
+    }),
+  );
   const nodes = [...new Set(partitions.map((p) => p.owner).filter((o): o is string => o !== null))].sort();
-  return {
-    partitions,
-    nodes,
-    stream: info
-      ? { messages: info.state.messages, firstSeq: info.state.first_seq, lastSeq: info.state.last_seq }
-      : null,
-  };
+  return { partitions, nodes };
 }
 
 export function formatStatus(s: ClusterStatus): string {
   const lines = [`nodes: ${s.nodes.join(', ') || '(none)'}`];
-  if (s.stream)
-    lines.push(
-      `stream ${IN_STREAM}: ${s.stream.messages} events, seq ${s.stream.firstSeq}..${s.stream.lastSeq}`,
-    );
-  lines.push('partition  owner                 lag  checkpoint-age');
+  lines.push('partition  owner                 lag  checkpoint-age  events');
   for (const p of s.partitions) {
     const age = p.checkpointAgeSeconds === null ? '-' : `${p.checkpointAgeSeconds.toFixed(1)}s`;
     lines.push(
-      `${String(p.partition).padStart(9)}  ${(p.owner ?? '(none)').padEnd(18)} ${String(p.lagMessages ?? '-').padStart(6)}  ${age}`,
+      `${String(p.partition).padStart(9)}  ${(p.owner ?? '(none)').padEnd(18)} ${String(p.lagMessages ?? '-').padStart(6)}  ${age.padStart(14)}  ${p.stream?.messages ?? '-'}`,
     );
   }
   return lines.join('\n');

@@ -9,7 +9,17 @@ export const STATE_PREFIX = 'partita.state';
 /** Dead letters: `partita.dlq.<type>`. */
 export const DLQ_PREFIX = 'partita.dlq';
 
-export const IN_STREAM = 'PARTITA_IN';
+/** Input streams, one per partition: `PARTITA_IN_<partition>` on `partita.in.<partition>.>`. */
+export const IN_STREAM_PREFIX = 'PARTITA_IN_';
+export function inStream(partition: number): string {
+  return `${IN_STREAM_PREFIX}${partition}`;
+}
+/** The partition of an input stream's name, or null. */
+export function streamPartition(stream: string): number | null {
+  if (!stream.startsWith(IN_STREAM_PREFIX)) return null;
+  const p = Number(stream.slice(IN_STREAM_PREFIX.length));
+  return Number.isInteger(p) && p >= 0 ? p : null;
+}
 export const UNROUTED_STREAM = 'PARTITA_UNROUTED';
 export const DLQ_STREAM = 'PARTITA_DLQ';
 export const STATE_BUCKET = 'partita_state';

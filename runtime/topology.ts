@@ -1,7 +1,9 @@
 // Creates (idempotently) the streams and buckets Partita runs on. See ARCHITECTURE.md, "Subjects".
 import {
   DiscardPolicy,
+  JetStreamApiError,
   type JetStreamManager,
+  jetstream,
   jetstreamManager,
   RetentionPolicy,
   StorageType,
@@ -15,8 +17,9 @@ import {
   DLQ_STREAM,
   EVENTS_PREFIX,
   IN_PREFIX,
-  IN_STREAM,
+  inStream,
   META_BUCKET,
+  partitionOf,
   STATE_BUCKET,
   STATE_PREFIX,
   UNROUTED_STREAM,
@@ -87,16 +90,21 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
       }
     }
   }
-  await ensureStream(jsm, {
-    name: IN_STREAM,
-    subjects: [`${IN_PREFIX}.>`],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    discard: DiscardPolicy.Old,
-    max_age: nanos(opts.eventsMaxAgeMs ?? 90 * DAY_MS),
-    duplicate_window: nanos(120_000),
-    num_replicas: replicas,
-  });
+  // One input stream per partition: on nats-server 2.9 a consumer filtered to one partition of a
+  // shared stream scans every other partition's events too (measured: 43k/s for 16 filtered
+  // consumers against 208k/s for 16 streams), and separate streams also spread over a cluster.
+  for (let p = 0; p < partitions; p++) {
+    await ensureStream(jsm, {
+      name: inStream(p),
+      subjects: [`${IN_PREFIX}.${p}.>`],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      discard: DiscardPolicy.Old,
+      max_age: nanos(opts.eventsMaxAgeMs ?? 90 * DAY_MS),
+      duplicate_window: nanos(120_000),
+      num_replicas: replicas,
+    });
+  }
   await ensureStream(jsm, {
     name: UNROUTED_STREAM,
     subjects: [`${EVENTS_PREFIX}.>`],
@@ -121,4 +129,45 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     republish: { src: `$KV.${STATE_BUCKET}.>`, dest: `${STATE_PREFIX}.>` },
   });
   return { jsm, partitions, state, meta };
+}
+
+/** A probe event's type; it is never stored (see `verifyPartitionMapping`). */
+export const PROBE_TYPE = 'partita-probe';
+
+/**
+ * Checks that the server's mapping sends keys to the partitions this node computes. Each probe is
+ * a JetStream publish that names the stream it expects and an impossible last sequence, so the
+ * server always refuses to store it, and its answer says where it would have gone: "wrong last
+ * sequence" means the expected stream, "expected stream does not match" another one (or
+ * PARTITA_UNROUTED when there is no mapping), "no responders" no stream at all.
+ */
+export async function verifyPartitionMapping(nc: NatsConnection, partitions: number): Promise<void> {
+  const js = jetstream(nc);
+  for (let i = 0; i < 8; i++) {
+    const key = `k${i}`;
+    const p = partitionOf(key, partitions);
+    try {
+      await js.publish(`${EVENTS_PREFIX}.${PROBE_TYPE}.${key}`, '', {
+        expect: { streamName: inStream(p), lastSubjectSequence: 999_999_999_999 },
+        timeout: 5000,
+      });
+    } catch (err) {
+      const e = err as { code?: number | string; message?: string };
+      const code = err instanceof JetStreamApiError ? e.code : undefined;
+      if (code === 10071) continue; // wrong last sequence: the expected stream, as it should be
+      const why =
+        code === 10060
+          ? `key "${key}" did not reach ${inStream(p)}: the server maps events.*.* with another partition count, or not at all`
+          : `key "${key}" reached no stream (${e.message ?? String(err)}): the server's mapping does not match ${partitions} partitions`;
+      throw new PartitaError(
+        'PARTITA_ERR_PARTITIONS_CONFLICT',
+        `${why}; start the server with \`partita nats --partitions ${partitions}\` or a config from deploy/`,
+      );
+    }
+    // Stored: cannot happen (the last-sequence check always fails), but say so if it did.
+    throw new PartitaError(
+      'PARTITA_ERR_PARTITIONS_CONFLICT',
+      'a mapping probe was stored; the server ignores expected-sequence headers',
+    );
+  }
 }

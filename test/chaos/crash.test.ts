@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { IN_STREAM, STATE_BUCKET } from '../../runtime/index.js';
+import { inStream, STATE_BUCKET } from '../../runtime/index.js';
 import { type Account, chainStep } from '../fixtures/actors/account.js';
 import { check, seededRandom, testSeed } from '../helpers/check.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
@@ -18,13 +18,14 @@ const FIXTURE_ACTORS = fileURLToPath(new URL('../fixtures/actors/', import.meta.
 const EVENTS = 20_000;
 const KEYS = 150;
 const KILLS = 6;
+const PARTITIONS = 8;
 
 let nats: TestNats;
 let nc: NatsConnection;
 let node: NodeProcess | undefined;
 
 before(async () => {
-  nats = await startTestNats({ partitions: 8 });
+  nats = await startTestNats({ partitions: PARTITIONS });
   nc = await nats.connect();
 });
 after(async () => {
@@ -83,8 +84,9 @@ it('survives repeated kill -9 with exactly-once state', async () => {
   await publishSome(EVENTS);
 
   const jsm = await jetstreamManager(nc);
-  const info = await jsm.streams.info(IN_STREAM);
-  assert.equal(info.state.messages, EVENTS, 'every published event is in the input stream');
+  let stored = 0;
+  for (let p = 0; p < PARTITIONS; p++) stored += (await jsm.streams.info(inStream(p))).state.messages;
+  assert.equal(stored, EVENTS, 'every published event is in the input streams');
 
   const kv = await new Kvm(nc).open(STATE_BUCKET);
   for (const [key, want] of expected) {
