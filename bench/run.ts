@@ -27,6 +27,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
 import {
+  type Durability,
   ensureTopology,
   inStream,
   type NatsServerHandle,
@@ -52,6 +53,7 @@ const { values: flags } = parseArgs({
     partitions: { type: 'string' },
     'backlog-runs': { type: 'string' },
     threads: { type: 'string' },
+    durability: { type: 'string' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     only: { type: 'string' },
@@ -63,7 +65,8 @@ if (flags.help) {
   console.log(
     'usage: npm run bench -- [--quick] [--events 200000] [--keys 100000] [--kv-seconds 10] [--kv-events 20000]\n' +
       '                       [--rates 5000,50000] [--seconds 5] [--warmup 1] [--live-keys 10000]\n' +
-      '                       [--partitions 16] [--backlog-runs 2] [--threads <cores>] [--out bench-results.json]\n' +
+      '                       [--partitions 16] [--backlog-runs 2] [--threads <node default>] [--out bench-results.json]\n' +
+      '                       [--durability sync,process]\n' +
       '                       [--only raw,kv,backlog,live]',
   );
   process.exit(0);
@@ -87,7 +90,13 @@ const opts = {
   liveKeys: Math.round(num(flags['live-keys'], 10_000)),
   partitions: Math.round(num(flags.partitions, 16)),
   backlogRuns: Math.round(num(flags['backlog-runs'], quick ? 1 : 2)),
-  threads: Math.round(num(flags.threads, availableParallelism())),
+  /** Worker threads; the node's own default (cores − 1) when omitted. */
+  threads: flags.threads === undefined ? undefined : Math.round(num(flags.threads, 1)),
+  /** The backlog runs with the first; the live runs with each. */
+  durabilities: (flags.durability ?? 'sync,process').split(',').map((d) => {
+    if (d !== 'sync' && d !== 'process') throw new Error(`--durability takes sync and/or process, not ${d}`);
+    return d as Durability;
+  }),
   out: flags.out ?? 'bench-results.json',
   /** Phases to run (raw, kv, backlog, live); all when omitted. */
   only: flags.only === undefined ? undefined : new Set(flags.only.split(',')),
@@ -496,13 +505,14 @@ class LogTally {
   }
 }
 
-async function startBenchNode(env: Env, tally: LogTally): Promise<PartitaNode> {
+async function startBenchNode(env: Env, tally: LogTally, durability: Durability): Promise<PartitaNode> {
   return startNode({
     natsUrl: env.url,
     actorsDir: ACTORS_DIR,
     dataDir: join(env.dir, 'node'),
     threads: opts.threads,
     partitions: opts.partitions,
+    durability,
     logger: pino({ level: process.env.PARTITA_LOG_LEVEL ?? 'warn', base: { node: 'bench' } }, tally),
   });
 }
@@ -544,7 +554,7 @@ async function benchBacklogOnce(): Promise<BacklogResult> {
     const snap = cpuSnap(env.server);
     const tally = new LogTally();
     const t0 = now();
-    node = await startBenchNode(env, tally);
+    node = await startBenchNode(env, tally, opts.durabilities[0]!);
     const tStarted = now();
     const samples: [number, number][] = [];
     let applied = 0;
@@ -605,6 +615,7 @@ async function benchBacklog(): Promise<BacklogResult & { runs: number[] }> {
 
 interface LiveResult {
   rate: number;
+  durability: Durability;
   pub: PubResult;
   sub: SubResult;
   node: NodeFigures;
@@ -625,15 +636,15 @@ function runWorker<T>(cfg: LoadgenConfig, onReady?: () => void): Promise<T> {
   });
 }
 
-async function benchLive(rate: number): Promise<LiveResult> {
+async function benchLive(rate: number, durability: Durability): Promise<LiveResult> {
   const env = await freshEnv();
   let node: PartitaNode | undefined;
   try {
     log(
-      `live ${fmtInt(rate)}/s: ${opts.warmup} s warm-up + ${opts.seconds} s measured over ${fmtInt(opts.liveKeys)} keys ...`,
+      `live ${fmtInt(rate)}/s, durability ${durability}: ${opts.warmup} s warm-up + ${opts.seconds} s measured over ${fmtInt(opts.liveKeys)} keys ...`,
     );
     const tally = new LogTally();
-    node = await startBenchNode(env, tally);
+    node = await startBenchNode(env, tally, durability);
     const base = { rate, warmupMs: opts.warmup * 1000, windowMs: opts.seconds * 1000 };
     const total = totalEvents(base);
     const keyOf = new SharedArrayBuffer(total * 4);
@@ -692,7 +703,7 @@ async function benchLive(rate: number): Promise<LiveResult> {
         `(${fmtInt(sub.check.missing)} events missing, ${fmtInt(sub.check.extra)} counted twice)`,
     );
     log(`  ${tally}`);
-    return { rate, pub, sub, node: figures, cpu, warnings: tally.toJSON() };
+    return { rate, durability, pub, sub, node: figures, cpu, warnings: tally.toJSON() };
   } finally {
     await node?.stop().catch((err) => log(`node stop failed: ${(err as Error).message}`));
     await env.stop();
@@ -730,7 +741,7 @@ async function main() {
   } catch {}
   log(
     `partita bench: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), node ${process.version}, ${natsVersion}; ` +
-      `${opts.partitions} partitions, ${opts.threads} worker threads${quick ? ', --quick' : ''}`,
+      `${opts.partitions} partitions, ${opts.threads ?? Math.max(1, availableParallelism() - 1)} worker threads${quick ? ', --quick' : ''}`,
   );
 
   const run = (phase: string) => opts.only === undefined || opts.only.has(phase);
@@ -742,9 +753,11 @@ async function main() {
   const backlog = run('backlog') ? await benchBacklog() : undefined;
   const lives: LiveResult[] = [];
   if (run('live')) {
-    for (const rate of opts.rates) {
-      await pause();
-      lives.push(await benchLive(rate));
+    for (const durability of opts.durabilities) {
+      for (const rate of opts.rates) {
+        await pause();
+        lives.push(await benchLive(rate, durability));
+      }
     }
   }
 
@@ -790,7 +803,7 @@ async function main() {
   }
   const targets: Record<number, number> = { 5000: 10, 50000: 50 };
   for (const l of lives) {
-    const label = `live ${fmtInt(l.rate)}/s`;
+    const label = `live ${fmtInt(l.rate)}/s ${l.durability}`;
     const target = targets[l.rate];
     const complete = l.sub.delivered === l.pub.measured;
     rows.push({

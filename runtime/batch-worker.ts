@@ -6,7 +6,7 @@ import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
 import { actorsByType, applyBatch, type RawEvent } from './batch.js';
-import { type Outbox, openStateStore, type StateStore } from './state-store.js';
+import { type Durability, type Outbox, openStateStore, type StateStore } from './state-store.js';
 import { stateKvKey } from './subjects.js';
 
 export interface WorkerConfig {
@@ -15,6 +15,7 @@ export interface WorkerConfig {
   partitions: number;
   maxEventBytes: number;
   maxAttempts: number;
+  durability: Durability;
 }
 
 /** One piscina task: the ready batches of several partitions, committed in one transaction. */
@@ -51,7 +52,7 @@ let ready: Promise<Ready> | undefined;
 
 async function init(): Promise<Ready> {
   const actors = await loadActors(cfg.actorFiles);
-  return { byType: actorsByType(actors), store: openStateStore(cfg.dataDir) };
+  return { byType: actorsByType(actors), store: openStateStore(cfg.dataDir, cfg.durability) };
 }
 
 /** Copies into a buffer of its own so it can be transferred (msgpackr reuses its buffers). */

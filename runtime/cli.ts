@@ -8,6 +8,7 @@ import { startDemoProducer } from './demo-producer.js';
 import { PartitaError } from './errors.js';
 import { startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
+import type { Durability } from './state-store.js';
 import { formatStatus, readStatus } from './status.js';
 import { ensureTopology } from './topology.js';
 
@@ -18,6 +19,7 @@ const USAGE = `usage: partita <command> [options]
   nats [--port N] [--data DIR] [--partitions N]
       a local nats-server configured for Partita (JetStream, partition mapping)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
+       [--durability sync|process]
       one worker node
   gateway --nats URL [--port N]
       the HTTP gateway
@@ -63,6 +65,12 @@ async function freeOr(preferred: number): Promise<number> {
   });
 }
 
+function durabilityOf(v: unknown): Durability | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'sync' || v === 'process') return v;
+  throw new UsageError(`--durability must be sync or process, got "${String(v)}"`);
+}
+
 type Values = Record<string, string | boolean | undefined>;
 
 const COMMANDS: Record<
@@ -97,6 +105,7 @@ const COMMANDS: Record<
       id: { type: 'string' },
       'metrics-port': { type: 'string' },
       partitions: { type: 'string' },
+      durability: { type: 'string' },
     },
     async run(v) {
       const id = (v.id as string | undefined) ?? `node-${process.pid}`;
@@ -110,6 +119,7 @@ const COMMANDS: Record<
         id,
         metricsPort: int(v['metrics-port'] as string | undefined, 'metrics-port') ?? 0,
         partitions: int(v.partitions as string | undefined, 'partitions'),
+        durability: durabilityOf(v.durability),
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
       await untilSignal();

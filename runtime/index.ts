@@ -5,6 +5,7 @@ export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
 export { createLogger, type Logger } from './logger.js';
 export { type NatsServerHandle, type NatsServerOptions, natsConfig, startNatsServer } from './nats-server.js';
 export { defaultNatsUrl, type NodeOptions, type NodeStatus, type PartitaNode, startNode } from './node.js';
+export type { Durability } from './state-store.js';
 export {
   DLQ_PREFIX,
   DLQ_STREAM,

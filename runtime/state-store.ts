@@ -4,8 +4,27 @@
 //           ['ob', partition, seq] -> Outbox  (what a commit must publish; deleted once published)
 // Every batch writes its states, checkpoint and outbox in ONE transaction: that is the
 // exactly-once invariant (see ARCHITECTURE.md, "Checkpoint protocol").
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { type Database, open, type RootDatabase } from 'lmdb';
+
+/**
+ * What a commit survives before its outputs are published.
+ * - `sync`: an fsync per commit; survives power loss.
+ * - `process`: no fsync; survives the process being killed (the OS holds the pages), not the OS
+ *   crashing. A store left open by an OS that then restarted is set aside and rebuilt from the
+ *   input streams (see `prepareStateDir`). Lower latency.
+ */
+export type Durability = 'sync' | 'process';
 
 export interface StateRecord {
   /** The actor's state. */
@@ -45,12 +64,65 @@ export interface StateStore {
   close(): Promise<void>;
 }
 
-export function openStateStore(dataDir: string): StateStore {
+const STORE_FILE = 'state.lmdb';
+const MARKER_FILE = 'durability.json';
+
+interface Marker {
+  mode: Durability;
+  bootId: string;
+  /** The store was synced and closed. */
+  clean: boolean;
+}
+
+function bootId(): string {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
+}
+
+/**
+ * Called by the node before anything opens the store. A store written without fsync (`process`)
+ * and not closed cleanly before the OS restarted may be torn: it is moved aside, so the node
+ * rebuilds its state from the input streams. Returns the path moved aside, if any.
+ */
+export function prepareStateDir(dataDir: string, durability: Durability): string | undefined {
+  mkdirSync(dataDir, { recursive: true });
+  const markerPath = join(dataDir, MARKER_FILE);
+  let moved: string | undefined;
+  if (existsSync(markerPath)) {
+    const m = JSON.parse(readFileSync(markerPath, 'utf8')) as Marker;
+    if (m.mode === 'process' && !m.clean && m.bootId !== bootId() && existsSync(join(dataDir, STORE_FILE))) {
+      moved = join(dataDir, `${STORE_FILE}.unsafe-${Date.now()}`);
+      renameSync(join(dataDir, STORE_FILE), moved);
+      if (existsSync(join(dataDir, `${STORE_FILE}-lock`)))
+        renameSync(join(dataDir, `${STORE_FILE}-lock`), `${moved}-lock`);
+    }
+  }
+  const marker: Marker = { mode: durability, bootId: bootId(), clean: false };
+  writeFileSync(markerPath, JSON.stringify(marker));
+  return moved;
+}
+
+/** After the store is closed: sync it to disk and mark it clean. */
+export function markStateDirClean(dataDir: string, durability: Durability): void {
+  const fd = openSync(join(dataDir, STORE_FILE), 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  const marker: Marker = { mode: durability, bootId: bootId(), clean: true };
+  writeFileSync(join(dataDir, MARKER_FILE), JSON.stringify(marker));
+}
+
+export function openStateStore(dataDir: string, durability: Durability = 'sync'): StateStore {
   const root = open({
-    path: join(dataDir, 'state.lmdb'),
+    path: join(dataDir, STORE_FILE),
     maxDbs: 4,
     mapSize: 2 ** 34,
-    noSync: process.env.PARTITA_LMDB_NOSYNC === '1',
+    noSync: durability === 'process',
   });
   const states = root.openDB<StateRecord, [string, string]>({ name: 'states' });
   const meta = root.openDB<unknown, (string | number)[]>({ name: 'meta' });

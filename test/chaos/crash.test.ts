@@ -3,7 +3,7 @@
 // event (at-least-once).
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, before, it } from 'node:test';
+import { afterEach, beforeEach, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
@@ -24,33 +24,27 @@ let nats: TestNats;
 let nc: NatsConnection;
 let node: NodeProcess | undefined;
 
-before(async () => {
+beforeEach(async () => {
   nats = await startTestNats({ partitions: PARTITIONS });
   nc = await nats.connect();
 });
-after(async () => {
+afterEach(async () => {
   await node?.kill('SIGKILL');
   await nats?.stop();
 });
 
-it('survives repeated kill -9 with exactly-once state', async () => {
+for (const durability of ['sync', 'process'] as const) {
+  it(`survives repeated kill -9 with exactly-once state (durability ${durability})`, () =>
+    crashRun(durability));
+}
+
+async function crashRun(durability: 'sync' | 'process') {
   const seed = testSeed();
-  console.log(`crash test seed=${seed} (PARTITA_TEST_SEED=${seed} reproduces it)`);
+  console.log(`crash test (${durability}) seed=${seed} (PARTITA_TEST_SEED=${seed} reproduces it)`);
   const rnd = seededRandom(seed);
   const dataDir = join(nats.dir, 'node');
-  const args = [
-    'node',
-    '--nats',
-    nats.url,
-    '--actors',
-    FIXTURE_ACTORS,
-    '--data',
-    dataDir,
-    '--threads',
-    '2',
-    '--id',
-    'crashy',
-  ];
+  const args = ['node', '--nats', nats.url, '--actors', FIXTURE_ACTORS, '--data', dataDir];
+  args.push('--id', 'crashy', '--durability', durability);
   node = await spawnPartita(args);
 
   const expected = new Map<string, Account>();
@@ -103,5 +97,5 @@ it('survives repeated kill -9 with exactly-once state', async () => {
     const missing = (ids.get(key) ?? []).filter((id) => !seen?.state.ids[String(id)]);
     assert.deepEqual(missing, [], `at-least-once ids of ${key} (seed ${seed})`);
   }
-  await node.kill('SIGTERM');
-});
+  assert.equal(await node.kill('SIGTERM'), 0);
+}
