@@ -1,7 +1,6 @@
-import { Kvm } from '@nats-io/kv';
 import { connect } from '@nats-io/transport-node';
 import type { FastifyInstance } from 'fastify';
-import { defaultNatsUrl, ensureTopology, STATE_BUCKET } from '../runtime/index.js';
+import { defaultNatsUrl, ensureStateBucket } from '../runtime/index.js';
 import { buildGateway } from './server.js';
 
 export { buildGateway, type GatewayDeps } from './server.js';
@@ -29,8 +28,7 @@ export async function startGateway(opts: GatewayOptions = {}): Promise<RunningGa
     reconnectTimeWait: 250,
   });
   // The gateway may start before any node: make sure the bucket it reads exists.
-  await ensureTopology(nc);
-  const state = await new Kvm(nc).open(STATE_BUCKET);
+  const state = await ensureStateBucket(nc);
   const app = buildGateway({ state, connected: () => !nc.isClosed() });
   const url = await app.listen({ port: opts.port ?? 8080, host: opts.host ?? '127.0.0.1' });
   return {

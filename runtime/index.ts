@@ -21,6 +21,12 @@ export {
   stateKvKey,
   UNROUTED_STREAM,
 } from './subjects.js';
-export { DEFAULT_PARTITIONS, ensureTopology, type Topology, type TopologyOptions } from './topology.js';
+export {
+  DEFAULT_PARTITIONS,
+  ensureStateBucket,
+  ensureTopology,
+  type Topology,
+  type TopologyOptions,
+} from './topology.js';
 export type { ActorContext, ActorDefinition, ActorEvent, Guarantee, StateChange } from './types.js';
 export { defineActor } from './types.js';

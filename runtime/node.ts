@@ -7,6 +7,7 @@ import { Piscina } from 'piscina';
 import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 import type { WorkerConfig } from './batch-worker.js';
 import { BatchDispatcher } from './dispatcher.js';
+import { Flusher } from './flusher.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
@@ -130,6 +131,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     js,
     jsm: topology.jsm,
     dispatcher,
+    flusher: new Flusher(nc),
     store,
     metrics,
     log,

@@ -14,6 +14,7 @@ import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
 import { producerSubject, publishDeadLetter } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
+import type { Flusher } from './flusher.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { Outbox, StateStore } from './state-store.js';
@@ -24,6 +25,7 @@ export interface PartitionDeps {
   js: JetStreamClient;
   jsm: JetStreamManager;
   dispatcher: BatchDispatcher;
+  flusher: Flusher;
   store: StateStore;
   metrics: NodeMetrics;
   log: Logger;
@@ -287,7 +289,7 @@ export class PartitionRunner {
           );
         }
         await Promise.all(acks);
-        if (changes.length > 0) await nc.flush();
+        if (changes.length > 0) await this.deps.flusher.flush();
         metrics.stateChanges.inc(changes.length);
         metrics.eventsOut.inc(emits.length);
         return;

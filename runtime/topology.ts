@@ -122,13 +122,21 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     duplicate_window: nanos(120_000),
     num_replicas: replicas,
   });
-  const state = await kvm.create(STATE_BUCKET, {
+  const state = await ensureStateBucket(nc, replicas);
+  return { jsm, partitions, state, meta };
+}
+
+/**
+ * The bucket of latest states; its republish sends every put on `partita.state.<actor>.<key>`
+ * (2.9 accepts republish only at creation). The gateway needs only this, not the partitions.
+ */
+export async function ensureStateBucket(nc: NatsConnection, replicas = 1): Promise<KV> {
+  return new Kvm(nc).create(STATE_BUCKET, {
     history: 1,
     replicas,
     storage: StorageType.File,
     republish: { src: `$KV.${STATE_BUCKET}.>`, dest: `${STATE_PREFIX}.>` },
   });
-  return { jsm, partitions, state, meta };
 }
 
 /** A probe event's type; it is never stored (see `verifyPartitionMapping`). */
