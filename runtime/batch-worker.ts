@@ -26,6 +26,8 @@ export interface BatchTask {
 
 export interface PartitionBatch {
   partition: number;
+  /** The lease epoch of the owner: written into the checkpoint and the published states. */
+  epoch: number;
   events: RawEvent[];
 }
 
@@ -93,7 +95,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       }
       const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
       const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead };
-      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now });
+      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now, epoch: b.epoch });
       store.meta.put(['ob', b.partition, out.lastSeq], outbox);
     }
   });
@@ -106,7 +108,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       changes.push([
         stateKvKey(w.actor, w.key),
         Buffer.from(
-          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition}}`,
+          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}}`,
         ),
       ]);
     }

@@ -36,9 +36,9 @@ export class BatchDispatcher {
     );
   }
 
-  submit(partition: number, events: RawEvent[]): Promise<BatchResult> {
+  submit(partition: number, epoch: number, events: RawEvent[]): Promise<BatchResult> {
     return new Promise((resolve, reject) => {
-      this.pending.push({ batch: { partition, events }, resolve, reject });
+      this.pending.push({ batch: { partition, epoch, events }, resolve, reject });
       this.schedule();
     });
   }

@@ -3,7 +3,19 @@ export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from '
 export { DLQ_HEADERS } from './dead-letter.js';
 export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
 export { createLogger, type Logger } from './logger.js';
-export { type NatsServerHandle, type NatsServerOptions, natsConfig, startNatsServer } from './nats-server.js';
+export {
+  type NatsCluster,
+  type NatsClusterMember,
+  type NatsClusterOptions,
+  type NatsClusterStartOptions,
+  type NatsServerHandle,
+  type NatsServerOptions,
+  natsConfig,
+  startNatsCluster,
+  startNatsServer,
+  type WaitForJetStreamOptions,
+  waitForJetStream,
+} from './nats-server.js';
 export { defaultNatsUrl, type NodeOptions, type NodeStatus, type PartitaNode, startNode } from './node.js';
 export type { Durability } from './state-store.js';
 export {

@@ -19,6 +19,9 @@ export interface NodeMetrics {
   readonly ownedPartitions: Gauge<string>;
   readonly actors: Gauge<string>;
   readonly batchFailures: Counter<'partition'>;
+  readonly fencedBatches: Counter<'partition'>;
+  readonly leaseLosses: Counter<'partition'>;
+  readonly restoreSeconds: Histogram<string>;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60];
@@ -105,6 +108,24 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
     actors: new Gauge({
       name: 'partita_actors',
       help: 'Actor instances (actor, key) with state on this node',
+      registers: r,
+    }),
+    fencedBatches: new Counter({
+      name: 'partita_fenced_batches_total',
+      help: 'Committed batches whose outputs were not published because the lease was no longer provably held',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    leaseLosses: new Counter({
+      name: 'partita_lease_losses_total',
+      help: 'Partition leases lost without a graceful release (renewal failed or expired)',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    restoreSeconds: new Histogram({
+      name: 'partita_restore_seconds',
+      help: 'Time to restore partitions that moved to this node from the state bucket',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
       registers: r,
     }),
     batchFailures: new Counter({

@@ -1,17 +1,23 @@
 // A worker node: connects to NATS, makes sure the topology exists, runs its partitions on a
 // piscina pool, and serves /metrics and /healthz.
-import { availableParallelism } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { availableParallelism, hostname } from 'node:os';
+import { join } from 'node:path';
 import { jetstream } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Piscina } from 'piscina';
 import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 import type { WorkerConfig } from './batch-worker.js';
+import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
 import { Flusher } from './flusher.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
+import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
+import { acknowledgedSeq, readPartitionStates } from './restore.js';
 import {
   type Durability,
   markStateDirClean,
@@ -19,6 +25,7 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
+import { partitionOf } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
@@ -31,7 +38,7 @@ export interface NodeOptions {
   dataDir: string;
   /** Worker threads. @default available cores − 1 (at least 1) */
   threads?: number;
-  /** Node id. @default node-<pid> */
+  /** Node id, unique in the deployment. @default an id kept in the data dir */
   id?: string;
   /** Port of /metrics and /healthz; 0 picks a free one, undefined serves none. */
   metricsPort?: number;
@@ -47,6 +54,8 @@ export interface NodeOptions {
    * latency. @default 'sync'
    */
   durability?: Durability;
+  /** Lease TTL for a new deployment: how long a crashed node's partitions wait. @default 2000 */
+  leaseTtlMs?: number;
   /** Most events in one batch. @default 2000 */
   maxBatch?: number;
   logger?: Logger;
@@ -62,6 +71,8 @@ export interface PartitaNode {
   readonly metrics: NodeMetrics;
   readonly metricsUrl: string | undefined;
   readonly natsUrl: string;
+  /** The partitions this node runs now. */
+  owned(): number[];
   /** Per partition: committed sequence and last commit time. */
   progress(): { partition: number; committedSeq: number; lastCommitAt: number }[];
   /** Checkpoints, releases the partitions and closes everything. */
@@ -73,7 +84,7 @@ export function defaultNatsUrl(): string {
 }
 
 export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
-  const id = opts.id ?? `node-${process.pid}`;
+  const id = opts.id ?? nodeIdOf(opts.dataDir);
   const log = opts.logger ?? createLogger({ node: id });
   const natsUrl = opts.natsUrl ?? defaultNatsUrl();
   const actorFiles = findActorFiles(opts.actorsDir ?? builtinActorsDir());
@@ -87,7 +98,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   });
   let topology: Topology;
   try {
-    topology = await ensureTopology(nc, { partitions: opts.partitions });
+    topology = await ensureTopology(nc, { partitions: opts.partitions, leaseTtlMs: opts.leaseTtlMs });
     await verifyPartitionMapping(nc, topology.partitions);
   } catch (err) {
     await nc.close();
@@ -138,14 +149,66 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     maxBatch: opts.maxBatch ?? 2000,
     nodeId: id,
   };
-  const runners: PartitionRunner[] = [];
-  for (let p = 0; p < topology.partitions; p++) runners.push(new PartitionRunner(p, deps));
+  const runners = new Map<number, PartitionRunner>();
+  const partitionOfKey = (key: string) => partitionOf(key, topology.partitions);
+  const ownerKey = (p: number) => `owner.p${p}`;
+
+  // Starts partitions whose leases were just taken: from local state when this node was their
+  // last owner, else from the state bucket and the previous owner's acknowledged position.
+  const startPartitions = async (leases: PartitionLease[]) => {
+    const restore: PartitionLease[] = [];
+    for (const l of leases) {
+      const owner = await topology.meta.get(ownerKey(l.partition));
+      const last = owner?.operation === 'PUT' ? owner.json<{ node: string }>().node : undefined;
+      if (!(last === id && store.checkpoint(l.partition))) restore.push(l);
+    }
+    if (restore.length > 0) {
+      const t0 = performance.now();
+      const states = await readPartitionStates(
+        js,
+        topology.jsm,
+        new Set(restore.map((l) => l.partition)),
+        topology.partitions,
+        log,
+      );
+      for (const l of restore) {
+        const acked = await acknowledgedSeq(topology.jsm, l.partition);
+        await store.replacePartition(l.partition, partitionOfKey, states.get(l.partition) ?? [], {
+          seq: acked,
+          at: Date.now(),
+          epoch: l.epoch,
+        });
+      }
+      metrics.restoreSeconds.observe((performance.now() - t0) / 1000);
+    }
+    metrics.actors.set(store.states.getCount());
+    await Promise.all(
+      leases.map(async (l) => {
+        await topology.meta.put(
+          ownerKey(l.partition),
+          JSON.stringify({ node: id, epoch: l.epoch, at: Date.now() }),
+        );
+        const runner = new PartitionRunner(l.partition, deps, l);
+        runners.set(l.partition, runner);
+        await runner.start();
+      }),
+    );
+    metrics.ownedPartitions.set(runners.size);
+  };
+  const stopPartition = async (p: number, graceful: boolean) => {
+    const r = runners.get(p);
+    if (!r) return;
+    if (!graceful) r.lease.abandon();
+    await r.stop();
+    runners.delete(p);
+    metrics.ownedPartitions.set(runners.size);
+  };
+
   const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log);
   let server: MetricsServer | undefined;
+  let coordinator: Coordinator | undefined;
   try {
     await dispatcher.warm(threads);
-    await Promise.all(runners.map((r) => r.start()));
-    metrics.ownedPartitions.set(runners.length);
     await unrouted.start();
     if (opts.metricsPort !== undefined) {
       server = await startMetricsServer({
@@ -154,7 +217,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         ready: () => status === 'RUNNING' && !nc.isClosed(),
         beforeScrape: () => {
           const now = Date.now();
-          for (const r of runners) {
+          for (const r of runners.values()) {
             if (r.lastCommitAt > 0)
               metrics.checkpointAgeSeconds.set(
                 { partition: String(r.partition) },
@@ -164,9 +227,25 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         },
       });
     }
+    coordinator = new Coordinator({
+      nodes: topology.nodes,
+      leases: topology.leases,
+      holder: { node: id, instance: randomUUID() },
+      partitions: topology.partitions,
+      leaseTtlMs: topology.leaseTtlMs,
+      log,
+      info: { metrics: server?.url },
+      start: startPartitions,
+      stop: stopPartition,
+      onLeaseLost: (p) => metrics.leaseLosses.inc({ partition: String(p) }),
+    });
+    await coordinator.start();
   } catch (err) {
     status = 'FAILED';
-    await Promise.allSettled(runners.map((r) => r.stop()));
+    await coordinator?.stop().catch(() => undefined);
+    await Promise.allSettled([...runners.values()].map((r) => r.stop()));
+    await unrouted.stop();
+    await server?.close();
     await pool.destroy();
     await nc.close();
     await store.close();
@@ -185,8 +264,9 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metrics,
     metricsUrl: server?.url,
     natsUrl,
+    owned: () => [...runners.keys()].sort((a, b) => a - b),
     progress: () =>
-      runners.map((r) => ({
+      [...runners.values()].map((r) => ({
         partition: r.partition,
         committedSeq: r.committedSeq,
         lastCommitAt: r.lastCommitAt,
@@ -195,7 +275,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       if (status === 'STOPPED' || status === 'DRAINING') return;
       status = 'DRAINING';
       await unrouted.stop();
-      await Promise.all(runners.map((r) => r.stop()));
+      // Checkpoint, publish, release: the next owners start at once.
+      await coordinator?.stop();
       metrics.ownedPartitions.set(0);
       await server?.close();
       await pool.destroy();
@@ -206,4 +287,14 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       log.info('node stopped');
     },
   };
+}
+
+/** A node's id, kept in its data dir so that a restart is recognised as the same node. */
+function nodeIdOf(dataDir: string): string {
+  const file = join(dataDir, 'node-id');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  mkdirSync(dataDir, { recursive: true });
+  const id = `${hostname().replace(/[^-\w]/g, '-')}-${randomUUID().slice(0, 8)}`;
+  writeFileSync(file, `${id}\n`);
+  return id;
 }

@@ -17,8 +17,9 @@ import type { BatchDispatcher } from './dispatcher.js';
 import type { Flusher } from './flusher.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
+import type { PartitionLease } from './partition-lease.js';
 import type { Outbox, StateStore } from './state-store.js';
-import { inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
+import { consumerPrefix, inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
 
 export interface PartitionDeps {
   nc: NatsConnection;
@@ -41,8 +42,10 @@ const KV_STATE_PREFIX = `$KV.${STATE_BUCKET}.`;
 const nanos = (ms: number) => ms * 1_000_000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export function consumerName(partition: number): string {
-  return `partita-p${partition}`;
+/** A partition's consumer is named after the lease epoch that created it: acks a former owner
+ * still sends go to its own, deleted, consumer and cannot move the new owner's ack floor. */
+export function consumerName(partition: number, epoch: number): string {
+  return `${consumerPrefix(partition)}${epoch}`;
 }
 
 export class PartitionRunner {
@@ -66,6 +69,8 @@ export class PartitionRunner {
   constructor(
     readonly partition: number,
     private readonly deps: PartitionDeps,
+    /** Proof of ownership: checked before every batch and every publish. */
+    readonly lease: PartitionLease,
   ) {
     this.label = { partition: String(partition) };
     this.stream = inStream(partition);
@@ -86,7 +91,10 @@ export class PartitionRunner {
     await this.consume();
   }
 
-  /** Stops taking events, finishes the batch in flight and publishes its outputs. */
+  /**
+   * Stops taking events, finishes the batch in flight and publishes its outputs, unless the lease
+   * is gone: then nothing more is published (a new owner may already run the partition).
+   */
   async stop(): Promise<void> {
     if (this.status === 'STOPPED') return;
     this.status = 'STOPPING';
@@ -99,10 +107,15 @@ export class PartitionRunner {
 
   private async createConsumer(startSeq: number): Promise<void> {
     const { jsm } = this.deps;
-    const name = consumerName(this.partition);
+    if (!this.lease.valid()) throw new Error(`lease of partition ${this.partition} lost`);
+    const name = consumerName(this.partition, this.lease.epoch);
     // The consumer's position is not the truth (the LMDB checkpoint is): recreate it at the
-    // checkpoint so nothing waits for an ack timeout after a crash.
-    await jsm.consumers.delete(this.stream, name).catch(() => undefined);
+    // checkpoint so nothing waits for an ack timeout after a crash. Former owners' consumers go.
+    for await (const ci of jsm.consumers.list(this.stream)) {
+      if (ci.name.startsWith(consumerPrefix(this.partition)) || ci.name === name) {
+        await jsm.consumers.delete(this.stream, ci.name).catch(() => undefined);
+      }
+    }
     await jsm.consumers.add(this.stream, {
       durable_name: name,
       ack_policy: AckPolicy.All,
@@ -118,7 +131,10 @@ export class PartitionRunner {
   }
 
   private async consume(): Promise<void> {
-    const consumer = await this.deps.js.consumers.get(this.stream, consumerName(this.partition));
+    const consumer = await this.deps.js.consumers.get(
+      this.stream,
+      consumerName(this.partition, this.lease.epoch),
+    );
     const messages = await consumer.consume({
       max_messages: this.deps.maxBatch,
       expires: 5000,
@@ -130,7 +146,7 @@ export class PartitionRunner {
     void messages.closed().then(async (err) => {
       if (this.status !== 'RUNNING') return;
       this.log.warn({ err: err ? (err as Error).message : undefined }, 'consume ended; resuming');
-      for (let attempt = 1; this.status === 'RUNNING'; attempt++) {
+      for (let attempt = 1; this.status === 'RUNNING' && this.lease.valid(); attempt++) {
         try {
           await this.createConsumer(this.lastQueuedSeq + 1);
           await this.consume();
@@ -162,6 +178,11 @@ export class PartitionRunner {
   private async drain(): Promise<void> {
     try {
       while (this.queue.length > 0 && this.status === 'RUNNING') {
+        if (!this.lease.valid()) {
+          // Fenced: another node may own the partition by now. Commit and publish nothing more.
+          this.queue = [];
+          break;
+        }
         const batch = this.queue.splice(0, this.deps.maxBatch);
         await this.process(batch);
         // Let publishing fall at most two batches behind compute.
@@ -202,7 +223,7 @@ export class PartitionRunner {
     let result: BatchResult | undefined;
     for (let attempt = 1; !result; attempt++) {
       try {
-        result = await this.deps.dispatcher.submit(this.partition, events);
+        result = await this.deps.dispatcher.submit(this.partition, this.lease.epoch, events);
       } catch (err) {
         // Nothing was committed: the same batch is tried again, so nothing is skipped.
         metrics.batchFailures.inc(this.label);
@@ -224,6 +245,14 @@ export class PartitionRunner {
     this.unpublished++;
     this.publishing = (async () => {
       await previous;
+      if (!this.lease.valid()) {
+        // Committed locally but fenced: publish nothing. The next owner restores from the state
+        // bucket and the acknowledged position, and this node drops the commit if it ever
+        // owns the partition again (see restore.ts).
+        this.deps.metrics.fencedBatches.inc(this.label);
+        this.unpublished--;
+        return;
+      }
       let bySeq: Map<number, JsMsg> | undefined;
       if (done.dead.length > 0) bySeq = new Map(batch.map((m) => [m.seq, m]));
       await this.publishOutputs(done.changes, done.emits, done.dead, async (seq) => {
@@ -258,6 +287,7 @@ export class PartitionRunner {
   ): Promise<void> {
     const { nc, js, metrics } = this.deps;
     for (let attempt = 1; ; attempt++) {
+      if (!this.lease.valid()) return;
       try {
         // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
         for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);

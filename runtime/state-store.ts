@@ -40,6 +40,8 @@ export interface Checkpoint {
   seq: number;
   /** Commit time, epoch ms. */
   at: number;
+  /** The lease epoch under which it was committed. */
+  epoch?: number;
 }
 
 /** What a commit has to publish; kept until the next commit of the partition overwrites it. */
@@ -61,6 +63,16 @@ export interface StateStore {
   /** Outboxes not yet fully published, oldest first. */
   outboxes(partition: number): Outbox[];
   deleteOutbox(partition: number, seq: number): Promise<boolean>;
+  /**
+   * Replaces a partition's states with `records` and sets its checkpoint, in one transaction; its
+   * outboxes are dropped (the previous owner published them). For a partition that moved here.
+   */
+  replacePartition(
+    partition: number,
+    partitionOf: (key: string) => number,
+    records: { actor: string; key: string; record: StateRecord }[],
+    checkpoint: Checkpoint,
+  ): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -134,6 +146,13 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
     outboxes: (p) =>
       [...meta.getRange({ start: ['ob', p], end: ['ob', p + 1] })].map((e) => e.value as Outbox),
     deleteOutbox: (p, seq) => meta.remove(['ob', p, seq]),
+    replacePartition: (p, partitionOf, records, checkpoint) =>
+      root.transaction(() => {
+        for (const k of states.getKeys()) if (partitionOf(k[1]) === p) states.remove(k);
+        for (const r of records) states.put([r.actor, r.key], r.record);
+        for (const k of meta.getKeys({ start: ['ob', p], end: ['ob', p + 1] })) meta.remove(k);
+        meta.put(['cp', p], checkpoint);
+      }),
     close: () => root.close(),
   };
 }

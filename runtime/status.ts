@@ -1,9 +1,8 @@
 // `partita status`: partitions, their owners, lag and checkpoint age, read from JetStream.
-import { jetstreamManager } from '@nats-io/jetstream';
+import { type ConsumerInfo, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { consumerName } from './partition-runner.js';
-import { inStream, META_BUCKET } from './subjects.js';
+import { consumerPrefix, inStream, LEASES_BUCKET, META_BUCKET, NODES_BUCKET } from './subjects.js';
 
 export interface PartitionState {
   partition: number;
@@ -25,15 +24,23 @@ export interface ClusterStatus {
 
 export async function readStatus(nc: NatsConnection): Promise<ClusterStatus> {
   const jsm = await jetstreamManager(nc);
-  const meta = await new Kvm(nc).open(META_BUCKET).catch(() => null);
+  const kvm = new Kvm(nc);
+  const meta = await kvm.open(META_BUCKET).catch(() => null);
   const n = Number((await meta?.get('partitions'))?.string() ?? 0);
+  const leases = await kvm.open(LEASES_BUCKET).catch(() => null);
+  const nodesKv = await kvm.open(NODES_BUCKET).catch(() => null);
   const now = Date.now();
   const partitions = await Promise.all(
     Array.from({ length: n }, async (_, p): Promise<PartitionState> => {
       const name = inStream(p);
       const info = await jsm.streams.info(name).catch(() => null);
-      const ci = await jsm.consumers.info(name, consumerName(p)).catch(() => null);
-      const owner = ci?.config.description?.match(/owner=(\S+)/)?.[1] ?? null;
+      // The lease names the owner; its consumer (named after the lease epoch) has the progress.
+      const lease = await leases?.get(`p${p}`).catch(() => null);
+      const owner = lease?.operation === 'PUT' ? lease.json<{ node: string }>().node : null;
+      let ci: ConsumerInfo | null = null;
+      for await (const c of jsm.consumers.list(name)) {
+        if (c.name.startsWith(consumerPrefix(p)) && (!ci || c.created > ci.created)) ci = c;
+      }
       const last = ci?.ack_floor?.last_active ? Date.parse(String(ci.ack_floor.last_active)) : null;
       return {
         partition: p,
@@ -52,8 +59,9 @@ export async function readStatus(nc: NatsConnection): Promise<ClusterStatus> {
       };
     }),
   );
-  const nodes = [...new Set(partitions.map((p) => p.owner).filter((o): o is string => o !== null))].sort();
-  return { partitions, nodes };
+  const nodes = new Set(partitions.map((p) => p.owner).filter((o): o is string => o !== null));
+  if (nodesKv) for await (const k of await nodesKv.keys()) nodes.add(k);
+  return { partitions, nodes: [...nodes].sort() };
 }
 
 export function formatStatus(s: ClusterStatus): string {

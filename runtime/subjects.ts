@@ -24,6 +24,12 @@ export const UNROUTED_STREAM = 'PARTITA_UNROUTED';
 export const DLQ_STREAM = 'PARTITA_DLQ';
 export const STATE_BUCKET = 'partita_state';
 export const META_BUCKET = 'partita_meta';
+export const NODES_BUCKET = 'partita_nodes';
+export const LEASES_BUCKET = 'partita_leases';
+/** Each partition's consumer is named after it and the lease epoch that created it. */
+export function consumerPrefix(partition: number): string {
+  return `partita-p${partition}-`;
+}
 
 /** The server-side mapping that assigns partitions; `partition(n, 2)` hashes the key token. */
 export function partitionMapping(partitions: number): Record<string, string> {

@@ -18,7 +18,9 @@ import {
   EVENTS_PREFIX,
   IN_PREFIX,
   inStream,
+  LEASES_BUCKET,
   META_BUCKET,
+  NODES_BUCKET,
   partitionOf,
   STATE_BUCKET,
   STATE_PREFIX,
@@ -32,6 +34,8 @@ export interface TopologyOptions {
   replicas?: number;
   /** Max age of raw events in the input stream, in ms; 0 keeps them forever. @default 90 days */
   eventsMaxAgeMs?: number;
+  /** Lease TTL for a new deployment (an existing one keeps its own). @default 2000 */
+  leaseTtlMs?: number;
 }
 
 export interface Topology {
@@ -39,6 +43,12 @@ export interface Topology {
   readonly partitions: number;
   readonly state: KV;
   readonly meta: KV;
+  /** Live nodes: one key per node, expiring `leaseTtlMs` after its last heartbeat. */
+  readonly nodes: KV;
+  /** Partition leases: `p<N>`, expiring `leaseTtlMs` after the last renewal. */
+  readonly leases: KV;
+  /** The lease TTL the deployment was created with. */
+  readonly leaseTtlMs: number;
 }
 
 export const DEFAULT_PARTITIONS = 16;
@@ -123,7 +133,12 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     num_replicas: replicas,
   });
   const state = await ensureStateBucket(nc, replicas);
-  return { jsm, partitions, state, meta };
+  // On 2.9 a KV bucket's TTL is its stream's max age: an entry not rewritten within it vanishes.
+  const ttl = opts.leaseTtlMs ?? 2000;
+  const nodes = await kvm.create(NODES_BUCKET, { history: 1, replicas, ttl, storage: StorageType.Memory });
+  const leases = await kvm.create(LEASES_BUCKET, { history: 1, replicas, ttl, storage: StorageType.File });
+  const leaseTtlMs = (await leases.status()).ttl || ttl;
+  return { jsm, partitions, state, meta, nodes, leases, leaseTtlMs };
 }
 
 /**

@@ -1,0 +1,204 @@
+// Membership and ownership on JetStream KV, with no consensus of our own. Every node heartbeats
+// its key in `partita_nodes`, computes the same assignment from the live set (assignment.ts),
+// takes the leases of the partitions assigned to it when they are free, and hands over the ones it
+// should no longer run: checkpoint, publish, then delete the lease, so the next owner starts at once.
+// A crashed node's keys expire after the lease TTL, and its partitions are taken then.
+import { type KV, KvWatchInclude } from '@nats-io/kv';
+import { partitionsOf } from './assignment.js';
+import type { Logger } from './logger.js';
+import { type LeaseHolder, PartitionLease } from './partition-lease.js';
+
+export interface CoordinatorOptions {
+  nodes: KV;
+  leases: KV;
+  holder: LeaseHolder;
+  partitions: number;
+  leaseTtlMs: number;
+  log: Logger;
+  /** Extra facts published with the node's heartbeat (its metrics URL, say). */
+  info?: Record<string, unknown>;
+  /**
+   * Starts the given partitions, whose leases were just taken. Called with several at once so a
+   * restore reads the state bucket once; at most `maxConcurrentStarts` partitions per call.
+   */
+  start(leases: PartitionLease[]): Promise<void>;
+  /** Stops a partition: `graceful` publishes what is committed; otherwise the lease is gone. */
+  stop(partition: number, graceful: boolean): Promise<void>;
+  /** Partitions started per round, so a large restart does not stampede NATS or the disk. @default 4 */
+  maxConcurrentStarts?: number;
+  /** A lease lost without release. */
+  onLeaseLost?(partition: number): void;
+}
+
+export class Coordinator {
+  private readonly held = new Map<number, PartitionLease>();
+  private readonly busy = new Set<number>();
+  private live: string[] = [];
+  private running = false;
+  private renewTimer: NodeJS.Timeout | null = null;
+  private assignTimer: NodeJS.Timeout | null = null;
+  private assigning: Promise<void> | null = null;
+  private again = false;
+  private stopWatch: (() => void) | null = null;
+
+  constructor(private readonly o: CoordinatorOptions) {}
+
+  get owned(): number[] {
+    return [...this.held.keys()].sort((a, b) => a - b);
+  }
+
+  get liveNodes(): string[] {
+    return this.live;
+  }
+
+  async start(): Promise<void> {
+    this.running = true;
+    await this.heartbeat();
+    const every = Math.max(100, Math.floor(this.o.leaseTtlMs / 4));
+    this.renewTimer = setInterval(() => void this.renewAll(), every);
+    this.assignTimer = setInterval(() => this.kick(), Math.min(250, every));
+    // A released lease or a new node shows at once in the watch; expiries do not (2.9 removes
+    // expired entries without a marker), which the periodic round covers.
+    const w = await this.o.leases.watch({ include: KvWatchInclude.UpdatesOnly });
+    const n = await this.o.nodes.watch({ include: KvWatchInclude.UpdatesOnly });
+    this.stopWatch = () => {
+      w.stop();
+      n.stop();
+    };
+    void (async () => {
+      for await (const _ of w) this.kick();
+    })();
+    void (async () => {
+      for await (const _ of n) this.kick();
+    })();
+    this.kick();
+    await this.assigning;
+  }
+
+  /** Hands every partition over and leaves the cluster. */
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    if (this.assignTimer) clearInterval(this.assignTimer);
+    this.stopWatch?.();
+    await this.assigning;
+    // Renewals go on while partitions drain, so none lapses mid-handoff.
+    const keepAlive = setInterval(
+      () => void this.renewAll(),
+      Math.max(100, Math.floor(this.o.leaseTtlMs / 4)),
+    );
+    try {
+      await Promise.all(
+        [...this.held.keys()].map(async (p) => {
+          await this.o.stop(p, true);
+          await this.held.get(p)?.release();
+          this.held.delete(p);
+        }),
+      );
+    } finally {
+      clearInterval(keepAlive);
+    }
+    await this.o.nodes.delete(this.o.holder.node).catch(() => undefined);
+  }
+
+  private kick(): void {
+    if (!this.running) return;
+    if (this.assigning) {
+      this.again = true;
+      return;
+    }
+    this.assigning = this.assign()
+      .catch((err) => this.o.log.warn({ err: (err as Error).message }, 'assignment round failed'))
+      .finally(() => {
+        this.assigning = null;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
+      });
+  }
+
+  private async heartbeat(): Promise<void> {
+    await this.o.nodes.put(
+      this.o.holder.node,
+      JSON.stringify({ ...this.o.holder, ...this.o.info, at: Date.now(), partitions: this.owned }),
+    );
+  }
+
+  private async renewAll(): Promise<void> {
+    await this.heartbeat().catch((err) =>
+      this.o.log.warn({ err: (err as Error).message }, 'heartbeat failed'),
+    );
+    await Promise.all(
+      [...this.held].map(async ([p, lease]) => {
+        if (await lease.renew()) return;
+        if (this.busy.has(p)) return; // a handoff in progress deals with it
+        this.o.log.warn({ partition: p }, 'lease lost: stopping the partition without publishing');
+        this.held.delete(p);
+        this.o.onLeaseLost?.(p);
+        this.busy.add(p);
+        try {
+          await this.o.stop(p, false);
+        } finally {
+          this.busy.delete(p);
+        }
+        this.kick();
+      }),
+    );
+  }
+
+  private async listNodes(): Promise<string[]> {
+    const nodes = new Set<string>([this.o.holder.node]);
+    for await (const k of await this.o.nodes.keys()) nodes.add(k);
+    return [...nodes].sort();
+  }
+
+  private async assign(): Promise<void> {
+    this.live = await this.listNodes();
+    const mine = partitionsOf(this.o.holder.node, this.live, this.o.partitions);
+    // Hand over what is no longer ours.
+    const handoffs = [...this.held.keys()].filter((p) => !mine.has(p) && !this.busy.has(p));
+    await Promise.all(
+      handoffs.map(async (p) => {
+        this.busy.add(p);
+        try {
+          await this.o.stop(p, true);
+          await this.held.get(p)?.release();
+          this.held.delete(p);
+          this.o.log.info({ partition: p }, 'partition handed over');
+        } finally {
+          this.busy.delete(p);
+        }
+      }),
+    );
+    // Take what is ours and free, a few at a time.
+    const want = [...mine].filter((p) => !this.held.has(p) && !this.busy.has(p));
+    const max = this.o.maxConcurrentStarts ?? 4;
+    const taken: PartitionLease[] = [];
+    for (const p of want) {
+      if (taken.length >= max || !this.running) break;
+      const lease = new PartitionLease(this.o.leases, p, this.o.holder, this.o.leaseTtlMs);
+      if (await lease.acquire()) taken.push(lease);
+    }
+    if (taken.length === 0) return;
+    for (const l of taken) {
+      this.held.set(l.partition, l);
+      this.busy.add(l.partition);
+    }
+    try {
+      await this.o.start(taken);
+      this.o.log.info({ partitions: taken.map((l) => l.partition) }, 'partitions taken');
+    } catch (err) {
+      this.o.log.error({ err: (err as Error).message }, 'starting partitions failed; releasing them');
+      for (const l of taken) {
+        await this.o.stop(l.partition, false).catch(() => undefined);
+        await l.release();
+        this.held.delete(l.partition);
+      }
+    } finally {
+      for (const l of taken) this.busy.delete(l.partition);
+    }
+    // More may be waiting (the cap above): go round again.
+    if (want.length > taken.length) this.again = true;
+  }
+}

@@ -1,0 +1,93 @@
+// A partition's lease in the `partita_leases` bucket: acquired with create (fails if held),
+// renewed with a compare-and-set update on the revision, released with a delete on that revision.
+// The revision at acquisition is the lease's epoch: it grows with every new owner, and it is
+// written into checkpoints and published state so that older epochs can be told apart.
+import type { KV } from '@nats-io/kv';
+
+export interface LeaseHolder {
+  node: string;
+  /** Tells apart two runs of the same node id (a restart on the same data dir). */
+  instance: string;
+}
+
+export class PartitionLease {
+  /** Revision at acquisition. */
+  epoch = 0;
+  private revision = 0;
+  /** Local time until which the lease is provably ours: last renewal sent + TTL − margin. */
+  private deadline = 0;
+  private lost = false;
+  readonly key: string;
+
+  constructor(
+    private readonly kv: KV,
+    readonly partition: number,
+    private readonly holder: LeaseHolder,
+    private readonly ttlMs: number,
+    /** Safety margin against clock rate drift and the server's expiry timer. */
+    private readonly marginMs = Math.min(500, ttlMs / 4),
+  ) {
+    this.key = `p${partition}`;
+  }
+
+  /** True while no other node can have acquired the partition. Checked before every commit and publish. */
+  valid(): boolean {
+    return !this.lost && performance.now() < this.deadline;
+  }
+
+  /** Takes the lease if it is free, or held by an earlier run of this very node. */
+  async acquire(): Promise<boolean> {
+    const sent = performance.now();
+    const value = JSON.stringify({ ...this.holder, at: Date.now() });
+    try {
+      this.revision = await this.kv.create(this.key, value);
+    } catch {
+      // Held. If by a previous run of this node (killed, restarted on the same data dir), take it
+      // over at once rather than wait for it to expire.
+      const cur = await this.kv.get(this.key).catch(() => null);
+      if (!cur || cur.operation !== 'PUT') return false;
+      const h = cur.json<LeaseHolder>();
+      if (h.node !== this.holder.node || h.instance === this.holder.instance) return false;
+      try {
+        this.revision = await this.kv.update(this.key, value, cur.revision);
+      } catch {
+        return false;
+      }
+    }
+    this.epoch = this.revision;
+    this.deadline = sent + this.ttlMs - this.marginMs;
+    this.lost = false;
+    return true;
+  }
+
+  /** Renews; false means the lease is gone (expired and maybe taken): stop at once. */
+  async renew(): Promise<boolean> {
+    if (this.lost) return false;
+    const sent = performance.now();
+    try {
+      this.revision = await this.kv.update(
+        this.key,
+        JSON.stringify({ ...this.holder, at: Date.now() }),
+        this.revision,
+      );
+      this.deadline = sent + this.ttlMs - this.marginMs;
+      return true;
+    } catch {
+      // A timeout is not proof of loss, but neither is it proof of ownership: only the deadline
+      // keeps the lease valid until the next attempt.
+      if (!this.valid()) this.lost = true;
+      return this.valid();
+    }
+  }
+
+  /** Gives the partition up so the next owner starts at once. */
+  async release(): Promise<void> {
+    this.lost = true;
+    await this.kv.delete(this.key, { previousSeq: this.revision }).catch(() => undefined);
+  }
+
+  /** Marks the lease lost without touching the bucket (another node owns it now). */
+  abandon(): void {
+    this.lost = true;
+  }
+}

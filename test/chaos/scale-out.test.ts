@@ -1,0 +1,148 @@
+// Several nodes share the partitions: a killed node's partitions move to the others, a joining
+// node takes its share by handoff, and a paused node that lost its lease publishes nothing stale.
+// Every exactly-once state must still equal the straight fold of the events.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { afterEach, beforeEach, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { check, testSeed } from '../helpers/check.js';
+import { startTestNats, type TestNats } from '../helpers/nats.js';
+import { type NodeProcess, PARTITA_BIN, spawnPartita } from '../helpers/node-process.js';
+import { Workload } from '../helpers/workload.js';
+
+const FIXTURE_ACTORS = fileURLToPath(new URL('../fixtures/actors/', import.meta.url));
+const PARTITIONS = 12;
+
+let nats: TestNats;
+let nc: NatsConnection;
+const nodes = new Map<string, NodeProcess>();
+
+interface Status {
+  partitions: { partition: number; owner: string | null }[];
+  nodes: string[];
+}
+
+function status(): Status {
+  const r = spawnSync(process.execPath, [PARTITA_BIN, 'status', '--json', '--nats', nats.url], {
+    encoding: 'utf8',
+  });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as Status;
+}
+
+function owners(): Map<string, number[]> {
+  const m = new Map<string, number[]>();
+  for (const p of status().partitions) {
+    if (!p.owner) continue;
+    m.set(p.owner, [...(m.get(p.owner) ?? []), p.partition]);
+  }
+  return m;
+}
+
+async function startNode(id: string): Promise<NodeProcess> {
+  const dir = join(nats.dir, id);
+  const n = await spawnPartita([
+    'node',
+    '--nats',
+    nats.url,
+    '--actors',
+    FIXTURE_ACTORS,
+    '--data',
+    dir,
+    '--id',
+    id,
+  ]);
+  nodes.set(id, n);
+  return n;
+}
+
+/** Waits until exactly `ids` own every partition. */
+async function settled(ids: string[], timeoutMs = 20_000): Promise<Map<string, number[]>> {
+  return check(
+    () => {
+      const o = owners();
+      const owned = [...o.values()].reduce((a, ps) => a + ps.length, 0);
+      return owned === PARTITIONS && [...o.keys()].every((k) => ids.includes(k)) && o.size === ids.length
+        ? o
+        : undefined;
+    },
+    timeoutMs,
+    `partitions owned by ${ids.join(', ')}`,
+  );
+}
+
+beforeEach(async () => {
+  nats = await startTestNats({ partitions: PARTITIONS });
+  nc = await nats.connect();
+});
+afterEach(async () => {
+  for (const n of nodes.values()) await n.kill('SIGKILL');
+  nodes.clear();
+  await nats?.stop();
+});
+
+it('moves a killed node’s partitions to the others, and a joining node takes its share', async () => {
+  const seed = testSeed();
+  console.log(`scale-out seed=${seed}`);
+  const work = new Workload(nc, seed);
+  await Promise.all(['a', 'b', 'c'].map(startNode));
+  const three = await settled(['a', 'b', 'c']);
+  for (const ps of three.values())
+    assert.ok(ps.length <= Math.ceil(PARTITIONS / 3), 'balanced over three nodes');
+
+  // Under load, kill -9 one node.
+  let stop = false;
+  const load = work.publishPaced(12_000, 2000, () => stop);
+  await check(() => work.published > 3000, 10_000, 'load under way');
+  const killedAt = Date.now();
+  await nodes.get('b')!.kill('SIGKILL');
+  nodes.delete('b');
+  await settled(['a', 'c']);
+  console.log(`failover: partitions of b owned elsewhere ${Date.now() - killedAt} ms after the kill`);
+
+  // A fourth node joins under load and takes a fair share by graceful handoff.
+  await startNode('d');
+  const after = await settled(['a', 'c', 'd']);
+  assert.ok(
+    (after.get('d')?.length ?? 0) >= Math.floor(PARTITIONS / 3) - 1,
+    `d took ${after.get('d')?.length}`,
+  );
+  await load;
+  stop = true;
+  await work.publish(500);
+  await work.verify(PARTITIONS);
+});
+
+it('fences a node paused past its lease: the new owner wins, the zombie publishes nothing stale', async () => {
+  const seed = testSeed();
+  console.log(`zombie seed=${seed}`);
+  const work = new Workload(nc, seed);
+  await Promise.all(['x', 'y'].map(startNode));
+  await settled(['x', 'y']);
+  let stop = false;
+  const load = work.publishPaced(10_000, 2000, () => stop);
+  await check(() => work.published > 2000, 10_000, 'load under way');
+  const zombie = nodes.get('x')!;
+  zombie.child.kill('SIGSTOP');
+  // Past the lease TTL (2 s): y takes every partition while x sleeps.
+  await settled(['y'], 20_000).catch(async (err) => {
+    zombie.child.kill('SIGCONT');
+    throw err;
+  });
+  await check(() => work.published > 6000, 20_000, 'more load while x is paused');
+  zombie.child.kill('SIGCONT');
+  // x wakes believing it owns its partitions; its commits are fenced, and it rejoins as a member.
+  await settled(['x', 'y'], 20_000);
+  await load;
+  stop = true;
+  await work.publish(500);
+  await work.verify(PARTITIONS);
+  const metrics = await (await fetch(`${zombie.ready.metrics}/metrics`)).text();
+  assert.match(
+    metrics,
+    /partita_lease_losses_total\{partition="\d+"\} [1-9]/,
+    'the zombie saw its leases lost',
+  );
+});

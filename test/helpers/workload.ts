@@ -1,0 +1,79 @@
+// A seeded event set for the `account` (exactly-once) and `seen` (at-least-once) fixture actors,
+// with its straight fold, and the check that the runtime's published state matches it.
+import assert from 'node:assert/strict';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { inStream, STATE_BUCKET } from '../../runtime/index.js';
+import { type Account, chainStep } from '../fixtures/actors/account.js';
+import { check, seededRandom } from './check.js';
+
+export class Workload {
+  readonly expected = new Map<string, Account>();
+  readonly ids = new Map<string, number[]>();
+  published = 0;
+  private readonly rnd: () => number;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    readonly seed: number,
+    private readonly keys = 150,
+  ) {
+    this.rnd = seededRandom(seed);
+  }
+
+  random(): number {
+    return this.rnd();
+  }
+
+  /** Publishes `n` more events: hot keys and a long tail. */
+  async publish(n: number): Promise<void> {
+    for (let i = 0; i < n; i++) {
+      const id = ++this.published;
+      const k = this.rnd() < 0.3 ? Math.floor(this.rnd() * 5) : Math.floor(this.rnd() * this.keys);
+      const key = `k${k}`;
+      const amount = Math.floor(this.rnd() * 1000);
+      const s = this.expected.get(key) ?? { count: 0, total: 0, chain: 0 };
+      this.expected.set(key, { count: s.count + 1, total: s.total + amount, chain: chainStep(s.chain, id) });
+      const list = this.ids.get(key) ?? [];
+      list.push(id);
+      this.ids.set(key, list);
+      this.nc.publish(`events.tx.${key}`, JSON.stringify({ id, amount }));
+      if (i % 1000 === 999) await this.nc.flush();
+    }
+    await this.nc.flush();
+  }
+
+  /** Publishes `total` events at about `perSecond`, in small steps, until done or `stop()`. */
+  async publishPaced(total: number, perSecond: number, stop: () => boolean = () => false): Promise<void> {
+    const step = Math.max(1, Math.round(perSecond / 50));
+    const end = this.published + total;
+    while (this.published < end && !stop()) {
+      await this.publish(Math.min(step, end - this.published));
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** Every event is stored, every exactly-once state equals the fold, every at-least-once id is seen. */
+  async verify(partitions: number, timeoutMs = 60_000): Promise<void> {
+    const jsm = await jetstreamManager(this.nc);
+    let stored = 0;
+    for (let p = 0; p < partitions; p++) stored += (await jsm.streams.info(inStream(p))).state.messages;
+    assert.equal(stored, this.published, 'every published event is in the input streams');
+    const kv = await new Kvm(this.nc).open(STATE_BUCKET);
+    for (const [key, want] of this.expected) {
+      const got = await check(
+        async () => {
+          const v = (await kv.get(`account.${key}`))?.json<{ state: Account }>();
+          return v && v.state.count >= want.count ? v : undefined;
+        },
+        timeoutMs,
+        `account ${key} to reach ${want.count} events (seed ${this.seed})`,
+      );
+      assert.deepEqual(got.state, want, `exactly-once state of ${key} (seed ${this.seed})`);
+      const seen = (await kv.get(`seen.${key}`))?.json<{ state: { ids: Record<string, 1> } }>();
+      const missing = (this.ids.get(key) ?? []).filter((id) => !seen?.state.ids[String(id)]);
+      assert.deepEqual(missing, [], `at-least-once ids of ${key} (seed ${this.seed})`);
+    }
+  }
+}
