@@ -22,6 +22,7 @@ export interface NodeMetrics {
   readonly fencedBatches: Counter<'partition'>;
   readonly leaseLosses: Counter<'partition'>;
   readonly restoreSeconds: Histogram<string>;
+  readonly retentionGaps: Counter<'partition'>;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60];
@@ -119,6 +120,12 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
     leaseLosses: new Counter({
       name: 'partita_lease_losses_total',
       help: 'Partition leases lost without a graceful release (renewal failed or expired)',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    retentionGaps: new Counter({
+      name: 'partita_retention_gaps_total',
+      help: 'Partitions stopped because the stream no longer holds events their state needs (PARTITA_ERR_RETENTION_GAP)',
       labelNames: ['partition'],
       registers: r,
     }),

@@ -157,9 +157,11 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   // last owner, else from the state bucket and the previous owner's acknowledged position.
   const startPartitions = async (leases: PartitionLease[]) => {
     const restore: PartitionLease[] = [];
+    const owned = new Set<number>();
     for (const l of leases) {
       const owner = await topology.meta.get(ownerKey(l.partition));
       const last = owner?.operation === 'PUT' ? owner.json<{ node: string }>().node : undefined;
+      if (last !== undefined) owned.add(l.partition);
       if (!(last === id && store.checkpoint(l.partition))) restore.push(l);
     }
     if (restore.length > 0) {
@@ -188,7 +190,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
           ownerKey(l.partition),
           JSON.stringify({ node: id, epoch: l.epoch, at: Date.now() }),
         );
-        const runner = new PartitionRunner(l.partition, deps, l);
+        const runner = new PartitionRunner(l.partition, deps, l, owned.has(l.partition));
         runners.set(l.partition, runner);
         await runner.start();
       }),

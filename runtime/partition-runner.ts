@@ -14,6 +14,7 @@ import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
 import { producerSubject, publishDeadLetter } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
+import { PartitaError } from './errors.js';
 import type { Flusher } from './flusher.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
@@ -35,7 +36,7 @@ export interface PartitionDeps {
   maxBatch: number;
 }
 
-export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED';
+export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
 
 const MSGPACK = 'application/msgpack';
 const KV_STATE_PREFIX = `$KV.${STATE_BUCKET}.`;
@@ -71,6 +72,8 @@ export class PartitionRunner {
     private readonly deps: PartitionDeps,
     /** Proof of ownership: checked before every batch and every publish. */
     readonly lease: PartitionLease,
+    /** Some node has run this partition before (so a gap at the start is a loss). */
+    private readonly everOwned = true,
   ) {
     this.label = { partition: String(partition) };
     this.stream = inStream(partition);
@@ -86,9 +89,30 @@ export class PartitionRunner {
       await this.recoverOutbox(ob);
       await this.deps.store.deleteOutbox(this.partition, ob.seq);
     }
-    await this.createConsumer(this.committedSeq + 1);
+    // A partition's stream holds only its own events, so sequences are contiguous: a checkpoint
+    // below the stream's first sequence means retention dropped events the state never saw.
+    const first = (await this.deps.jsm.streams.info(this.stream)).state.first_seq;
+    if (this.committedSeq + 1 < first) {
+      if (this.committedSeq > 0 || this.everOwned) {
+        this.failClosed(`checkpoint at ${this.committedSeq}, the stream starts at ${first}`);
+        return;
+      }
+      // Never processed by anyone: start at the first event the stream still has.
+      this.lastQueuedSeq = first - 1;
+    }
+    await this.createConsumer(this.lastQueuedSeq + 1);
     this.status = 'RUNNING';
     await this.consume();
+  }
+
+  /** Stops the partition for good on a gap in its events, holding the lease so nobody skips it. */
+  private failClosed(why: string): void {
+    const err = new PartitaError('PARTITA_ERR_RETENTION_GAP', `partition ${this.partition}: ${why}`);
+    this.log.error({ code: err.code }, err.message);
+    this.deps.metrics.retentionGaps.inc(this.label);
+    this.status = 'FAILED';
+    this.queue = [];
+    this.messages?.stop();
   }
 
   /**
@@ -97,6 +121,10 @@ export class PartitionRunner {
    */
   async stop(): Promise<void> {
     if (this.status === 'STOPPED') return;
+    if (this.status === 'FAILED') {
+      this.status = 'STOPPED';
+      return;
+    }
     this.status = 'STOPPING';
     this.queue = [];
     this.messages?.stop();
@@ -163,6 +191,10 @@ export class PartitionRunner {
     if (this.status !== 'RUNNING') return;
     // Redeliveries and duplicates below what is queued are already handled.
     if (m.seq <= this.lastQueuedSeq) return;
+    if (m.seq !== this.lastQueuedSeq + 1) {
+      this.failClosed(`events ${this.lastQueuedSeq + 1}..${m.seq - 1} are gone from the stream`);
+      return;
+    }
     this.lastQueuedSeq = m.seq;
     this.queue.push(m);
     // Start on the next turn, so that what one socket read brought forms one batch.
