@@ -17,7 +17,9 @@ const USAGE = `usage: partita <command> [options]
   dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
       everything on one machine: a nats-server child, one node, the gateway
   nats [--port N] [--data DIR] [--partitions N]
-      a local nats-server configured for Partita (JetStream, partition mapping)
+       [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
+      a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
+      one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
        [--durability sync|process]
       one worker node
@@ -78,17 +80,52 @@ const COMMANDS: Record<
   { options: Record<string, { type: 'string' | 'boolean' }>; run: (v: Values) => Promise<number> }
 > = {
   nats: {
-    options: { port: { type: 'string' }, data: { type: 'string' }, partitions: { type: 'string' } },
+    options: {
+      port: { type: 'string' },
+      data: { type: 'string' },
+      partitions: { type: 'string' },
+      cluster: { type: 'string' },
+      'cluster-port': { type: 'string' },
+      routes: { type: 'string' },
+      name: { type: 'string' },
+    },
     async run(v) {
+      const partitions = int(v.partitions as string | undefined, 'partitions');
+      const name = v.name as string | undefined;
+      const clusterName = v.cluster as string | undefined;
+      if (!clusterName && (v['cluster-port'] !== undefined || v.routes !== undefined)) {
+        throw new UsageError('--cluster-port and --routes need --cluster NAME');
+      }
+      if (clusterName && !name) {
+        // JetStream knows a member by its server name: it must be unique and survive restarts.
+        throw new UsageError(
+          '--cluster needs --name NAME, unique in the cluster and the same across restarts',
+        );
+      }
       const server = await startNatsServer({
         port: int(v.port as string | undefined, 'port') ?? 4222,
-        dataDir: resolve((v.data as string | undefined) ?? '.partita/nats'),
-        partitions: int(v.partitions as string | undefined, 'partitions'),
+        dataDir: resolve(
+          (v.data as string | undefined) ?? (clusterName ? `.partita/nats-${name}` : '.partita/nats'),
+        ),
+        partitions,
+        serverName: name,
+        cluster: clusterName
+          ? {
+              name: clusterName,
+              port: int(v['cluster-port'] as string | undefined, 'cluster-port') ?? 6222,
+              routes: ((v.routes as string | undefined) ?? '').split(',').filter((r) => r !== ''),
+            }
+          : undefined,
       });
-      const nc = await connect({ servers: server.url });
-      await ensureTopology(nc, { partitions: int(v.partitions as string | undefined, 'partitions') });
-      await nc.close();
-      ready({ nats: server.url });
+      // A cluster member does not create the topology: JetStream has no meta leader until enough
+      // members run, and the ready line must not wait for the others. Nodes create the topology
+      // (idempotently) when they start.
+      if (!clusterName) {
+        const nc = await connect({ servers: server.url });
+        await ensureTopology(nc, { partitions });
+        await nc.close();
+      }
+      ready({ nats: server.url, cluster: server.clusterUrl });
       const exited = new Promise<'exit'>((r) => server.process.once('exit', () => r('exit')));
       const why = await Promise.race([untilSignal(), exited]);
       if (why === 'exit') return 1;
@@ -108,8 +145,8 @@ const COMMANDS: Record<
       durability: { type: 'string' },
     },
     async run(v) {
-      const id = (v.id as string | undefined) ?? `node-${process.pid}`;
-      const dataDir = resolve((v.data as string | undefined) ?? `.partita/${id}`);
+      const id = v.id as string | undefined;
+      const dataDir = resolve((v.data as string | undefined) ?? '.partita/node');
       mkdirSync(dataDir, { recursive: true });
       const node = await startNode({
         natsUrl: (v.nats as string | undefined) ?? defaultNatsUrl(),

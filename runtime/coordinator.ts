@@ -24,7 +24,10 @@ export interface CoordinatorOptions {
   start(leases: PartitionLease[]): Promise<void>;
   /** Stops a partition: `graceful` publishes what is committed; otherwise the lease is gone. */
   stop(partition: number, graceful: boolean): Promise<void>;
-  /** Partitions started per round, so a large restart does not stampede NATS or the disk. @default 4 */
+  /**
+   * Most partitions started per round. Rounds run one at a time, and each restores its partitions in
+   * one pass over the state bucket, so a node never runs two restores at once. @default all
+   */
   maxConcurrentStarts?: number;
   /** A lease lost without release. */
   onLeaseLost?(partition: number): void;
@@ -173,7 +176,7 @@ export class Coordinator {
     );
     // Take what is ours and free, a few at a time.
     const want = [...mine].filter((p) => !this.held.has(p) && !this.busy.has(p));
-    const max = this.o.maxConcurrentStarts ?? 4;
+    const max = this.o.maxConcurrentStarts ?? Number.POSITIVE_INFINITY;
     const taken: PartitionLease[] = [];
     for (const p of want) {
       if (taken.length >= max || !this.running) break;

@@ -1,9 +1,13 @@
-// Starts a local nats-server configured for Partita: JetStream plus the partition mapping.
-// Used by `partita nats`, `partita dev`, the tests and the benchmarks alike.
+// Starts a local nats-server configured for Partita: JetStream plus the partition mapping, alone or
+// as a member of a cluster. Used by `partita nats`, `partita dev`, the tests and the benchmarks.
 import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { jetstreamManager, StorageType } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
 import { PartitaError } from './errors.js';
 import { partitionMapping } from './subjects.js';
 
@@ -16,16 +20,32 @@ export interface NatsServerOptions {
   partitions?: number;
   /** @default '127.0.0.1' */
   host?: string;
+  /** Unique per member of a cluster: JetStream's peers are named after it. @default `partita-<pid>` */
   serverName?: string;
-  /** Cluster settings for a member of a multi-server cluster. */
-  cluster?: { name: string; port: number; routes: string[] };
+  /** Makes the server a member of a cluster; without it the server runs alone. */
+  cluster?: NatsClusterOptions;
   /** Forward the server's own log to this process's stderr. @default false */
   verbose?: boolean;
+}
+
+export interface NatsClusterOptions {
+  /** The cluster's name; every member has the same one. */
+  name: string;
+  /** Route listen port; 0 picks a free one. */
+  port: number;
+  /**
+   * Route URLs of the members (`nats-route://host:port`). Listing every member, this one
+   * included, is fine: the server ignores a route to itself, and clustered JetStream refuses to
+   * start without at least one configured route.
+   */
+  routes: string[];
 }
 
 export interface NatsServerHandle {
   readonly url: string;
   readonly port: number;
+  /** This member's route URL (`nats-route://host:port`); undefined for a server without a cluster. */
+  readonly clusterUrl?: string;
   readonly process: ChildProcess;
   readonly configFile: string;
   stop(signal?: NodeJS.Signals): Promise<void>;
@@ -51,9 +71,12 @@ export function natsConfig(opts: NatsServerOptions & { portsDir?: string }): str
   }
   lines.push('}');
   if (opts.cluster) {
+    // Port -1 lets the server pick; `startNatsServer` picks one itself first, because the other
+    // members' routes must name it.
+    const port = opts.cluster.port === 0 ? -1 : opts.cluster.port;
     lines.push('cluster {');
     lines.push(`  name: ${JSON.stringify(opts.cluster.name)}`);
-    lines.push(`  listen: ${JSON.stringify(`${opts.host ?? '127.0.0.1'}:${opts.cluster.port}`)}`);
+    lines.push(`  listen: ${JSON.stringify(`${opts.host ?? '127.0.0.1'}:${port}`)}`);
     lines.push(`  routes: [${opts.cluster.routes.map((r) => JSON.stringify(r)).join(', ')}]`);
     lines.push('}');
   }
@@ -62,6 +85,14 @@ export function natsConfig(opts: NatsServerOptions & { portsDir?: string }): str
 
 /** Starts nats-server as a child process and resolves once it accepts clients. */
 export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServerHandle> {
+  if (opts.cluster) {
+    const port = opts.cluster.port || (await freePorts(1, opts.host))[0]!;
+    // A route to itself (ignored by the server) lets the first member of a cluster start
+    // clustered JetStream before the others exist: it needs one configured route.
+    const self = routeUrl(opts.host, port);
+    const routes = opts.cluster.routes.includes(self) ? opts.cluster.routes : [...opts.cluster.routes, self];
+    opts = { ...opts, cluster: { ...opts.cluster, port, routes } };
+  }
   mkdirSync(opts.dataDir, { recursive: true });
   const portsDir = join(opts.dataDir, 'ports');
   mkdirSync(portsDir, { recursive: true });
@@ -118,6 +149,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   return {
     url,
     port,
+    clusterUrl: opts.cluster ? routeUrl(opts.host, opts.cluster.port) : undefined,
     process: child,
     configFile,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
@@ -126,4 +158,248 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       await exit;
     },
   };
+}
+
+/** A member's route URL; a wildcard listen address is reached on loopback. */
+export function routeUrl(host: string | undefined, port: number): string {
+  const h = !host || host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+  return `nats-route://${h.includes(':') ? `[${h}]` : h}:${port}`;
+}
+
+/**
+ * `n` distinct ports that are free right now. All are held open until each is known, so they
+ * differ; another process may still take one before the server binds it (the server then exits
+ * and `startNatsServer` says so).
+ */
+export async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]> {
+  const servers: Server[] = [];
+  try {
+    const ports: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const srv = createServer();
+      servers.push(srv);
+      ports.push(
+        await new Promise<number>((res, rej) => {
+          srv.once('error', rej);
+          srv.listen(0, host, () => res((srv.address() as { port: number }).port));
+        }),
+      );
+    }
+    return ports;
+  } finally {
+    await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  }
+}
+
+export interface WaitForJetStreamOptions {
+  /** @default 30000 */
+  timeoutMs?: number;
+  /**
+   * Also wait until a stream with this many replicas can be placed (a probe stream is created and
+   * deleted): the meta leader answers before it knows every peer, and until it does an R3 stream
+   * fails with "no suitable peers for placement". @default 1
+   */
+  replicas?: number;
+}
+
+/**
+ * Resolves once JetStream answers through every one of `servers` (client URLs). In a cluster only
+ * the meta leader answers an account-info request, so an answer through each member means the
+ * member is routed to the others and JetStream has a leader.
+ */
+export async function waitForJetStream(
+  servers: readonly string[],
+  opts: WaitForJetStreamOptions = {},
+): Promise<void> {
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const deadline = Date.now() + timeoutMs;
+  const fail = (what: string, last: unknown) =>
+    new PartitaError(
+      'PARTITA_ERR_NATS_SERVER',
+      `${what} after ${timeoutMs} ms${last ? `: ${(last as Error).message}` : ''}`,
+      { cause: last },
+    );
+  await Promise.all(
+    servers.map(async (url) => {
+      let last: unknown;
+      while (Date.now() < deadline) {
+        const nc = await connect({ servers: url, reconnect: false, timeout: 1000 }).catch((err) => {
+          last = err;
+          return undefined;
+        });
+        if (nc) {
+          try {
+            const jsm = await jetstreamManager(nc, { checkAPI: false, timeout: 1000 });
+            await jsm.getAccountInfo();
+            return;
+          } catch (err) {
+            last = err;
+          } finally {
+            await nc.close().catch(() => undefined);
+          }
+        }
+        await sleep(50);
+      }
+      throw fail(`JetStream not available through ${url}`, last);
+    }),
+  );
+  if ((opts.replicas ?? 1) <= 1) return;
+  const nc = await connect({ servers: [...servers], timeout: 1000 });
+  try {
+    const jsm = await jetstreamManager(nc, { checkAPI: false, timeout: 2000 });
+    // The same name on every attempt: adding an existing stream with the same config succeeds, so
+    // an attempt that timed out after the server created it leaves nothing behind.
+    const id = randomBytes(6).toString('hex');
+    const probe = {
+      name: `PARTITA_PROBE_${id}`,
+      subjects: [`partita.probe.${id}`],
+      storage: StorageType.Memory,
+      num_replicas: opts.replicas,
+    };
+    let last: unknown;
+    while (Date.now() < deadline) {
+      try {
+        await jsm.streams.add(probe);
+        await jsm.streams.delete(probe.name);
+        return;
+      } catch (err) {
+        last = err;
+      }
+      await sleep(50);
+    }
+    await jsm.streams.delete(probe.name).catch(() => undefined);
+    throw fail(`no room for a stream with ${opts.replicas} replicas`, last);
+  } finally {
+    await nc.close().catch(() => undefined);
+  }
+}
+
+export interface NatsClusterStartOptions {
+  /** Number of servers. @default 3 */
+  size?: number;
+  /** Parent directory; member `i` keeps its config and JetStream store in `<dataDir>/<name>-<i>`. */
+  dataDir: string;
+  /** Partition count of the `events.*.*` mapping, the same on every member. @default 16 */
+  partitions?: number;
+  /** Cluster name; the members are named `<name>-1` … `<name>-<size>`. @default 'partita' */
+  name?: string;
+  /** @default '127.0.0.1' */
+  host?: string;
+  /** Forward the servers' logs to this process's stderr. @default false */
+  verbose?: boolean;
+  /** How long to wait for the cluster to form and place streams on every member. @default 30000 */
+  timeoutMs?: number;
+}
+
+export interface NatsClusterMember {
+  /** Server name, the member's JetStream peer name. */
+  readonly name: string;
+  /** Client URL; the same across restarts. */
+  readonly url: string;
+  readonly port: number;
+  readonly clusterUrl: string;
+  readonly dataDir: string;
+  /** The running server, or null while the member is stopped. */
+  readonly server: NatsServerHandle | null;
+  /** Stops the server (SIGTERM unless told otherwise); a no-op when stopped. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+  /** SIGKILL: a crash, nothing flushed. */
+  kill(): Promise<void>;
+  /**
+   * Starts the member again on the same ports and store dir (stopping it first if it runs);
+   * resolves once it accepts clients, before it has caught up with the others.
+   */
+  restart(): Promise<void>;
+}
+
+export interface NatsCluster {
+  readonly name: string;
+  readonly members: readonly NatsClusterMember[];
+  /** Client URLs of every member. */
+  readonly servers: readonly string[];
+  /** `servers` joined with commas, the form `--nats` takes. */
+  readonly url: string;
+  /** Stops every member still running. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/**
+ * Starts a local cluster of `size` nats-servers with clustered JetStream and resolves once it has
+ * formed, has a JetStream meta leader, and can place a stream on every member. Route ports are
+ * picked up front (nats-server could pick them, `listen: host:-1`, but every member's routes must
+ * name all of them before it starts).
+ */
+export async function startNatsCluster(opts: NatsClusterStartOptions): Promise<NatsCluster> {
+  const size = opts.size ?? 3;
+  const name = opts.name ?? 'partita';
+  const clusterPorts = await freePorts(size, opts.host);
+  const routes = clusterPorts.map((p) => routeUrl(opts.host, p));
+  const members = clusterPorts.map((clusterPort, i) => {
+    const memberName = `${name}-${i + 1}`;
+    const dataDir = join(opts.dataDir, memberName);
+    let server: NatsServerHandle | null = null;
+    // The first start picks the client port; restarts reuse it, so the URL stays the same.
+    let port = 0;
+    let url = '';
+    const start = async () => {
+      server = await startNatsServer({
+        port,
+        dataDir,
+        partitions: opts.partitions,
+        host: opts.host,
+        serverName: memberName,
+        cluster: { name, port: clusterPort, routes },
+        verbose: opts.verbose,
+      });
+      port = server.port;
+      url ||= server.url;
+      return server;
+    };
+    const stop = async (signal?: NodeJS.Signals) => {
+      const s = server;
+      server = null;
+      await s?.stop(signal);
+    };
+    return {
+      start,
+      member: {
+        name: memberName,
+        get url() {
+          return url;
+        },
+        get port() {
+          return port;
+        },
+        clusterUrl: routes[i]!,
+        dataDir,
+        get server() {
+          return server;
+        },
+        stop,
+        kill: () => stop('SIGKILL'),
+        async restart() {
+          await stop();
+          await start();
+        },
+      } satisfies NatsClusterMember,
+    };
+  });
+  const stopAll = (signal?: NodeJS.Signals) => Promise.all(members.map((m) => m.member.stop(signal)));
+  try {
+    await Promise.all(members.map((m) => m.start()));
+    const servers = members.map((m) => m.member.url);
+    await waitForJetStream(servers, { timeoutMs: opts.timeoutMs, replicas: size });
+    return {
+      name,
+      members: members.map((m) => m.member),
+      servers,
+      url: servers.join(','),
+      async stop(signal?: NodeJS.Signals) {
+        await stopAll(signal);
+      },
+    };
+  } catch (err) {
+    await stopAll('SIGKILL');
+    throw err;
+  }
 }
