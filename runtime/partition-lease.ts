@@ -45,7 +45,7 @@ export class PartitionLease {
       // Held. If by a previous run of this node (killed, restarted on the same data dir), take it
       // over at once rather than wait for it to expire.
       const cur = await this.kv.get(this.key).catch(() => null);
-      if (!cur || cur.operation !== 'PUT') return false;
+      if (cur?.operation !== 'PUT') return false;
       const h = cur.json<LeaseHolder>();
       if (h.node !== this.holder.node || h.instance === this.holder.instance) return false;
       try {
