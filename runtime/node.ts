@@ -11,6 +11,7 @@ import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from '
 import type { WorkerConfig } from './batch-worker.js';
 import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
+import { PartitaError } from './errors.js';
 import { Flusher } from './flusher.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
@@ -98,7 +99,19 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   });
   let topology: Topology;
   try {
-    topology = await ensureTopology(nc, { partitions: opts.partitions, leaseTtlMs: opts.leaseTtlMs });
+    // Right after a cluster forms, or while a server restarts, JetStream may refuse for a while
+    // (no meta leader, no peers for replicas): try again for a few seconds before giving up.
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      try {
+        topology = await ensureTopology(nc, { partitions: opts.partitions, leaseTtlMs: opts.leaseTtlMs });
+        break;
+      } catch (err) {
+        if (err instanceof PartitaError || Date.now() > deadline) throw err;
+        log.warn({ err: (err as Error).message }, 'JetStream not ready; retrying');
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
     await verifyPartitionMapping(nc, topology.partitions);
   } catch (err) {
     await nc.close();

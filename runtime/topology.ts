@@ -30,7 +30,7 @@ import {
 export interface TopologyOptions {
   /** Partition count; when omitted the deployment's recorded count (else 16) is used. */
   partitions?: number;
-  /** Stream replicas (1 or 3). @default 1 */
+  /** Stream and bucket replicas for a new deployment (1 or 3). @default 3 on a cluster, else 1 */
   replicas?: number;
   /** Max age of raw events in the input stream, in ms; 0 keeps them forever. @default 90 days */
   eventsMaxAgeMs?: number;
@@ -72,8 +72,8 @@ async function ensureStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & 
 
 export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions = {}): Promise<Topology> {
   const jsm = await jetstreamManager(nc);
-  const replicas = opts.replicas ?? 1;
   const kvm = new Kvm(nc);
+  const replicas = opts.replicas ?? defaultReplicas(nc);
   const meta = await kvm.create(META_BUCKET, { history: 1, replicas, storage: StorageType.File });
   const recorded = await meta.get('partitions');
   let partitions = opts.partitions;
@@ -145,13 +145,18 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
  * The bucket of latest states; its republish sends every put on `partita.state.<actor>.<key>`
  * (2.9 accepts republish only at creation). The gateway needs only this, not the partitions.
  */
-export async function ensureStateBucket(nc: NatsConnection, replicas = 1): Promise<KV> {
+export async function ensureStateBucket(nc: NatsConnection, replicas = defaultReplicas(nc)): Promise<KV> {
   return new Kvm(nc).create(STATE_BUCKET, {
     history: 1,
     replicas,
     storage: StorageType.File,
     republish: { src: `$KV.${STATE_BUCKET}.>`, dest: `${STATE_PREFIX}.>` },
   });
+}
+
+/** Replicated (R3) on a cluster, so that one server dying loses nothing; R1 on a single server. */
+export function defaultReplicas(nc: NatsConnection): number {
+  return nc.info?.cluster ? 3 : 1;
 }
 
 /** A probe event's type; it is never stored (see `verifyPartitionMapping`). */

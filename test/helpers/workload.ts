@@ -1,7 +1,7 @@
 // A seeded event set for the `account` (exactly-once) and `seen` (at-least-once) fixture actors,
 // with its straight fold, and the check that the runtime's published state matches it.
 import assert from 'node:assert/strict';
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { inStream, STATE_BUCKET } from '../../runtime/index.js';
@@ -29,19 +29,56 @@ export class Workload {
   /** Publishes `n` more events: hot keys and a long tail. */
   async publish(n: number): Promise<void> {
     for (let i = 0; i < n; i++) {
-      const id = ++this.published;
-      const k = this.rnd() < 0.3 ? Math.floor(this.rnd() * 5) : Math.floor(this.rnd() * this.keys);
-      const key = `k${k}`;
-      const amount = Math.floor(this.rnd() * 1000);
-      const s = this.expected.get(key) ?? { count: 0, total: 0, chain: 0 };
-      this.expected.set(key, { count: s.count + 1, total: s.total + amount, chain: chainStep(s.chain, id) });
-      const list = this.ids.get(key) ?? [];
-      list.push(id);
-      this.ids.set(key, list);
-      this.nc.publish(`events.tx.${key}`, JSON.stringify({ id, amount }));
+      const [subject, data] = this.next();
+      this.nc.publish(subject, data);
       if (i % 1000 === 999) await this.nc.flush();
     }
     await this.nc.flush();
+  }
+
+  /**
+   * Publishes `n` more events through JetStream, each retried until acknowledged, with a message
+   * id so a retry is stored once: for runs where servers die, when a core publish may be lost.
+   */
+  async publishAcked(n: number, window = 100): Promise<void> {
+    const js = jetstream(this.nc);
+    const send = async (subject: string, data: string, msgID: string) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await js.publish(subject, data, { msgID, timeout: 2000 });
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, Math.min(500, 20 * attempt)));
+        }
+      }
+    };
+    // Events of one key are never in flight together, so the stream keeps their order.
+    let inFlight: Promise<void>[] = [];
+    const keys = new Set<string>();
+    for (let i = 0; i < n; i++) {
+      const [subject, data] = this.next();
+      if (keys.has(subject) || inFlight.length >= window) {
+        await Promise.all(inFlight);
+        inFlight = [];
+        keys.clear();
+      }
+      keys.add(subject);
+      inFlight.push(send(subject, data, `w-${this.seed}-${this.published}`));
+    }
+    await Promise.all(inFlight);
+  }
+
+  private next(): [string, string] {
+    const id = ++this.published;
+    const k = this.rnd() < 0.3 ? Math.floor(this.rnd() * 5) : Math.floor(this.rnd() * this.keys);
+    const key = `k${k}`;
+    const amount = Math.floor(this.rnd() * 1000);
+    const s = this.expected.get(key) ?? { count: 0, total: 0, chain: 0 };
+    this.expected.set(key, { count: s.count + 1, total: s.total + amount, chain: chainStep(s.chain, id) });
+    const list = this.ids.get(key) ?? [];
+    list.push(id);
+    this.ids.set(key, list);
+    return [`events.tx.${key}`, JSON.stringify({ id, amount })];
   }
 
   /** Publishes `total` events at about `perSecond`, in small steps, until done or `stop()`. */
