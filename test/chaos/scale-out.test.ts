@@ -146,3 +146,24 @@ it('fences a node paused past its lease: the new owner wins, the zombie publishe
     'the zombie saw its leases lost',
   );
 });
+
+it('hands partitions over on SIGTERM without waiting for the leases to expire', async () => {
+  // Leases of 60 s: only a release, not an expiry, can move the partitions within the test.
+  await nats.stop();
+  nats = await startTestNats({ partitions: PARTITIONS, leaseTtlMs: 60_000 });
+  nc = await nats.connect();
+  const seed = testSeed();
+  console.log(`handoff seed=${seed}`);
+  const work = new Workload(nc, seed);
+  await Promise.all(['p', 'q'].map(startNode));
+  await settled(['p', 'q']);
+  let stop = false;
+  const load = work.publishPaced(6000, 2000, () => stop);
+  await check(() => work.published > 2000, 10_000, 'load under way');
+  assert.equal(await nodes.get('p')!.kill('SIGTERM'), 0, 'a clean exit');
+  nodes.delete('p');
+  await settled(['q'], 20_000);
+  await load;
+  stop = true;
+  await work.verify(PARTITIONS);
+});

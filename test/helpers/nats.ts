@@ -18,14 +18,16 @@ export function tempDir(prefix = 'partita-test-'): string {
   return mkdtempSync(join(tmpdir(), prefix));
 }
 
-export async function startTestNats(opts: { partitions?: number } = {}): Promise<TestNats> {
+export async function startTestNats(
+  opts: { partitions?: number; leaseTtlMs?: number } = {},
+): Promise<TestNats> {
   const dir = tempDir();
   const partitions = opts.partitions ?? 8;
   const server = await startNatsServer({ port: 0, dataDir: join(dir, 'nats'), partitions });
   const conns: NatsConnection[] = [];
   // Record the partition count the server maps with, as `partita nats` does.
   const admin = await connect({ servers: server.url });
-  await ensureTopology(admin, { partitions });
+  await ensureTopology(admin, { partitions, leaseTtlMs: opts.leaseTtlMs });
   await admin.close();
   return {
     url: server.url,
