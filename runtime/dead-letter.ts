@@ -3,6 +3,10 @@ import type { JetStreamClient } from '@nats-io/jetstream';
 import { type MsgHdrs, headers as natsHeaders } from '@nats-io/transport-node';
 import { DLQ_PREFIX, dlqTypeOf } from './subjects.js';
 
+/** On emitted events and dead letters: the lease epoch of the owner that produced them. */
+export const EPOCH_HEADER = 'Partita-Epoch';
+export const PARTITION_HEADER = 'Partita-Partition';
+
 export const DLQ_HEADERS = {
   code: 'Partita-Error-Code',
   error: 'Partita-Error',
@@ -24,6 +28,8 @@ export interface DeadLetterInput {
   code: string;
   message: string;
   actor?: string | null;
+  /** The lease epoch of the partition's owner that wrote it. */
+  epoch?: number;
 }
 
 /**
@@ -45,6 +51,7 @@ export async function publishDeadLetter(js: JetStreamClient, d: DeadLetterInput)
   h.set(DLQ_HEADERS.stream, d.stream);
   h.set(DLQ_HEADERS.seq, String(d.seq));
   if (d.actor) h.set(DLQ_HEADERS.actor, d.actor);
+  if (d.epoch) h.set(EPOCH_HEADER, String(d.epoch));
   const ack = await js.publish(`${DLQ_PREFIX}.${dlqTypeOf(d.subject)}`, d.data, {
     headers: h,
     msgID: `dlq:${d.stream}:${d.seq}:${d.actor ?? '-'}`,

@@ -1,6 +1,6 @@
 // The runtime's public face. Other folders import only from here.
 export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
-export { DLQ_HEADERS } from './dead-letter.js';
+export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';
 export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
 export { createLogger, type Logger } from './logger.js';
 export {

@@ -9,10 +9,10 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { type NatsConnection, headers as natsHeaders } from '@nats-io/transport-node';
 import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
-import { producerSubject, publishDeadLetter } from './dead-letter.js';
+import { EPOCH_HEADER, PARTITION_HEADER, producerSubject, publishDeadLetter } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
 import type { Flusher } from './flusher.js';
@@ -324,7 +324,13 @@ export class PartitionRunner {
         // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
         for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);
         const acks: Promise<unknown>[] = [];
-        for (const [subject, msgID, json] of emits) acks.push(js.publish(subject, json, { msgID }));
+        for (const [subject, msgID, json] of emits) {
+          // Proof of the lease the output was produced under: readers can drop older epochs.
+          const h = natsHeaders();
+          h.set(EPOCH_HEADER, String(this.lease.epoch));
+          h.set(PARTITION_HEADER, String(this.partition));
+          acks.push(js.publish(subject, json, { msgID, headers: h }));
+        }
         for (const [seq, code, message, actor] of dead) {
           const m = await original(seq);
           if (!m) {
@@ -345,6 +351,7 @@ export class PartitionRunner {
               code,
               message,
               actor,
+              epoch: this.lease.epoch,
             }).then((written) => {
               if (written) metrics.deadLetters.inc({ code });
             }),

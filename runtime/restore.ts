@@ -20,6 +20,8 @@ export async function readPartitionStates(
   partitions: ReadonlySet<number>,
   partitionCount: number,
   log: Logger,
+  /** Entries read per second at most, so a large restart does not saturate NATS. @default 200000 */
+  ratePerSecond = 200_000,
 ): Promise<Map<number, RestoredState[]>> {
   const out = new Map<number, RestoredState[]>([...partitions].map((p) => [p, []]));
   const stream = `KV_${STATE_BUCKET}`;
@@ -34,6 +36,11 @@ export async function readPartitionStates(
   const msgs = await consumer.consume({ max_messages: 5000 });
   for await (const m of msgs) {
     read++;
+    // Rate limit: sleep whenever reading runs ahead of the allowance.
+    if (read % 1000 === 0) {
+      const ahead = (read / ratePerSecond) * 1000 - (performance.now() - started);
+      if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+    }
     const op = m.headers?.get('KV-Operation');
     if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
       try {

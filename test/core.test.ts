@@ -117,5 +117,12 @@ describe('core runtime on one node', () => {
       'auditor',
     );
     assert.equal(audit.state.lastOk, 2);
+    assert.match(
+      (audit.state as { epoch?: string }).epoch ?? '',
+      /^[1-9]\d*$/,
+      'emitted events carry the lease epoch',
+    );
+    const change = (await kv.get('flaky.r1'))?.json<{ epoch: number }>();
+    assert.ok((change?.epoch ?? 0) > 0, 'state changes carry the lease epoch');
   });
 });
