@@ -18,7 +18,7 @@ import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
-import { acknowledgedSeq, readPartitionStates } from './restore.js';
+import { restorePartitions } from './restore.js';
 import {
   type Durability,
   markStateDirClean,
@@ -163,7 +163,6 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     nodeId: id,
   };
   const runners = new Map<number, PartitionRunner>();
-  const partitionOfKey = (key: string) => partitionOf(key, topology.partitions);
   const ownerKey = (p: number) => `owner.p${p}`;
 
   // Starts partitions whose leases were just taken: from local state when this node was their
@@ -179,21 +178,14 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     }
     if (restore.length > 0) {
       const t0 = performance.now();
-      const states = await readPartitionStates(
+      await restorePartitions(
         js,
         topology.jsm,
-        new Set(restore.map((l) => l.partition)),
+        store,
+        restore.map((l) => ({ partition: l.partition, epoch: l.epoch })),
         topology.partitions,
         log,
       );
-      for (const l of restore) {
-        const acked = await acknowledgedSeq(topology.jsm, l.partition);
-        await store.replacePartition(l.partition, partitionOfKey, states.get(l.partition) ?? [], {
-          seq: acked,
-          at: Date.now(),
-          epoch: l.epoch,
-        });
-      }
       metrics.restoreSeconds.observe((performance.now() - t0) / 1000);
     }
     metrics.actors.set(store.states.getCount());
@@ -223,7 +215,9 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let server: MetricsServer | undefined;
   let coordinator: Coordinator | undefined;
   try {
-    await dispatcher.warm(threads);
+    // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
+    const warming = dispatcher.warm(threads);
+    warming.catch(() => undefined); // awaited below; this only keeps an early failure handled
     await unrouted.start();
     if (opts.metricsPort !== undefined) {
       server = await startMetricsServer({
@@ -255,6 +249,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       onLeaseLost: (p) => metrics.leaseLosses.inc({ partition: String(p) }),
     });
     await coordinator.start();
+    await warming;
   } catch (err) {
     status = 'FAILED';
     await coordinator?.stop().catch(() => undefined);

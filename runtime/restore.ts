@@ -4,71 +4,86 @@
 // after it that some keys already reflect are skipped by the per-key sequence (`StateRecord.q`).
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import type { Logger } from './logger.js';
-import type { StateRecord } from './state-store.js';
+import type { StateStore } from './state-store.js';
 import { consumerPrefix, inStream, partitionOf, STATE_BUCKET } from './subjects.js';
 
-export interface RestoredState {
-  actor: string;
-  key: string;
-  record: StateRecord;
+export interface RestoreTarget {
+  partition: number;
+  epoch: number;
 }
 
-/** Reads the latest state of every key in `partitions` from the state bucket, in one pass. */
-export async function readPartitionStates(
+/**
+ * Replaces the local state of `targets` with what the state bucket holds for their keys, in one
+ * pass over the bucket, writing as it reads (memory stays flat whatever the state's size), then
+ * sets each checkpoint to the previous owner's acknowledged position. Until that last write the
+ * node's owner record is not updated, so a crash halfway simply restores again.
+ */
+export async function restorePartitions(
   js: JetStreamClient,
   jsm: JetStreamManager,
-  partitions: ReadonlySet<number>,
+  store: StateStore,
+  targets: readonly RestoreTarget[],
   partitionCount: number,
   log: Logger,
   /** Entries read per second at most, so a large restart does not saturate NATS. @default 200000 */
   ratePerSecond = 200_000,
-): Promise<Map<number, RestoredState[]>> {
-  const out = new Map<number, RestoredState[]>([...partitions].map((p) => [p, []]));
+): Promise<{ entries: number; restored: number }> {
+  const partitions = new Set(targets.map((t) => t.partition));
+  const started = performance.now();
+  await store.clearPartitions(partitions, (key) => partitionOf(key, partitionCount));
   const stream = `KV_${STATE_BUCKET}`;
   const info = await jsm.streams.info(stream);
-  if (info.state.messages === 0) return out;
-  const consumer = await js.consumers.get(stream, {
-    filter_subjects: `$KV.${STATE_BUCKET}.>`,
-    deliver_policy: DeliverPolicy.LastPerSubject,
-  });
-  const started = performance.now();
   let read = 0;
-  const msgs = await consumer.consume({ max_messages: 5000 });
-  for await (const m of msgs) {
-    read++;
-    // Rate limit: sleep whenever reading runs ahead of the allowance.
-    if (read % 1000 === 0) {
-      const ahead = (read / ratePerSecond) * 1000 - (performance.now() - started);
-      if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
-    }
-    const op = m.headers?.get('KV-Operation');
-    if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
-      try {
-        const v = m.json<{ actor: string; key: string; state: unknown; seq: number; updatedAt: string }>();
-        const p = partitionOf(v.key, partitionCount);
-        if (partitions.has(p)) {
-          out.get(p)!.push({
-            actor: v.actor,
-            key: v.key,
-            record: { s: v.state, q: v.seq, t: Date.parse(v.updatedAt) },
-          });
+  let restored = 0;
+  if (info.state.messages > 0) {
+    const consumer = await js.consumers.get(stream, {
+      filter_subjects: `$KV.${STATE_BUCKET}.>`,
+      deliver_policy: DeliverPolicy.LastPerSubject,
+    });
+    const msgs = await consumer.consume({ max_messages: 5000 });
+    let pending: Promise<boolean> | undefined;
+    for await (const m of msgs) {
+      read++;
+      const op = m.headers?.get('KV-Operation');
+      if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
+        try {
+          const v = m.json<{ actor: string; key: string; state: unknown; seq: number; updatedAt: string }>();
+          if (partitions.has(partitionOf(v.key, partitionCount))) {
+            pending = store.states.put([v.actor, v.key], {
+              s: v.state,
+              q: v.seq,
+              t: Date.parse(v.updatedAt),
+            });
+            restored++;
+          }
+        } catch (err) {
+          log.warn(
+            { subject: m.subject, err: (err as Error).message },
+            'unreadable state entry skipped in restore',
+          );
         }
-      } catch (err) {
-        log.warn(
-          { subject: m.subject, err: (err as Error).message },
-          'unreadable state entry skipped in restore',
-        );
       }
+      if (read % 5000 === 0) {
+        // Let the writes and the event loop (lease renewals) keep up, and keep to the rate.
+        await pending;
+        const ahead = (read / ratePerSecond) * 1000 - (performance.now() - started);
+        if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+      }
+      // Done when caught up with what the bucket held at the start (later puts are fresher anyway).
+      if (m.info.pending === 0 || m.seq >= info.state.last_seq) break;
     }
-    // Done when caught up with what the bucket held at the start (later puts are fresher anyway).
-    if (m.info.pending === 0 || m.seq >= info.state.last_seq) break;
+    msgs.stop();
+    await pending;
   }
-  msgs.stop();
+  for (const t of targets) {
+    const acked = await acknowledgedSeq(jsm, t.partition);
+    await store.meta.put(['cp', t.partition], { seq: acked, at: Date.now(), epoch: t.epoch });
+  }
   log.info(
-    { partitions: [...partitions], entries: read, ms: Math.round(performance.now() - started) },
+    { partitions: [...partitions], entries: read, restored, ms: Math.round(performance.now() - started) },
     'state restored from the state bucket',
   );
-  return out;
+  return { entries: read, restored };
 }
 
 /**

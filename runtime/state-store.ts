@@ -64,15 +64,10 @@ export interface StateStore {
   outboxes(partition: number): Outbox[];
   deleteOutbox(partition: number, seq: number): Promise<boolean>;
   /**
-   * Replaces a partition's states with `records` and sets its checkpoint, in one transaction; its
-   * outboxes are dropped (the previous owner published them). For a partition that moved here.
+   * Deletes the states and outboxes of `partitions` (they moved here from another node, whose
+   * state replaces this node's old copy). Scans the keys in slices, yielding between them.
    */
-  replacePartition(
-    partition: number,
-    partitionOf: (key: string) => number,
-    records: { actor: string; key: string; record: StateRecord }[],
-    checkpoint: Checkpoint,
-  ): Promise<void>;
+  clearPartitions(partitions: ReadonlySet<number>, partitionOf: (key: string) => number): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -146,13 +141,28 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
     outboxes: (p) =>
       [...meta.getRange({ start: ['ob', p], end: ['ob', p + 1] })].map((e) => e.value as Outbox),
     deleteOutbox: (p, seq) => meta.remove(['ob', p, seq]),
-    replacePartition: (p, partitionOf, records, checkpoint) =>
-      root.transaction(() => {
-        for (const k of states.getKeys()) if (partitionOf(k[1]) === p) states.remove(k);
-        for (const r of records) states.put([r.actor, r.key], r.record);
-        for (const k of meta.getKeys({ start: ['ob', p], end: ['ob', p + 1] })) meta.remove(k);
-        meta.put(['cp', p], checkpoint);
-      }),
+    clearPartitions: async (partitions, partitionOf) => {
+      let start: [string, string] | undefined;
+      let last: Promise<boolean> | undefined;
+      for (;;) {
+        let n = 0;
+        let next: [string, string] | undefined;
+        for (const k of states.getKeys({ start, limit: 10_000 })) {
+          n++;
+          next = k;
+          if (partitions.has(partitionOf(k[1]))) last = states.remove(k);
+        }
+        await last;
+        if (n < 10_000 || !next) break;
+        // Continue after the last key seen (the range start is inclusive).
+        start = [next[0], `${next[1]}\u0000`];
+        await new Promise((r) => setImmediate(r));
+      }
+      for (const p of partitions) {
+        for (const k of meta.getKeys({ start: ['ob', p], end: ['ob', p + 1] })) last = meta.remove(k);
+      }
+      await last;
+    },
     close: () => root.close(),
   };
 }
