@@ -26,7 +26,6 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
-import { partitionOf } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
