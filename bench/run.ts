@@ -8,11 +8,19 @@
 //                    the startNode call until every partition's consumer has nothing pending or unacked
 //   4. live          publish at fixed rates (worker threads, see loadgen.ts); latency from publish to
 //                    the committed change seen on partita.state.account.>
+//   5. restart       one `partita node` child under a paced load, kill -9, restarted on the same data
+//                    dir: spawn → ready line, spawn → first state change under the new lease
+//   6. failover      three `partita node` children under a paced load, kill -9 one: kill → first state
+//                    change of one of its partitions under another node's lease, and → all of them
+//   7. restore       1M keys of state in the state bucket (as an old owner leaves it), empty input
+//                    streams: an in-process node restores them (time, RSS, actors), then restarts on
+//                    its own data dir (which must not read the bucket)
 //
 // Every measurement gets a fresh nats-server (free port, fresh store in a temp dir), as the tests do.
 // Flags: --events N --keys N --kv-seconds S --kv-events N --rates 5000,50000 --seconds S --warmup S
 //        --live-keys N --partitions N --backlog-runs N --threads N --quick --out FILE
-//        --only raw,kv,backlog,live
+//        --move-rate N --move-keys N --repeats N --restore-keys N
+//        --only raw,kv,backlog,live,restart,failover,restore
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, tmpdir } from 'node:os';
@@ -22,19 +30,22 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { AckPolicy, DeliverPolicy, type JetStreamManager, jetstream } from '@nats-io/jetstream';
-import { Kvm } from '@nats-io/kv';
+import { type KV, Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { pino } from 'pino';
-import type { Counter, Histogram } from 'prom-client';
+import type { Counter, Gauge, Histogram } from 'prom-client';
 import {
   type Durability,
   ensureTopology,
   inStream,
   type NatsServerHandle,
   type PartitaNode,
+  partitionOf,
+  STATE_BUCKET,
   startNatsServer,
   startNode,
 } from '../runtime/index.js';
+import { type NodeProcess, spawnPartita } from '../test/helpers/node-process.js';
 import { type LoadgenConfig, type PubResult, type SubResult, totalEvents, wallNow } from './loadgen.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -57,6 +68,10 @@ const { values: flags } = parseArgs({
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     only: { type: 'string' },
+    'move-rate': { type: 'string' },
+    'move-keys': { type: 'string' },
+    repeats: { type: 'string' },
+    'restore-keys': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -67,7 +82,8 @@ if (flags.help) {
       '                       [--rates 5000,50000] [--seconds 5] [--warmup 1] [--live-keys 10000]\n' +
       '                       [--partitions 16] [--backlog-runs 2] [--threads <node default>] [--out bench-results.json]\n' +
       '                       [--durability sync,process]\n' +
-      '                       [--only raw,kv,backlog,live]',
+      '                       [--move-rate 2000] [--move-keys 10000] [--repeats 3] [--restore-keys 1000000]\n' +
+      '                       [--only raw,kv,backlog,live,restart,failover,restore]',
   );
   process.exit(0);
 }
@@ -98,7 +114,13 @@ const opts = {
     return d as Durability;
   }),
   out: flags.out ?? 'bench-results.json',
-  /** Phases to run (raw, kv, backlog, live); all when omitted. */
+  /** restart / failover: the paced load (events/s) and its keys, and kills per phase. */
+  moveRate: num(flags['move-rate'], 2000),
+  moveKeys: Math.round(num(flags['move-keys'], 10_000)),
+  repeats: Math.round(num(flags.repeats, 3)),
+  /** restore: keys of state in the bucket. */
+  restoreKeys: Math.round(num(flags['restore-keys'], quick ? 200_000 : 1_000_000)),
+  /** Phases to run (raw, kv, backlog, live, restart, failover, restore); all when omitted. */
   only: flags.only === undefined ? undefined : new Set(flags.only.split(',')),
 };
 
@@ -223,6 +245,7 @@ async function freshEnv(): Promise<Env> {
 }
 
 async function cleanupAll() {
+  for (const n of [...children]) await n.kill('SIGKILL').catch(() => undefined);
   for (const env of [...live]) await env.stop().catch(() => undefined);
 }
 
@@ -446,6 +469,9 @@ interface NodeFigures {
   stateChanges: number;
   deadLetters: number;
   batchFailures: number;
+  /** Committed batches not published because the lease was not provably held at that moment. */
+  fencedBatches: number;
+  leaseLosses: number;
   batchSize: HistSummary;
   /** Seconds summed over batches, in workers. */
   handlerSeconds: number;
@@ -463,6 +489,8 @@ async function nodeFigures(node: PartitaNode): Promise<NodeFigures> {
     stateChanges: await counterSum(m.stateChanges),
     deadLetters: await counterSum(m.deadLetters),
     batchFailures: await counterSum(m.batchFailures),
+    fencedBatches: await counterSum(m.fencedBatches),
+    leaseLosses: await counterSum(m.leaseLosses),
     batchSize: await histSummary(m.batchSize),
     handlerSeconds: (await histSummary(m.handlerSeconds)).sum,
     commitSeconds: (await histSummary(m.checkpointSeconds)).sum,
@@ -480,7 +508,10 @@ function fmtNode(f: NodeFigures): string {
     `batches ${fmtInt(f.batchSize.count)}, mean size ${fmt(f.batchSize.mean, 1)} [${fmtBuckets(f.batchSize.buckets)}]; ` +
     `worker time: handlers ${fmt(f.handlerSeconds * 1000, 0)} ms, LMDB commits ${fmt(f.commitSeconds * 1000, 0)} ms ` +
     `(${fmt((f.commitSeconds * 1000) / Math.max(1, f.batchSize.count), 2)} ms/batch); ` +
-    `state changes ${fmtInt(f.stateChanges)}; dead letters ${f.deadLetters}; batch failures ${f.batchFailures}`
+    `state changes ${fmtInt(f.stateChanges)}; dead letters ${f.deadLetters}; batch failures ${f.batchFailures}` +
+    (f.fencedBatches || f.leaseLosses
+      ? `; FENCED batches ${f.fencedBatches}, lease losses ${f.leaseLosses}`
+      : '')
   );
 }
 
@@ -532,16 +563,64 @@ interface BacklogResult {
   ackedMs: number;
   node: NodeFigures;
   cpu: CpuUse;
+  /** The state bucket against the events, once everything is acknowledged (not timed). */
+  check: StateCheck;
   warnings: Record<string, number>;
 }
 
 async function allAcked(env: Env, partitions: number): Promise<boolean> {
   for (let p = 0; p < partitions; p++) {
-    // The runtime names its durable consumers partita-p<partition> (partition-runner.ts).
-    const ci = await env.jsm.consumers.info(inStream(p), `partita-p${p}`);
-    if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
+    // The runtime names its durable consumers partita-p<partition>-<lease epoch> (partition-runner.ts).
+    let found = false;
+    for await (const ci of env.jsm.consumers.list(inStream(p))) {
+      if (!ci.name.startsWith(`partita-p${p}-`)) continue;
+      found = true;
+      if (ci.num_pending > 0 || ci.num_ack_pending > 0) return false;
+    }
+    if (!found) return false;
   }
   return true;
+}
+
+interface StateCheck {
+  keys: number;
+  keysWrong: number;
+  missing: number;
+  extra: number;
+}
+
+/**
+ * After a backlog run: every key's state in the state bucket against the events published to it
+ * (events 0..n-1). Read with an ordered consumer; the bucket keeps one entry per key.
+ */
+async function backlogCheck(env: Env, n: number): Promise<StateCheck> {
+  const want = new Uint32Array(opts.keys);
+  for (let i = 0; i < n; i++) want[mix(i) % opts.keys]!++;
+  const got = new Uint32Array(opts.keys);
+  const stream = `KV_${STATE_BUCKET}`;
+  if ((await env.jsm.streams.info(stream)).state.messages > 0) {
+    const c = await jetstream(env.nc).consumers.get(stream, {
+      filter_subjects: `$KV.${STATE_BUCKET}.account.>`,
+      deliver_policy: DeliverPolicy.All,
+    });
+    const msgs = await c.consume({ max_messages: 5000 });
+    for await (const m of msgs) {
+      const v = m.json<{ key: string; state: { count: number } }>();
+      const k = Number(v.key.slice(1));
+      if (k >= 0 && k < got.length) got[k] = Math.max(got[k]!, v.state.count);
+      if (m.info.pending === 0) break;
+    }
+    msgs.stop();
+  }
+  const out: StateCheck = { keys: 0, keysWrong: 0, missing: 0, extra: 0 };
+  for (let k = 0; k < opts.keys; k++) {
+    if (want[k] === 0) continue;
+    out.keys++;
+    if (got[k] !== want[k]) out.keysWrong++;
+    if (got[k]! < want[k]!) out.missing += want[k]! - got[k]!;
+    else out.extra += got[k]! - want[k]!;
+  }
+  return out;
 }
 
 async function benchBacklogOnce(): Promise<BacklogResult> {
@@ -558,18 +637,53 @@ async function benchBacklogOnce(): Promise<BacklogResult> {
     const tStarted = now();
     const samples: [number, number][] = [];
     let applied = 0;
-    const deadline = t0 + 600_000;
+    let deadline = t0 + 600_000;
+    let lastProgress = now();
     while (applied < n && now() < deadline) {
       await sleep(10);
-      applied = await counterSum(node.metrics.eventsApplied);
+      const a = await counterSum(node.metrics.eventsApplied);
+      if (a > applied) lastProgress = now();
+      applied = a;
       samples.push([now(), applied]);
+      // A stall is a finding, not something to wait ten minutes for.
+      if (now() - lastProgress > 30_000) break;
     }
     const tApplied = now();
-    if (applied < n) log(`  only ${fmtInt(applied)} of ${fmtInt(n)} events applied before the deadline`);
+    if (applied < n) {
+      log(
+        `  only ${fmtInt(applied)} of ${fmtInt(n)} events applied (no progress for ${fmt((now() - lastProgress) / 1000, 0)} s); ` +
+          `owned ${node.owned().join(',')}; committed ${node
+            .progress()
+            .map((p) => `p${p.partition}@${p.committedSeq}`)
+            .join(' ')}; ${tally}`,
+      );
+      for (let p = 0; p < node.partitions; p++) {
+        const si = await env.jsm.streams.info(inStream(p));
+        const cs: string[] = [];
+        for await (const ci of env.jsm.consumers.list(inStream(p)))
+          cs.push(
+            `${ci.name} pending ${ci.num_pending} ack-pending ${ci.num_ack_pending} floor ${ci.ack_floor.stream_seq}`,
+          );
+        log(
+          `    p${p}: stream ${si.state.first_seq}..${si.state.last_seq}; ${cs.join('; ') || 'no consumer'}`,
+        );
+      }
+      const leases = await leaseTable(await new Kvm(env.nc).open(LEASES), node.partitions);
+      log(
+        `    leases: ${
+          [...leases]
+            .sort(([a], [b]) => a - b)
+            .map(([p, r]) => `p${p}→${r.node}@${r.revision}`)
+            .join(' ') || 'none held'
+        }`,
+      );
+      deadline = now() + 5000;
+    }
     while (!(await allAcked(env, node.partitions)) && now() < deadline) await sleep(5);
     const tAcked = now();
     const cpu = cpuSince(snap, env.server);
     const figures = await nodeFigures(node);
+    const check = await backlogCheck(env, n);
     const at = (frac: number) => samples.find(([, a]) => a >= frac * n)?.[0] ?? Number.NaN;
     const steady = (0.8 * n) / ((at(0.9) - at(0.1)) / 1000);
     const res: BacklogResult = {
@@ -581,6 +695,7 @@ async function benchBacklogOnce(): Promise<BacklogResult> {
       ackedMs: tAcked - t0,
       node: figures,
       cpu,
+      check,
       warnings: tally.toJSON(),
     };
     log(
@@ -590,6 +705,10 @@ async function benchBacklogOnce(): Promise<BacklogResult> {
     );
     log(`  ${fmtNode(figures)}`);
     log(`  ${fmtCpu(cpu)}`);
+    log(
+      `  exactly-once check (state bucket): ${fmtInt(check.keys)} keys, ${check.keysWrong} with a wrong count ` +
+        `(${fmtInt(check.missing)} events missing, ${fmtInt(check.extra)} counted twice)`,
+    );
     log(`  ${tally}`);
     return res;
   } finally {
@@ -711,6 +830,767 @@ async function benchLive(rate: number, durability: Durability): Promise<LiveResu
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5–7. Moving partitions: restart, failover, restore
+
+const LEASES = 'partita_leases';
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return Number.NaN;
+  const a = [...xs].sort((x, y) => x - y);
+  const m = a.length >> 1;
+  return a.length % 2 ? a[m]! : (a[m - 1]! + a[m]!) / 2;
+}
+const maxOf = (xs: number[]) => (xs.length ? Math.max(...xs) : Number.NaN);
+
+/**
+ * `events.tx.k<i>` at a fixed rate from the main thread (ticks of 5 ms, at most 10 ms worth of
+ * events per tick, so a stalled loop falls behind instead of bursting), counting events per key.
+ */
+class PacedLoad {
+  published = 0;
+  readonly perKey: Uint32Array;
+  private timer: NodeJS.Timeout | undefined;
+  private t0 = 0;
+  private base = 0;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly rate: number,
+    readonly keys: number,
+  ) {
+    this.perKey = new Uint32Array(keys);
+  }
+
+  start(): void {
+    this.t0 = now();
+    this.base = this.published;
+    const burst = Math.max(1, Math.ceil(this.rate / 100));
+    this.timer = setInterval(() => {
+      const due = this.base + Math.floor(((now() - this.t0) * this.rate) / 1000);
+      const until = Math.min(due, this.published + burst);
+      while (this.published < until) {
+        const id = this.published++;
+        const k = mix(id ^ 0x5bd1e995) % this.keys;
+        this.perKey[k]!++;
+        this.nc.publish(
+          `events.tx.k${k}`,
+          JSON.stringify({ id, amount: (id % 10_000) / 100, ts: wallNow(), note: 'move load' }),
+        );
+      }
+    }, 5);
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.nc.flush();
+  }
+}
+
+interface StateChangeMsg {
+  key: string;
+  state: { count: number };
+  seq: number;
+  partition: number;
+  /** Missing on changes republished from an outbox after a restart (see the report). */
+  epoch?: number;
+}
+
+/** Watches `partita.state.account.>`: arrival times per partition, the last count per key. */
+class StateWatch {
+  changes = 0;
+  withoutEpoch = 0;
+  readonly lastAt: Float64Array;
+  readonly counts: Uint32Array;
+  private readonly probes = new Set<(c: StateChangeMsg, t: number) => void>();
+
+  constructor(nc: NatsConnection, partitions: number, keys: number) {
+    this.lastAt = new Float64Array(partitions);
+    this.counts = new Uint32Array(keys);
+    nc.subscribe('partita.state.account.>', {
+      callback: (err, m) => {
+        if (err) return;
+        const t = now();
+        let c: StateChangeMsg;
+        try {
+          c = m.json<StateChangeMsg>();
+        } catch {
+          return;
+        }
+        this.changes++;
+        if (c.epoch === undefined) this.withoutEpoch++;
+        if (c.partition >= 0 && c.partition < this.lastAt.length) this.lastAt[c.partition] = t;
+        const k = Number(c.key.slice(1));
+        if (k >= 0 && k < this.counts.length) this.counts[k] = Math.max(this.counts[k]!, c.state.count);
+        for (const p of this.probes) p(c, t);
+      },
+    });
+  }
+
+  /**
+   * The first arrival, per partition of `above`, of a state change committed under a lease taken
+   * after `above`'s revision: a lease's epoch is its revision at acquisition, so any later owner
+   * (or a later run of the same node) has a larger one, and every earlier owner's epoch is ≤ it.
+   */
+  firstNewEpoch(above: Map<number, number>): { at: Map<number, number>; done: Promise<void>; stop(): void } {
+    const at = new Map<number, number>();
+    let resolve: () => void = () => undefined;
+    const done = new Promise<void>((r) => {
+      resolve = r;
+    });
+    const probe = (c: StateChangeMsg, t: number) => {
+      const rev = above.get(c.partition);
+      if (rev === undefined || at.has(c.partition) || c.epoch === undefined || c.epoch <= rev) return;
+      at.set(c.partition, t);
+      if (at.size === above.size) resolve();
+    };
+    this.probes.add(probe);
+    if (above.size === 0) resolve();
+    return { at, done, stop: () => this.probes.delete(probe) };
+  }
+
+  /** Until every partition has had a state change in the last `withinMs`. */
+  async flowing(timeoutMs: number, withinMs = 1000): Promise<boolean> {
+    const deadline = now() + timeoutMs;
+    while (now() < deadline) {
+      const t = now();
+      if (this.lastAt.every((a) => a > 0 && t - a < withinMs)) return true;
+      await sleep(50);
+    }
+    return false;
+  }
+}
+
+interface LeaseRow {
+  node: string;
+  revision: number;
+}
+
+async function leaseTable(kv: KV, partitions: number): Promise<Map<number, LeaseRow>> {
+  const out = new Map<number, LeaseRow>();
+  await Promise.all(
+    Array.from({ length: partitions }, async (_, p) => {
+      const e = await kv.get(`p${p}`).catch(() => null);
+      if (e?.operation === 'PUT') out.set(p, { node: e.json<{ node: string }>().node, revision: e.revision });
+    }),
+  );
+  return out;
+}
+
+/** Until `ids` hold every lease, each within the balanced share; the owners then, or undefined. */
+async function balanced(
+  kv: KV,
+  partitions: number,
+  ids: string[],
+  timeoutMs: number,
+): Promise<Map<number, LeaseRow> | undefined> {
+  const deadline = now() + timeoutMs;
+  const lo = Math.floor(partitions / ids.length);
+  const hi = Math.ceil(partitions / ids.length);
+  let last = '';
+  while (now() < deadline) {
+    const t = await leaseTable(kv, partitions);
+    const per = new Map<string, number[]>(ids.map((id) => [id, []]));
+    for (const [p, r] of t) per.set(r.node, [...(per.get(r.node) ?? []), p]);
+    if (
+      t.size === partitions &&
+      per.size === ids.length &&
+      [...per.values()].every((ps) => ps.length >= lo && ps.length <= hi)
+    )
+      return t;
+    last = [...per].map(([n, ps]) => `${n}: ${ps.join(',')}`).join('; ');
+    await sleep(100);
+  }
+  log(`  not balanced after ${timeoutMs} ms: leases ${last}`);
+  return undefined;
+}
+
+interface EoCheck {
+  keys: number;
+  keysWrong: number;
+  missing: number;
+  extra: number;
+  published: number;
+  stored: number;
+  waitedMs: number;
+}
+
+/** Stops the load, then waits until every key's last state counts exactly the events sent to it. */
+async function exactlyOnce(
+  env: Env,
+  load: PacedLoad,
+  watch: StateWatch,
+  timeoutMs: number,
+): Promise<EoCheck> {
+  await load.stop();
+  const t0 = now();
+  const wrong = () => {
+    let n = 0;
+    for (let k = 0; k < load.keys; k++) if (watch.counts[k] !== load.perKey[k]) n++;
+    return n;
+  };
+  while (wrong() > 0 && now() - t0 < timeoutMs) await sleep(100);
+  const out: EoCheck = {
+    keys: 0,
+    keysWrong: 0,
+    missing: 0,
+    extra: 0,
+    published: load.published,
+    stored: await streamMessages(env.jsm),
+    waitedMs: now() - t0,
+  };
+  for (let k = 0; k < load.keys; k++) {
+    const want = load.perKey[k]!;
+    if (want === 0) continue;
+    out.keys++;
+    const got = watch.counts[k]!;
+    if (got !== want) out.keysWrong++;
+    if (got < want) out.missing += want - got;
+    else out.extra += got - want;
+  }
+  return out;
+}
+
+const fmtEo = (c: EoCheck) =>
+  `exactly-once check: ${fmtInt(c.published)} published, ${fmtInt(c.stored)} in the streams; ${fmtInt(c.keys)} keys, ` +
+  `${c.keysWrong} with a wrong count (${fmtInt(c.missing)} events missing, ${fmtInt(c.extra)} counted twice)`;
+
+/** Counts a child's warnings and errors (its stderr, JSON lines at level ≥ warn). */
+function tallyStderr(tally: LogTally, text: string) {
+  for (const line of text.split('\n')) if (line.trim()) tally.write(line);
+}
+
+function nodeArgs(env: Env, id: string): string[] {
+  return ['node', '--nats', env.url, '--actors', ACTORS_DIR, '--data', join(env.dir, id), '--id', id];
+}
+
+/** Child nodes of the running phase, killed by `cleanupAll` if the bench fails. */
+const children = new Set<NodeProcess>();
+
+async function spawnNode(env: Env, id: string): Promise<NodeProcess> {
+  const n = await spawnPartita(
+    nodeArgs(env, id),
+    { PARTITA_LOG_LEVEL: process.env.PARTITA_LOG_LEVEL ?? 'warn' },
+    30_000,
+  );
+  children.add(n);
+  return n;
+}
+
+async function killNode(n: NodeProcess, tally: LogTally): Promise<void> {
+  await n.kill('SIGKILL');
+  children.delete(n);
+  tallyStderr(tally, n.stderr());
+}
+
+// 5. Restart on the same data dir
+
+interface RestartRun {
+  /** spawn → the `partita ready` line. */
+  readyMs: number;
+  /** spawn → the first state change committed under the new process's leases. */
+  firstChangeMs: number;
+  /** spawn → every partition has published under the new process's leases. */
+  allPartitionsMs: number;
+}
+
+interface RestartResult {
+  runs: RestartRun[];
+  readyMedianMs: number;
+  readyMaxMs: number;
+  firstMedianMs: number;
+  firstMaxMs: number;
+  allMedianMs: number;
+  allMaxMs: number;
+  check: EoCheck;
+  changesWithoutEpoch: number;
+  warnings: Record<string, number>;
+}
+
+async function benchRestart(): Promise<RestartResult> {
+  const env = await freshEnv();
+  const loadNc = await connect({ servers: env.url, name: 'partita-bench-load' });
+  const P = opts.partitions;
+  const tally = new LogTally();
+  let node: NodeProcess | undefined;
+  const load = new PacedLoad(loadNc, opts.moveRate, opts.moveKeys);
+  try {
+    log(
+      `restart: one node (child process) under ${fmtInt(opts.moveRate)} events/s over ${fmtInt(opts.moveKeys)} keys, ` +
+        `kill -9 and restart on the same data dir, ${opts.repeats}× ...`,
+    );
+    const watch = new StateWatch(env.nc, P, opts.moveKeys);
+    await env.nc.flush();
+    const leases = await new Kvm(env.nc).open(LEASES);
+    node = await spawnNode(env, 'r1');
+    load.start();
+    if (!(await watch.flowing(20_000))) throw new Error('restart: not every partition publishes state');
+    await sleep(2000);
+    const runs: RestartRun[] = [];
+    for (let rep = 0; rep < opts.repeats; rep++) {
+      const before = await leaseTable(leases, P);
+      if (before.size !== P)
+        throw new Error(`restart: ${before.size} of ${P} partitions leased before the kill`);
+      const probe = watch.firstNewEpoch(new Map([...before].map(([p, r]) => [p, r.revision])));
+      await killNode(node, tally);
+      node = undefined;
+      const tSpawn = now();
+      node = await spawnNode(env, 'r1');
+      const readyMs = now() - tSpawn;
+      const ok = await Promise.race([probe.done.then(() => true), sleep(30_000).then(() => false)]);
+      probe.stop();
+      const ats = [...probe.at.values()];
+      const run: RestartRun = {
+        readyMs,
+        firstChangeMs: ats.length ? Math.min(...ats) - tSpawn : Number.NaN,
+        allPartitionsMs: ok ? Math.max(...ats) - tSpawn : Number.NaN,
+      };
+      runs.push(run);
+      log(
+        `  run ${rep + 1}: ready line ${fmt(run.readyMs, 0)} ms, first state change ${fmt(run.firstChangeMs, 0)} ms, ` +
+          `all ${P} partitions ${ok ? `${fmt(run.allPartitionsMs, 0)} ms` : `not within 30 s (${probe.at.size} did)`} after the spawn`,
+      );
+      await sleep(2000);
+    }
+    const check = await exactlyOnce(env, load, watch, 20_000);
+    tallyStderr(tally, node.stderr());
+    const res: RestartResult = {
+      runs,
+      readyMedianMs: median(runs.map((r) => r.readyMs)),
+      readyMaxMs: maxOf(runs.map((r) => r.readyMs)),
+      firstMedianMs: median(runs.map((r) => r.firstChangeMs)),
+      firstMaxMs: maxOf(runs.map((r) => r.firstChangeMs)),
+      allMedianMs: median(runs.map((r) => r.allPartitionsMs)),
+      allMaxMs: maxOf(runs.map((r) => r.allPartitionsMs)),
+      check,
+      changesWithoutEpoch: watch.withoutEpoch,
+      warnings: tally.toJSON(),
+    };
+    log(`  restart → ready line: median ${fmt(res.readyMedianMs, 0)} ms, max ${fmt(res.readyMaxMs, 0)} ms`);
+    log(
+      `  restart → first state change: median ${fmt(res.firstMedianMs, 0)} ms, max ${fmt(res.firstMaxMs, 0)} ms (target ≤ 1000 ms)`,
+    );
+    log(
+      `  restart → all partitions publishing: median ${fmt(res.allMedianMs, 0)} ms, max ${fmt(res.allMaxMs, 0)} ms`,
+    );
+    log(`  ${fmtEo(check)}; ${fmtInt(watch.withoutEpoch)} state changes without an epoch`);
+    log(`  ${tally}`);
+    return res;
+  } finally {
+    await load.stop().catch(() => undefined);
+    if (node) await killNode(node, tally);
+    await loadNc.close().catch(() => undefined);
+    await env.stop();
+  }
+}
+
+// 6. Failover to the other nodes
+
+interface FailoverRun {
+  victim: string;
+  moved: number[];
+  /** kill → the first state change of a moved partition under its new owner's lease. */
+  firstChangeMs: number;
+  /** kill → every moved partition has published under its new owner. */
+  allPartitionsMs: number;
+  /** kill → the victim's membership key expired (seen by polling every 50 ms). */
+  membershipGoneMs: number;
+  /** kill → the first / last moved partition's lease held by another node (polled). */
+  firstLeaseMs: number;
+  lastLeaseMs: number;
+  /** The moved partitions' new owners. */
+  takenBy: Record<string, number>;
+  /** Restart of the victim → balanced over three again. */
+  rebalanceMs: number;
+}
+
+interface FailoverResult {
+  runs: FailoverRun[];
+  firstMedianMs: number;
+  firstMaxMs: number;
+  allMedianMs: number;
+  allMaxMs: number;
+  check: EoCheck;
+  warnings: Record<string, number>;
+}
+
+async function benchFailover(): Promise<FailoverResult> {
+  const env = await freshEnv();
+  const loadNc = await connect({ servers: env.url, name: 'partita-bench-load' });
+  const P = opts.partitions;
+  const ids = ['f1', 'f2', 'f3'];
+  const tally = new LogTally();
+  const nodes = new Map<string, NodeProcess>();
+  const load = new PacedLoad(loadNc, opts.moveRate, opts.moveKeys);
+  try {
+    log(
+      `failover: three nodes (child processes) under ${fmtInt(opts.moveRate)} events/s over ${fmtInt(opts.moveKeys)} keys, ` +
+        `kill -9 one, ${opts.repeats}× ...`,
+    );
+    const watch = new StateWatch(env.nc, P, opts.moveKeys);
+    await env.nc.flush();
+    const kvm = new Kvm(env.nc);
+    const leases = await kvm.open(LEASES);
+    const members = await kvm.open('partita_nodes');
+    for (const id of ids) nodes.set(id, await spawnNode(env, id));
+    if (!(await balanced(leases, P, ids, 30_000))) throw new Error('failover: three nodes never balanced');
+    load.start();
+    if (!(await watch.flowing(20_000))) throw new Error('failover: not every partition publishes state');
+    await sleep(1500);
+    const runs: FailoverRun[] = [];
+    for (let rep = 0; rep < opts.repeats; rep++) {
+      const victim = ids[rep % ids.length]!;
+      const before = await leaseTable(leases, P);
+      const moved = [...before].filter(([, r]) => r.node === victim).map(([p]) => p);
+      const probe = watch.firstNewEpoch(
+        new Map([...before].filter(([p]) => moved.includes(p)).map(([p, r]) => [p, r.revision])),
+      );
+      // Poll membership and leases while the partitions move: where the time goes.
+      let polling = true;
+      let membershipGone = Number.NaN;
+      const leaseAt = new Map<number, number>();
+      const tKill = now();
+      const poller = (async () => {
+        while (polling) {
+          const t = now();
+          if (Number.isNaN(membershipGone)) {
+            const gone = await members.get(victim).then(
+              (e) => e?.operation !== 'PUT',
+              () => false,
+            );
+            if (gone) membershipGone = t - tKill;
+          }
+          await Promise.all(
+            moved.map(async (p) => {
+              if (leaseAt.has(p)) return;
+              const e = await leases.get(`p${p}`).catch(() => null);
+              if (e?.operation === 'PUT' && e.json<{ node: string }>().node !== victim)
+                leaseAt.set(p, t - tKill);
+            }),
+          );
+          await sleep(50);
+        }
+      })();
+      await killNode(nodes.get(victim)!, tally);
+      nodes.delete(victim);
+      const ok = await Promise.race([probe.done.then(() => true), sleep(30_000).then(() => false)]);
+      probe.stop();
+      polling = false;
+      await poller;
+      const ats = [...probe.at.values()];
+      const after = await leaseTable(leases, P);
+      const takenBy: Record<string, number> = {};
+      for (const p of moved) {
+        const o = after.get(p)?.node ?? '(none)';
+        takenBy[o] = (takenBy[o] ?? 0) + 1;
+      }
+      const leaseTimes = [...leaseAt.values()];
+      const run: FailoverRun = {
+        victim,
+        moved,
+        firstChangeMs: ats.length ? Math.min(...ats) - tKill : Number.NaN,
+        allPartitionsMs: ok ? Math.max(...ats) - tKill : Number.NaN,
+        membershipGoneMs: membershipGone,
+        firstLeaseMs: leaseTimes.length ? Math.min(...leaseTimes) : Number.NaN,
+        lastLeaseMs: leaseTimes.length === moved.length ? Math.max(...leaseTimes) : Number.NaN,
+        takenBy,
+        rebalanceMs: Number.NaN,
+      };
+      log(
+        `  run ${rep + 1}: killed ${victim} (partitions ${moved.join(',')}); membership gone at ${fmt(run.membershipGoneMs, 0)} ms, ` +
+          `leases taken ${fmt(run.firstLeaseMs, 0)}–${fmt(run.lastLeaseMs, 0)} ms; first state change of a moved partition ` +
+          `${fmt(run.firstChangeMs, 0)} ms, all ${moved.length} ${ok ? `${fmt(run.allPartitionsMs, 0)} ms` : `not within 30 s (${probe.at.size} did)`} ` +
+          `after the kill; taken by ${Object.entries(takenBy)
+            .map(([n, c]) => `${n}×${c}`)
+            .join(' ')}`,
+      );
+      // Back to three nodes for the next run.
+      const tRejoin = now();
+      nodes.set(victim, await spawnNode(env, victim));
+      if (!(await balanced(leases, P, ids, 30_000))) {
+        for (const [id, n] of nodes) log(`  ${id} stderr: ${n.stderr().slice(-4000)}`);
+        throw new Error(`failover: ${victim} rejoined, no balance`);
+      }
+      if (!(await watch.flowing(20_000)))
+        throw new Error('failover: not every partition publishes after rejoin');
+      run.rebalanceMs = now() - tRejoin;
+      log(
+        `    ${victim} restarted: balanced over three and publishing again after ${fmt(run.rebalanceMs, 0)} ms`,
+      );
+      runs.push(run);
+      await sleep(1000);
+    }
+    const check = await exactlyOnce(env, load, watch, 20_000);
+    for (const n of nodes.values()) tallyStderr(tally, n.stderr());
+    const res: FailoverResult = {
+      runs,
+      firstMedianMs: median(runs.map((r) => r.firstChangeMs)),
+      firstMaxMs: maxOf(runs.map((r) => r.firstChangeMs)),
+      allMedianMs: median(runs.map((r) => r.allPartitionsMs)),
+      allMaxMs: maxOf(runs.map((r) => r.allPartitionsMs)),
+      check,
+      warnings: tally.toJSON(),
+    };
+    log(
+      `  kill → first state change of a moved partition: median ${fmt(res.firstMedianMs, 0)} ms, max ${fmt(res.firstMaxMs, 0)} ms (target ≤ 3000 ms)`,
+    );
+    log(
+      `  kill → all moved partitions publishing: median ${fmt(res.allMedianMs, 0)} ms, max ${fmt(res.allMaxMs, 0)} ms`,
+    );
+    log(`  ${fmtEo(check)}`);
+    log(`  ${tally}`);
+    return res;
+  } finally {
+    await load.stop().catch(() => undefined);
+    for (const n of nodes.values()) await killNode(n, tally);
+    await loadNc.close().catch(() => undefined);
+    await env.stop();
+  }
+}
+
+// 7. Restore of a large state from the bucket, then a restart from local state
+
+interface RestoreStart {
+  /** startNode() called → resolved. */
+  startNodeMs: number;
+  /** startNode() called → the node runs every partition. */
+  allPartitionsMs: number;
+  /** partita_restore_seconds: sum and count (rounds). */
+  restoreSecondsSum: number;
+  restoreRounds: number;
+  /** partita_actors once every partition runs. */
+  actors: number;
+  rssBeforeMB: number;
+  rssAfterMB: number;
+  /** Highest RSS sampled (every 50 ms) while starting. */
+  rssPeakMB: number;
+}
+
+/** `partita node` started as a child process on the restored data dir: a node's own memory. */
+interface RestoreChild {
+  /** spawn → the `partita ready` line. */
+  readyMs: number;
+  /** spawn → every partition running (its consumer created by this process). */
+  allPartitionsMs: number;
+  /** VmRSS / VmHWM of the child once every partition runs. */
+  rssMB: number;
+  peakRssMB: number;
+  /** From its /metrics. */
+  actors: number;
+  restoreRounds: number;
+}
+
+interface RestoreResult {
+  keys: number;
+  fillSeconds: number;
+  fillRate: number;
+  restore: RestoreStart;
+  stopMs: number;
+  restart: RestoreStart;
+  child: RestoreChild | undefined;
+  warnings: Record<string, number>;
+}
+
+/**
+ * Every partition has a consumer of its owner created at or after `sinceMs` (epoch ms): a runner
+ * creates it (named after its lease epoch, deleting its predecessors) just before it consumes.
+ */
+async function consumersSince(env: Env, partitions: number, sinceMs: number): Promise<boolean> {
+  for (let p = 0; p < partitions; p++) {
+    let ok = false;
+    for await (const ci of env.jsm.consumers.list(inStream(p))) {
+      if (ci.name.startsWith(`partita-p${p}-`) && Date.parse(ci.created) >= sinceMs - 2) ok = true;
+    }
+    if (!ok) return false;
+  }
+  return true;
+}
+
+function procStatusMB(pid: number, field: string): number {
+  try {
+    const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm'));
+    return m ? Number(m[1]) / 1024 : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+function promValue(text: string, name: string): number {
+  let sum = Number.NaN;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue;
+    const rest = line.slice(name.length);
+    if (rest[0] !== ' ' && rest[0] !== '{') continue;
+    sum = (Number.isNaN(sum) ? 0 : sum) + Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sum;
+}
+
+const mb = (b: number) => b / 1024 / 1024;
+
+async function gaugeValue(g: Gauge<string>): Promise<number> {
+  return (await g.get()).values.reduce((a, v) => a + v.value, 0);
+}
+
+async function timedStart(env: Env, dataDir: string, tally: LogTally): Promise<[PartitaNode, RestoreStart]> {
+  const rssBefore = process.memoryUsage().rss;
+  let peak = rssBefore;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, process.memoryUsage().rss);
+  }, 50);
+  try {
+    const t0 = now();
+    const t0Wall = Date.now();
+    const node = await startNode({
+      natsUrl: env.url,
+      actorsDir: ACTORS_DIR,
+      dataDir,
+      id: 'restore-1',
+      threads: opts.threads,
+      durability: opts.durabilities[0]!,
+      logger: pino({ level: process.env.PARTITA_LOG_LEVEL ?? 'warn', base: { node: 'bench' } }, tally),
+    });
+    const startNodeMs = now() - t0;
+    // Runners are registered before they start, and a round can still fail (and release its
+    // partitions) after that: running means every partition's consumer exists, made by this node.
+    const deadline = now() + 300_000;
+    const running = async () =>
+      node.owned().length === node.partitions && (await consumersSince(env, node.partitions, t0Wall));
+    while (!(await running()) && now() < deadline) await sleep(10);
+    const allMs = now() < deadline ? now() - t0 : Number.NaN;
+    const rs = await histSummary(node.metrics.restoreSeconds);
+    peak = Math.max(peak, process.memoryUsage().rss);
+    return [
+      node,
+      {
+        startNodeMs,
+        allPartitionsMs: allMs,
+        restoreSecondsSum: rs.sum,
+        restoreRounds: rs.count,
+        actors: await gaugeValue(node.metrics.actors),
+        rssBeforeMB: mb(rssBefore),
+        rssAfterMB: mb(process.memoryUsage().rss),
+        rssPeakMB: mb(peak),
+      },
+    ];
+  } finally {
+    clearInterval(sampler);
+  }
+}
+
+const fmtStart = (s: RestoreStart) =>
+  `startNode ${fmt(s.startNodeMs, 0)} ms, every partition running at ${fmt(s.allPartitionsMs, 0)} ms; ` +
+  `partita_restore_seconds sum ${fmt(s.restoreSecondsSum, 2)} s over ${s.restoreRounds} rounds; ` +
+  `partita_actors ${fmtInt(s.actors)}; RSS ${fmt(s.rssBeforeMB, 0)} → ${fmt(s.rssAfterMB, 0)} MB (peak ${fmt(s.rssPeakMB, 0)} MB)`;
+
+async function benchRestore(): Promise<RestoreResult> {
+  const env = await freshEnv();
+  const tally = new LogTally();
+  let node: PartitaNode | undefined;
+  try {
+    const n = opts.restoreKeys;
+    const P = opts.partitions;
+    log(`restore: ${fmtInt(n)} keys of state in the bucket, empty input streams ...`);
+    const t0 = now();
+    const updatedAt = new Date().toISOString();
+    const flushes: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) {
+      const key = `k${i}`;
+      const h = mix(i);
+      const count = 1 + (h % 50);
+      env.nc.publish(
+        `$KV.${STATE_BUCKET}.account.${key}`,
+        `{"actor":"account","key":"${key}","state":{"count":${count},"total":${(h % 1_000_000) / 100},"lastId":${i},"lastTs":0},` +
+          `"seq":${1 + (h % 1000)},"updatedAt":"${updatedAt}","partition":${partitionOf(key, P)},"epoch":1}`,
+      );
+      // Flushes in flight, at most two: the server (not the client) is what limits the rate here.
+      if (i % 20_000 === 19_999) {
+        flushes.push(env.nc.flush());
+        if (flushes.length > 2) await flushes.shift();
+      }
+    }
+    await Promise.all(flushes);
+    await env.nc.flush();
+    const stateStream = `KV_${STATE_BUCKET}`;
+    let have = 0;
+    for (const deadline = now() + 120_000; now() < deadline; await sleep(50)) {
+      have = (await env.jsm.streams.info(stateStream)).state.messages;
+      if (have >= n) break;
+    }
+    if (have !== n) throw new Error(`the state bucket holds ${have} of the ${n} keys published`);
+    const fillSeconds = (now() - t0) / 1000;
+    log(`  filled in ${fmt(fillSeconds, 1)} s (${fmtInt(n / fillSeconds)} keys/s)`);
+
+    const dataDir = join(env.dir, 'restore-node');
+    let restore: RestoreStart;
+    [node, restore] = await timedStart(env, dataDir, tally);
+    log(`  restore from the bucket: ${fmtStart(restore)}`);
+    if (restore.actors !== n)
+      log(`  the restored store holds ${fmtInt(restore.actors)} actors, not ${fmtInt(n)}`);
+    const tStop = now();
+    await node.stop();
+    node = undefined;
+    const stopMs = now() - tStop;
+    let restart: RestoreStart;
+    [node, restart] = await timedStart(env, dataDir, tally);
+    log(`  stopped in ${fmt(stopMs, 0)} ms; restart on the same data dir: ${fmtStart(restart)}`);
+    if (restart.restoreRounds > 0)
+      log('  the restart read the state bucket (it should start from local state)');
+    // Once more as a process of its own, for the memory of a node holding these actors alone.
+    await node.stop();
+    node = undefined;
+    let child: RestoreChild | undefined;
+    const sinceWall = Date.now();
+    const tSpawn = now();
+    const proc = await spawnPartita(
+      ['node', '--nats', env.url, '--actors', ACTORS_DIR, '--data', dataDir, '--id', 'restore-1'],
+      { PARTITA_LOG_LEVEL: process.env.PARTITA_LOG_LEVEL ?? 'warn' },
+      60_000,
+    );
+    children.add(proc);
+    try {
+      const readyMs = now() - tSpawn;
+      const deadline = now() + 60_000;
+      while (!(await consumersSince(env, P, sinceWall)) && now() < deadline) await sleep(10);
+      const allMs = now() < deadline ? now() - tSpawn : Number.NaN;
+      const pid = proc.child.pid!;
+      const text = await fetch(`${proc.ready.metrics}/metrics`).then((r) => r.text());
+      child = {
+        readyMs,
+        allPartitionsMs: allMs,
+        rssMB: procStatusMB(pid, 'VmRSS'),
+        peakRssMB: procStatusMB(pid, 'VmHWM'),
+        actors: promValue(text, 'partita_actors'),
+        restoreRounds: promValue(text, 'partita_restore_seconds_count'),
+      };
+      log(
+        `  as a child process on the same data dir: ready line ${fmt(readyMs, 0)} ms, every partition running at ` +
+          `${fmt(allMs, 0)} ms; partita_actors ${fmtInt(child.actors)}, restore rounds ${child.restoreRounds}; ` +
+          `RSS ${fmt(child.rssMB, 0)} MB (peak ${fmt(child.peakRssMB, 0)} MB)`,
+      );
+    } finally {
+      await proc.kill('SIGTERM');
+      children.delete(proc);
+      tallyStderr(tally, proc.stderr());
+    }
+    log(`  ${tally}`);
+    return {
+      keys: n,
+      fillSeconds,
+      fillRate: n / fillSeconds,
+      restore,
+      stopMs,
+      restart,
+      child,
+      warnings: tally.toJSON(),
+    };
+  } finally {
+    await node?.stop().catch((err) => log(`node stop failed: ${(err as Error).message}`));
+    await env.stop();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
 
 interface Row {
@@ -760,6 +1640,22 @@ async function main() {
       }
     }
   }
+  // A phase that fails is reported as such; the others still run.
+  const attempt = async <T>(phase: string, fn: () => Promise<T>): Promise<T | undefined> => {
+    if (!run(phase)) return undefined;
+    await pause();
+    try {
+      return await fn();
+    } catch (err) {
+      log(`${phase} failed: ${(err as Error).stack ?? err}`);
+      failed.push(phase);
+      return undefined;
+    }
+  };
+  const failed: string[] = [];
+  const restart = await attempt('restart', benchRestart);
+  const failover = await attempt('failover', benchFailover);
+  const restore = await attempt('restore', benchRestore);
 
   const rows: Row[] = [];
   const info = (metric: string, value: string): Row => ({
@@ -831,6 +1727,121 @@ async function main() {
       met: complete ? 'yes' : 'no',
     });
   }
+  const ms = (v: number) => `${fmt(v, 0)} ms`;
+  const medMax = (med: number, max: number) => `${ms(med)} (max ${ms(max)})`;
+  const within = (v: number, target: number) => (Number.isFinite(v) && v <= target ? 'yes' : 'no');
+  const eoRow = (label: string, c: EoCheck): Row => ({
+    metric: `${label}: keys wrong (lost / doubled events)`,
+    value: `${c.keysWrong} (${fmtInt(c.missing)} / ${fmtInt(c.extra)})`,
+    target: '0',
+    baseline: '-',
+    ratio: '-',
+    met: c.keysWrong === 0 && c.stored === c.published ? 'yes' : 'no',
+  });
+  if (restart) {
+    rows.push(
+      info(
+        `restart (kill -9, same dir) → ready line, median ×${restart.runs.length}`,
+        medMax(restart.readyMedianMs, restart.readyMaxMs),
+      ),
+    );
+    rows.push({
+      metric: `restart → first state change, median ×${restart.runs.length}`,
+      value: medMax(restart.firstMedianMs, restart.firstMaxMs),
+      target: '≤ 1000 ms (every run)',
+      baseline: '-',
+      ratio: '-',
+      met: within(restart.firstMaxMs, 1000),
+    });
+    rows.push(
+      info('restart → every partition publishing, median', medMax(restart.allMedianMs, restart.allMaxMs)),
+    );
+    rows.push(eoRow('restart', restart.check));
+  }
+  if (failover) {
+    rows.push({
+      metric: `failover: kill → first change of a moved partition, median ×${failover.runs.length}`,
+      value: medMax(failover.firstMedianMs, failover.firstMaxMs),
+      target: '≤ 3000 ms (every run)',
+      baseline: '-',
+      ratio: '-',
+      met: within(failover.firstMaxMs, 3000),
+    });
+    rows.push({
+      metric: 'failover: kill → every moved partition publishing, median',
+      value: medMax(failover.allMedianMs, failover.allMaxMs),
+      target: '≤ 3000 ms (SPEC)',
+      baseline: '-',
+      ratio: '-',
+      met: within(failover.allMaxMs, 3000),
+    });
+    rows.push(eoRow('failover', failover.check));
+  }
+  if (restore) {
+    const k = fmtInt(restore.keys);
+    rows.push(
+      info(
+        `restore ${k} keys from the bucket → every partition running`,
+        ms(restore.restore.allPartitionsMs),
+      ),
+    );
+    rows.push(
+      info(
+        `  (startNode resolved; partita_restore_seconds sum)`,
+        `${ms(restore.restore.startNodeMs)}; ${fmt(restore.restore.restoreSecondsSum, 2)} s`,
+      ),
+    );
+    rows.push({
+      metric: `restore: actors in LMDB`,
+      value: fmtInt(restore.restore.actors),
+      target: k,
+      baseline: '-',
+      ratio: '-',
+      met: restore.restore.actors === restore.keys ? 'yes' : 'no',
+    });
+    const memTarget = restore.keys === 1_000_000;
+    rows.push({
+      metric: `restore: RSS with ${k} actors (bench process, after / peak)`,
+      value: `${fmt(restore.restore.rssAfterMB, 0)} / ${fmt(restore.restore.rssPeakMB, 0)} MB`,
+      target: memTarget ? '≤ 512 MB' : '-',
+      baseline: `${fmt(restore.restore.rssBeforeMB, 0)} MB before`,
+      ratio: '-',
+      met: memTarget ? (restore.restore.rssPeakMB <= 512 ? 'yes' : 'no') : '-',
+    });
+    rows.push({
+      metric: `restart with ${k} actors (same dir) → every partition running`,
+      value: ms(restore.restart.allPartitionsMs),
+      target: '≤ 1000 ms',
+      baseline: '-',
+      ratio: '-',
+      met: within(restore.restart.allPartitionsMs, 1000),
+    });
+    rows.push({
+      metric: '  restart read the bucket (restore rounds)',
+      value: String(restore.restart.restoreRounds),
+      target: '0',
+      baseline: '-',
+      ratio: '-',
+      met: restore.restart.restoreRounds === 0 ? 'yes' : 'no',
+    });
+    if (restore.child) {
+      rows.push({
+        metric: `node process with ${k} actors (restarted), RSS / peak`,
+        value: `${fmt(restore.child.rssMB, 0)} / ${fmt(restore.child.peakRssMB, 0)} MB`,
+        target: memTarget ? '≤ 512 MB' : '-',
+        baseline: '-',
+        ratio: '-',
+        met: memTarget ? (restore.child.peakRssMB <= 512 ? 'yes' : 'no') : '-',
+      });
+      rows.push(
+        info(
+          `  (its spawn → ready line / every partition running)`,
+          `${ms(restore.child.readyMs)} / ${ms(restore.child.allPartitionsMs)}`,
+        ),
+      );
+    }
+  }
+  for (const phase of failed) rows.push({ ...info(`${phase}`, 'FAILED (see above)'), met: 'no' });
   console.log('');
   printTable(rows);
   const totalSeconds = (now() - started) / 1000;
@@ -849,6 +1860,10 @@ async function main() {
     kv,
     backlog: backlog && { ...backlog, vsRaw, vsKv },
     live: lives,
+    restart,
+    failover,
+    restore,
+    failed,
     table: rows,
     seconds: totalSeconds,
   };
