@@ -104,6 +104,25 @@ export class Coordinator {
     await this.o.nodes.delete(this.o.holder.node).catch(() => undefined);
   }
 
+  /** A partition stopped itself (its lease was not provably held): release and take it again. */
+  fenced(p: number): void {
+    const lease = this.held.get(p);
+    if (!lease || this.busy.has(p)) return;
+    this.held.delete(p);
+    this.busy.add(p);
+    void (async () => {
+      try {
+        await this.o.stop(p, false);
+        await lease.release();
+      } catch (err) {
+        this.o.log.warn({ partition: p, err: (err as Error).message }, 'releasing a fenced partition failed');
+      } finally {
+        this.busy.delete(p);
+        this.kick();
+      }
+    })();
+  }
+
   private kick(): void {
     if (!this.running) return;
     if (this.assigning) {

@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
 import { jetstream } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Piscina } from 'piscina';
 import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
@@ -26,6 +27,7 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
+import { LEASES_BUCKET, NODES_BUCKET } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
@@ -160,6 +162,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     log,
     maxBatch: opts.maxBatch ?? 2000,
     nodeId: id,
+    onFenced: (p: number) => coordinator?.fenced(p),
   };
   const runners = new Map<number, PartitionRunner>();
   const ownerKey = (p: number) => `owner.p${p}`;
@@ -213,6 +216,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log);
   let server: MetricsServer | undefined;
   let coordinator: Coordinator | undefined;
+  let control: NatsConnection | undefined;
   try {
     // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
     const warming = dispatcher.warm(threads);
@@ -235,9 +239,18 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         },
       });
     }
+    // Heartbeats and lease renewals get a connection of their own, so they never queue behind a
+    // partition's deliveries or a restore's reads: a late renewal would fence a healthy node.
+    control = await connect({
+      servers: natsUrl.split(','),
+      name: `partita-${id}-control`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+    });
+    const controlKv = new Kvm(control);
     coordinator = new Coordinator({
-      nodes: topology.nodes,
-      leases: topology.leases,
+      nodes: await controlKv.open(NODES_BUCKET),
+      leases: await controlKv.open(LEASES_BUCKET),
       holder: { node: id, instance: randomUUID() },
       partitions: topology.partitions,
       leaseTtlMs: topology.leaseTtlMs,
@@ -256,6 +269,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await unrouted.stop();
     await server?.close();
     await pool.destroy();
+    await control?.close().catch(() => undefined);
     await nc.close();
     await store.close();
     throw err;
@@ -289,6 +303,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       metrics.ownedPartitions.set(0);
       await server?.close();
       await pool.destroy();
+      await control?.drain().catch(() => undefined);
       await nc.drain().catch(() => undefined);
       await store.close();
       markStateDirClean(opts.dataDir, durability);

@@ -32,6 +32,8 @@ export interface PartitionDeps {
   metrics: NodeMetrics;
   log: Logger;
   nodeId: string;
+  /** The runner stopped itself because its lease was not provably held. */
+  onFenced: (partition: number) => void;
   /** Most events handed to a worker at once. */
   maxBatch: number;
 }
@@ -62,6 +64,7 @@ export class PartitionRunner {
   /** Publishing of committed batches, in commit order, off the compute path. */
   private publishing: Promise<void> = Promise.resolve();
   private unpublished = 0;
+  private fenced = false;
   private readonly label: { partition: string };
   private readonly log: Logger;
   /** The partition's input stream. */
@@ -103,6 +106,22 @@ export class PartitionRunner {
     await this.createConsumer(this.lastQueuedSeq + 1);
     this.status = 'RUNNING';
     await this.consume();
+  }
+
+  /**
+   * The lease is not provably held: commit and publish nothing more, stop consuming, and tell the
+   * coordinator, which releases the lease and takes the partition again (from this node's
+   * checkpoint and outboxes) if it is still assigned here. Nothing queued is lost: it is after
+   * the checkpoint, so the next run fetches it again.
+   */
+  private fence(): void {
+    if (this.fenced) return;
+    this.fenced = true;
+    this.log.warn('lease not provably held: stopping the partition until it is taken again');
+    this.status = 'STOPPING';
+    this.queue = [];
+    this.messages?.stop();
+    setImmediate(() => this.deps.onFenced(this.partition));
   }
 
   /** Stops the partition for good on a gap in its events, holding the lease so nobody skips it. */
@@ -211,8 +230,9 @@ export class PartitionRunner {
     try {
       while (this.queue.length > 0 && this.status === 'RUNNING') {
         if (!this.lease.valid()) {
-          // Fenced: another node may own the partition by now. Commit and publish nothing more.
-          this.queue = [];
+          // Not provably ours: another node may own the partition by now. Stop, and let the
+          // coordinator start it again from its checkpoint if it is still ours.
+          this.fence();
           break;
         }
         const batch = this.queue.splice(0, this.deps.maxBatch);
@@ -277,20 +297,22 @@ export class PartitionRunner {
     this.unpublished++;
     this.publishing = (async () => {
       await previous;
-      if (!this.lease.valid()) {
-        // Committed locally but fenced: publish nothing. The next owner restores from the state
-        // bucket and the acknowledged position, and this node drops the commit if it ever
-        // owns the partition again (see restore.ts).
-        this.deps.metrics.fencedBatches.inc(this.label);
-        this.unpublished--;
-        return;
-      }
       let bySeq: Map<number, JsMsg> | undefined;
       if (done.dead.length > 0) bySeq = new Map(batch.map((m) => [m.seq, m]));
-      await this.publishOutputs(done.changes, done.emits, done.dead, async (seq) => {
+      const published = await this.publishOutputs(done.changes, done.emits, done.dead, async (seq) => {
         const m = bySeq?.get(seq);
         return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
       });
+      if (!published) {
+        // Committed locally but fenced: publish and acknowledge nothing; the outbox stays. If the
+        // partition is still ours, it restarts from its checkpoint and publishes the outbox; if
+        // another node took it, that node restores from the bucket and the acknowledged position,
+        // and this node drops the commit if it ever owns the partition again (see restore.ts).
+        this.deps.metrics.fencedBatches.inc(this.label);
+        this.fence();
+        this.unpublished--;
+        return;
+      }
       // Published: a restart must not publish it again (JetStream's duplicate window only covers
       // two minutes). Not awaited: lmdb-js orders it before later writes.
       void this.deps.store.deleteOutbox(this.partition, done.lastSeq);
@@ -316,10 +338,10 @@ export class PartitionRunner {
     original: (
       seq: number,
     ) => Promise<{ subject: string; data: Uint8Array; headers?: JsMsg['headers'] } | undefined>,
-  ): Promise<void> {
+  ): Promise<boolean> {
     const { nc, js, metrics } = this.deps;
     for (let attempt = 1; ; attempt++) {
-      if (!this.lease.valid()) return;
+      if (this.fenced || !this.lease.valid()) return false;
       try {
         // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
         for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);
@@ -361,7 +383,7 @@ export class PartitionRunner {
         if (changes.length > 0) await this.deps.flusher.flush();
         metrics.stateChanges.inc(changes.length);
         metrics.eventsOut.inc(emits.length);
-        return;
+        return true;
       } catch (err) {
         this.log.warn(
           { err: (err as Error).message, attempt },
@@ -388,6 +410,7 @@ export class PartitionRunner {
           seq: rec.q,
           updatedAt: new Date(rec.t).toISOString(),
           partition: this.partition,
+          epoch: this.lease.epoch,
         }),
       ]);
     }

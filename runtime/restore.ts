@@ -38,7 +38,9 @@ export async function restorePartitions(
   if (info.state.messages > 0) {
     const consumer = await js.consumers.get(stream, {
       filter_subjects: `$KV.${STATE_BUCKET}.>`,
-      deliver_policy: DeliverPolicy.LastPerSubject,
+      // The bucket keeps one entry per key (history 1), so All reads the same entries as
+      // LastPerSubject, which 2.9 is slow to set up over a million subjects.
+      deliver_policy: DeliverPolicy.All,
     });
     const msgs = await consumer.consume({ max_messages: 5000 });
     let pending: Promise<boolean> | undefined;
