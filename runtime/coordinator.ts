@@ -171,7 +171,15 @@ export class Coordinator {
 
   private async listNodes(): Promise<string[]> {
     const nodes = new Set<string>([this.o.holder.node]);
-    for await (const k of await this.o.nodes.keys()) nodes.add(k);
+    const keys = await this.o.nodes.keys();
+    // The listing rides an ordered consumer; after a stall (SIGSTOP, a lost connection) it can hang,
+    // and a hung round would stop every later one: give up after a while and keep the last view.
+    const timer = setTimeout(() => keys.stop(), Math.max(1000, this.o.leaseTtlMs));
+    try {
+      for await (const k of keys) nodes.add(k);
+    } finally {
+      clearTimeout(timer);
+    }
     return [...nodes].sort();
   }
 

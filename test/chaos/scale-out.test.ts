@@ -167,3 +167,28 @@ it('hands partitions over on SIGTERM without waiting for the leases to expire', 
   stop = true;
   await work.verify(PARTITIONS);
 });
+
+it('loses nothing when a lone node stalls just past its local lease deadline but not past the TTL', async () => {
+  const seed = testSeed();
+  console.log(`stall seed=${seed}`);
+  const work = new Workload(nc, seed);
+  const n = await startNode('solo');
+  await settled(['solo']);
+  let stop = false;
+  const load = work.publishPaced(8000, 2000, () => stop);
+  for (let i = 0; i < 3; i++) {
+    await check(() => work.published > 1500 * (i + 1), 20_000, 'load under way');
+    // 1.7 s: past the 1.5 s in which a renewal keeps the lease provably held, within the 2 s TTL.
+    n.child.kill('SIGSTOP');
+    await new Promise((r) => setTimeout(r, 1700));
+    n.child.kill('SIGCONT');
+  }
+  await load;
+  stop = true;
+  await work.publish(300);
+  await settled(['solo']).catch((err) => {
+    console.log(n.stderr());
+    throw err;
+  });
+  await work.verify(PARTITIONS);
+});

@@ -19,7 +19,7 @@ export async function spawnPartita(
 ): Promise<NodeProcess> {
   const child = spawn(process.execPath, [PARTITA_BIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, PARTITA_LOG_LEVEL: 'warn', ...env },
+    env: { ...process.env, PARTITA_LOG_LEVEL: process.env.PARTITA_TEST_LOG_LEVEL ?? 'warn', ...env },
   });
   let err = '';
   child.stderr!.on('data', (d: Buffer) => {
