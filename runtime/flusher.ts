@@ -17,10 +17,14 @@ export class Flusher {
       return this.current;
     }
     // A flush in flight may have been sent before our publishes: wait for the one after it.
-    this.next ??= this.current.then(() => {
-      this.next = null;
-      return this.flush();
-    });
+    // Whatever the one in flight ends with (a flush fails while the connection is down), the next
+    // one is sent: a failed flush must not be handed to every later caller.
+    this.next ??= this.current
+      .catch(() => undefined)
+      .then(() => {
+        this.next = null;
+        return this.flush();
+      });
     return this.next;
   }
 }
