@@ -4,8 +4,9 @@ import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
+import { readAudit } from './audit.js';
+import { type Command, int, natsUrlOf, ready, UsageError, untilSignal, type Values } from './cli-kit.js';
 import { startDemoProducer } from './demo-producer.js';
-import { PartitaError } from './errors.js';
 import { startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
 import type { Durability } from './state-store.js';
@@ -27,36 +28,10 @@ const USAGE = `usage: partita <command> [options]
       the HTTP gateway
   status [--nats URL] [--json]
       partitions, owners, lag and checkpoint age
+  audit [--nats URL] [--action NAME] [--limit N] [--json]
+      the audit trail of admin actions (schema changes, replays, drills): who and when
 
 --nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.`;
-
-class UsageError extends PartitaError {
-  constructor(detail: string) {
-    super('PARTITA_ERR_USAGE', detail);
-  }
-}
-
-function int(v: string | undefined, name: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a whole number, got "${v}"`);
-  return n;
-}
-
-function ready(pairs: Record<string, string | undefined>): void {
-  const parts = Object.entries(pairs)
-    .filter(([, v]) => v !== undefined)
-    .map(([k, v]) => `${k}=${v}`);
-  process.stdout.write(`partita ready ${parts.join(' ')}\n`);
-}
-
-/** Resolves on the first SIGTERM or SIGINT. */
-function untilSignal(): Promise<NodeJS.Signals> {
-  return new Promise((res) => {
-    process.once('SIGTERM', () => res('SIGTERM'));
-    process.once('SIGINT', () => res('SIGINT'));
-  });
-}
 
 /** `preferred` when it is free on loopback, else 0 (any free port): the ready line names the one used. */
 async function freeOr(preferred: number): Promise<number> {
@@ -73,12 +48,7 @@ function durabilityOf(v: unknown): Durability | undefined {
   throw new UsageError(`--durability must be sync or process, got "${String(v)}"`);
 }
 
-type Values = Record<string, string | boolean | undefined>;
-
-const COMMANDS: Record<
-  string,
-  { options: Record<string, { type: 'string' | 'boolean' }>; run: (v: Values) => Promise<number> }
-> = {
+const COMMANDS: Record<string, Command> = {
   nats: {
     options: {
       port: { type: 'string' },
@@ -237,7 +207,7 @@ const COMMANDS: Record<
   status: {
     options: { nats: { type: 'string' }, json: { type: 'boolean' } },
     async run(v) {
-      const nc = await connect({ servers: ((v.nats as string | undefined) ?? defaultNatsUrl()).split(',') });
+      const nc = await connect({ servers: natsUrlOf(v) });
       try {
         const s = await readStatus(nc);
         process.stdout.write(v.json ? `${JSON.stringify(s, null, 2)}\n` : `${formatStatus(s)}\n`);
@@ -248,6 +218,35 @@ const COMMANDS: Record<
     },
   },
 };
+
+const audit: Command = {
+  options: {
+    nats: { type: 'string' },
+    action: { type: 'string' },
+    limit: { type: 'string' },
+    json: { type: 'boolean' },
+  },
+  async run(v) {
+    const nc = await connect({ servers: natsUrlOf(v) });
+    try {
+      const records = await readAudit(nc, {
+        action: v.action as string | undefined,
+        limit: int(v.limit as string | undefined, 'limit'),
+      });
+      if (v.json) process.stdout.write(`${JSON.stringify(records, null, 2)}\n`);
+      else {
+        for (const r of records) {
+          const detail = r.details ? ` ${JSON.stringify(r.details)}` : '';
+          process.stdout.write(`${r.at}  ${r.who}  ${r.action}${r.target ? ` ${r.target}` : ''}${detail}\n`);
+        }
+      }
+    } finally {
+      await nc.close();
+    }
+    return 0;
+  },
+};
+COMMANDS.audit = audit;
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
@@ -261,15 +260,22 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   let values: Values;
+  let positionals: string[];
   try {
-    values = parseArgs({ args: rest, options: cmd.options, strict: true, allowPositionals: false })
-      .values as Values;
+    const parsed = parseArgs({
+      args: rest,
+      options: cmd.options,
+      strict: true,
+      allowPositionals: !!cmd.positionals,
+    });
+    values = parsed.values as Values;
+    positionals = parsed.positionals;
   } catch (err) {
     process.stderr.write(`partita ${name}: ${(err as Error).message}\n${USAGE}\n`);
     return 2;
   }
   try {
-    return await cmd.run(values);
+    return await cmd.run(values, positionals);
   } catch (err) {
     if (err instanceof UsageError) {
       process.stderr.write(`partita ${name}: ${err.message}\n`);

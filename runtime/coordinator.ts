@@ -93,6 +93,7 @@ export class Coordinator {
     try {
       await Promise.all(
         [...this.held.keys()].map(async (p) => {
+          this.busy.add(p); // renewals go on, but a released lease is not a lost one
           await this.o.stop(p, true);
           await this.held.get(p)?.release();
           this.held.delete(p);

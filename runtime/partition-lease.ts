@@ -17,6 +17,8 @@ export class PartitionLease {
   /** Local time until which the lease is provably ours: last renewal sent + TTL − margin. */
   private deadline = 0;
   private lost = false;
+  /** Renewals and the release run one after another: a delete racing an update would carry a stale revision. */
+  private pending: Promise<unknown> = Promise.resolve();
   readonly key: string;
 
   constructor(
@@ -61,7 +63,13 @@ export class PartitionLease {
   }
 
   /** Renews; false means the lease is gone (expired and maybe taken): stop at once. */
-  async renew(): Promise<boolean> {
+  renew(): Promise<boolean> {
+    const run = this.pending.then(() => this.renewNow());
+    this.pending = run.catch(() => undefined);
+    return run;
+  }
+
+  private async renewNow(): Promise<boolean> {
     if (this.lost) return false;
     const sent = performance.now();
     try {
@@ -81,9 +89,25 @@ export class PartitionLease {
   }
 
   /** Gives the partition up so the next owner starts at once. */
-  async release(): Promise<void> {
+  release(): Promise<void> {
+    const run = this.pending.then(() => this.releaseNow());
+    this.pending = run.catch(() => undefined);
+    return run;
+  }
+
+  private async releaseNow(): Promise<void> {
     this.lost = true;
-    await this.kv.delete(this.key, { previousSeq: this.revision }).catch(() => undefined);
+    // The delete is conditional on our revision, so it can never remove another owner's lease.
+    // Retried: a release that does not reach the server leaves the partition idle for a whole TTL.
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        await this.kv.delete(this.key, { previousSeq: this.revision });
+        return;
+      } catch (err) {
+        // Another revision means another owner already (or an expiry): nothing of ours to delete.
+        if (/wrong last sequence/i.test((err as Error).message)) return;
+      }
+    }
   }
 
   /** Marks the lease lost without touching the bucket (another node owns it now). */

@@ -1,4 +1,5 @@
 // Creates (idempotently) the streams and buckets Partita runs on. See ARCHITECTURE.md, "Subjects".
+
 import {
   DiscardPolicy,
   JetStreamApiError,
@@ -11,6 +12,7 @@ import {
 } from '@nats-io/jetstream';
 import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { ensureAuditStream } from './audit.js';
 import { PartitaError } from './errors.js';
 import {
   DLQ_PREFIX,
@@ -134,6 +136,7 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     duplicate_window: nanos(120_000),
     num_replicas: replicas,
   });
+  await ensureAuditStream(nc, replicas);
   const state = await ensureStateBucket(nc, replicas);
   // On 2.9 a KV bucket's TTL is its stream's max age: an entry not rewritten within it vanishes.
   const ttl = opts.leaseTtlMs ?? 2000;
