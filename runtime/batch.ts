@@ -129,7 +129,8 @@ export function applyBatch(
         ? (type, key, data) => {
             out.push([
               `events.${type}.${key}`,
-              `pt:${e.actor.name}:${event.seq}:${out.length}`,
+              // The source partition is part of the id: sequences restart in every partition's stream.
+              `pt:${e.actor.name}:${opts.partition}:${event.seq}:${out.length}`,
               JSON.stringify(data),
             ]);
           }
@@ -254,7 +255,7 @@ export function applyBatch(
         e.state = again ? again.s : e.actor.def.initial(e.key);
         for (const k of kept) run(e, k, false);
       }
-      const prefix = `pt:${e.actor.name}:`;
+      const prefix = `pt:${e.actor.name}:${opts.partition}:`;
       emitsOut = emitsOut.filter(
         ([, id]) => !(id.startsWith(prefix) && bad.has(Number(id.slice(prefix.length).split(':')[0]))),
       );

@@ -4,6 +4,7 @@ import { it } from 'node:test';
 import type { LoadedActor } from '../runtime/actor-loader.js';
 import { actorsByType, applyBatch, type RawEvent } from '../runtime/batch.js';
 import type { StateRecord } from '../runtime/state-store.js';
+import { partitionOf } from '../runtime/subjects.js';
 
 const bigints: LoadedActor = {
   name: 'big',
@@ -53,6 +54,35 @@ it('dead-letters an event that leaves the state unserialisable, and keeps the re
   assert.deepEqual(JSON.parse(out.writes[0]!.json), { n: 2, seen: 2 });
   assert.deepEqual(
     out.emits.map(([, id]) => id),
-    ['pt:big:1:0', 'pt:big:3:0'],
+    ['pt:big:0:1:0', 'pt:big:0:3:0'],
   );
+});
+
+it('gives emits of the same sequence in two partitions different ids (their streams number alike)', () => {
+  const emitter: LoadedActor = {
+    name: 'fwd',
+    guarantee: 'exactly-once',
+    file: 'fwd',
+    def: {
+      name: 'fwd',
+      events: ['n'],
+      initial: () => ({}),
+      handle(_s: unknown, _e: unknown, ctx) {
+        ctx.emit('out', 'same', {});
+      },
+    },
+  };
+  const ids = [0, 1].map((partition) => {
+    let key = 'a';
+    while (partitionOf(key, 2) !== partition) key += 'a';
+    const out = applyBatch(actorsByType([emitter]), [{ ...ev(7, {}), key }], () => undefined, {
+      partition,
+      partitions: 2,
+      maxEventBytes: 1000,
+      maxAttempts: 1,
+      now: 1,
+    });
+    return out.emits[0]![1];
+  });
+  assert.notEqual(ids[0], ids[1], 'a shared id would make the target stream drop one as a duplicate');
 });
