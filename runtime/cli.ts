@@ -5,8 +5,10 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { readAudit } from './audit.js';
+import { drillCommand } from './cli-drill.js';
 import { type Command, int, natsUrlOf, ready, UsageError, untilSignal, type Values } from './cli-kit.js';
 import { startDemoProducer } from './demo-producer.js';
+import { INJECTED_DEFECTS, type InjectedDefect } from './drill-faults.js';
 import { startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
 import type { Durability } from './state-store.js';
@@ -22,12 +24,16 @@ const USAGE = `usage: partita <command> [options]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
-       [--durability sync|process]
-      one worker node
+       [--durability sync|process] [--allow-drills]
+      one worker node; --allow-drills (or PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
   gateway --nats URL [--port N]
       the HTTP gateway
   status [--nats URL] [--json]
       partitions, owners, lag and checkpoint age
+  drill [--nats URL] [--faults crash,stall,handoff] [--count N] [--seed S] [--stall-ms MS]
+        [--interval-ms MS] [--recovery-timeout-ms MS] [--report DIR] [--json]
+      a chaos drill against a running deployment whose nodes run with --allow-drills: injects
+      the faults, times recovery with probes, writes a report, records it in the audit trail
   audit [--nats URL] [--action NAME] [--limit N] [--json]
       the audit trail of admin actions (schema changes, replays, drills): who and when
 
@@ -40,6 +46,19 @@ async function freeOr(preferred: number): Promise<number> {
     srv.once('error', () => res(0));
     srv.listen(preferred, '127.0.0.1', () => srv.close(() => res(preferred)));
   });
+}
+
+/** `$PARTITA_INJECT_DEFECT`: deliberate defects, for proving that the chaos harness catches them. */
+function defectsOf(v: string | undefined): InjectedDefect[] | undefined {
+  if (!v) return undefined;
+  const list = v.split(',');
+  for (const d of list) {
+    if (!INJECTED_DEFECTS.includes(d as InjectedDefect))
+      throw new UsageError(
+        `PARTITA_INJECT_DEFECT: unknown defect "${d}" (known: ${INJECTED_DEFECTS.join(', ')})`,
+      );
+  }
+  return list as InjectedDefect[];
 }
 
 function durabilityOf(v: unknown): Durability | undefined {
@@ -113,6 +132,7 @@ const COMMANDS: Record<string, Command> = {
       'metrics-port': { type: 'string' },
       partitions: { type: 'string' },
       durability: { type: 'string' },
+      'allow-drills': { type: 'boolean' },
     },
     async run(v) {
       const id = v.id as string | undefined;
@@ -127,6 +147,8 @@ const COMMANDS: Record<string, Command> = {
         metricsPort: int(v['metrics-port'] as string | undefined, 'metrics-port') ?? 0,
         partitions: int(v.partitions as string | undefined, 'partitions'),
         durability: durabilityOf(v.durability),
+        allowDrills: v['allow-drills'] === true || process.env.PARTITA_ALLOW_DRILLS === '1',
+        faults: defectsOf(process.env.PARTITA_INJECT_DEFECT),
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
       await untilSignal();
@@ -247,6 +269,7 @@ const audit: Command = {
   },
 };
 COMMANDS.audit = audit;
+COMMANDS.drill = drillCommand;
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

@@ -31,6 +31,10 @@ export const ERRORS = {
     message: 'the partition count differs from the one the deployment was created with',
     status: 500,
   },
+  PARTITA_ERR_DRILL: {
+    message: 'the deployment cannot be drilled',
+    status: 409,
+  },
   PARTITA_ERR_RETENTION_GAP: {
     message: 'the stream no longer holds events that a checkpoint needs',
     status: 500,

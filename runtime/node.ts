@@ -12,6 +12,7 @@ import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from '
 import type { WorkerConfig } from './batch-worker.js';
 import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
+import { type InjectedDefect, serveDrillFaults } from './drill-faults.js';
 import { PartitaError } from './errors.js';
 import { Flusher } from './flusher.js';
 import { createLogger, type Logger } from './logger.js';
@@ -19,6 +20,7 @@ import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
+import { PROBE_ACTOR_FILE } from './probe-actor.js';
 import { restorePartitions } from './restore.js';
 import {
   type Durability,
@@ -60,6 +62,16 @@ export interface NodeOptions {
   leaseTtlMs?: number;
   /** Most events in one batch. @default 2000 */
   maxBatch?: number;
+  /**
+   * Accept drill faults (crash, stall, handoff) on `partita.drill.<node id>`: for deployments
+   * that run `partita drill`, whose supervisor restarts a node that exits. @default false
+   */
+  allowDrills?: boolean;
+  /**
+   * Deliberate defects, to prove that the chaos harness catches a broken build. Never in
+   * production: `ack-before-commit` acknowledges events as they arrive, before they are committed.
+   */
+  faults?: readonly InjectedDefect[];
   logger?: Logger;
 }
 
@@ -89,7 +101,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   const id = opts.id ?? nodeIdOf(opts.dataDir);
   const log = opts.logger ?? createLogger({ node: id });
   const natsUrl = opts.natsUrl ?? defaultNatsUrl();
-  const actorFiles = findActorFiles(opts.actorsDir ?? builtinActorsDir());
+  // The probe runs everywhere, so a drill can time recovery of any deployment.
+  const actorFiles = [...findActorFiles(opts.actorsDir ?? builtinActorsDir()), PROBE_ACTOR_FILE];
   // Load on the main thread too: a broken actor fails the start, not the first batch.
   const actors = await loadActors(actorFiles);
   const nc: NatsConnection = await connect({
@@ -162,6 +175,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     log,
     maxBatch: opts.maxBatch ?? 2000,
     nodeId: id,
+    ackBeforeCommit: opts.faults?.includes('ack-before-commit') ?? false,
     onFenced: (p: number) => coordinator?.fenced(p),
   };
   const runners = new Map<number, PartitionRunner>();
@@ -274,6 +288,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await store.close();
     throw err;
   }
+  const drills = opts.allowDrills && control ? serveDrillFaults(control, id, log) : undefined;
   status = 'RUNNING';
   log.info({ partitions: topology.partitions, threads, actors: actors.map((a) => a.name) }, 'node running');
 
@@ -297,6 +312,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     async stop() {
       if (status === 'STOPPED' || status === 'DRAINING') return;
       status = 'DRAINING';
+      drills?.unsubscribe();
       await unrouted.stop();
       // Checkpoint, publish, release: the next owners start at once.
       await coordinator?.stop();

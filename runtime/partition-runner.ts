@@ -36,6 +36,8 @@ export interface PartitionDeps {
   onFenced: (partition: number) => void;
   /** Most events handed to a worker at once. */
   maxBatch: number;
+  /** A deliberate defect (NodeOptions.faults): acknowledge on arrival, before the commit. */
+  ackBeforeCommit?: boolean;
 }
 
 export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
@@ -215,6 +217,7 @@ export class PartitionRunner {
       return;
     }
     this.lastQueuedSeq = m.seq;
+    if (this.deps.ackBeforeCommit) m.ack();
     this.queue.push(m);
     // Start on the next turn, so that what one socket read brought forms one batch.
     if (!this.busy && !this.scheduled) {

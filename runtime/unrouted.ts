@@ -22,7 +22,8 @@ export class UnroutedDeadLetterer {
 
   async start(): Promise<void> {
     await this.jsm.consumers
-      .add(UNROUTED_STREAM, { durable_name: NAME, ack_policy: AckPolicy.Explicit, ack_wait: 30_000_000_000 })
+      // An event fetched by a node that dies is redelivered to another after the ack wait.
+      .add(UNROUTED_STREAM, { durable_name: NAME, ack_policy: AckPolicy.Explicit, ack_wait: 10_000_000_000 })
       .catch(() => undefined);
     const consumer = await this.js.consumers.get(UNROUTED_STREAM, NAME);
     this.loop = (async () => {

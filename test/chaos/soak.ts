@@ -1,0 +1,34 @@
+// `npm run chaos -- [--minutes N] [--seed S] [--faults N] [--rate N] [--report DIR]`: a long chaos
+// run (soak) with the harness of the CI suite. Exit 0 when the report passes, 1 when it does not.
+import { parseArgs } from 'node:util';
+import { formatReport, writeReport } from '../../runtime/drill.js';
+import { runChaos } from './harness.js';
+
+const { values } = parseArgs({
+  options: {
+    minutes: { type: 'string', default: '30' },
+    seed: { type: 'string' },
+    faults: { type: 'string' },
+    rate: { type: 'string', default: '1500' },
+    report: { type: 'string', default: 'chaos-reports' },
+  },
+});
+const minutes = Number(values.minutes);
+const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
+if (!Number.isFinite(minutes) || minutes <= 0 || !Number.isInteger(seed)) {
+  console.error('usage: npm run chaos -- [--minutes N] [--seed S] [--faults N] [--rate N] [--report DIR]');
+  process.exit(2);
+}
+console.log(`chaos soak: ${minutes} min, seed ${seed}`);
+const report = await runChaos({
+  seed,
+  // About one fault every 12 s; the run lasts at least the minutes asked for.
+  faults: values.faults !== undefined ? Number(values.faults) : Math.max(5, Math.round(minutes * 5)),
+  minDurationMs: minutes * 60_000,
+  rate: Number(values.rate),
+  reproduce: `npm run chaos -- --minutes ${minutes} --seed ${seed}${values.faults ? ` --faults ${values.faults}` : ''} --rate ${values.rate}`,
+});
+const paths = writeReport(report, values.report!);
+console.log(formatReport(report));
+console.log(`report: ${paths.json} and ${paths.text}`);
+process.exit(report.ok ? 0 : 1);
