@@ -4,6 +4,7 @@
 // writes a report (JSON and text) and records the drill in the audit trail.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { recordAudit } from './audit.js';
 import { type Command, int, natsUrlOf, UsageError } from './cli-kit.js';
@@ -21,7 +22,7 @@ import {
 import { DRILL_FAULT_KINDS, type DrillFault, type DrillFaultKind, drillSubject } from './drill-faults.js';
 import { PartitaError } from './errors.js';
 import { readStatus } from './status.js';
-import { DLQ_STREAM } from './subjects.js';
+import { DLQ_STREAM, NODES_BUCKET } from './subjects.js';
 
 export interface DrillOptions {
   seed: number;
@@ -39,6 +40,13 @@ export interface DrillOptions {
 async function deadLetters(nc: NatsConnection): Promise<number> {
   const jsm = await jetstreamManager(nc);
   return (await jsm.streams.info(DLQ_STREAM).catch(() => null))?.state.messages ?? 0;
+}
+
+/** The instance id in a node's heartbeat: it changes when the node restarts. */
+async function instanceOf(nc: NatsConnection, node: string): Promise<string | null> {
+  const kv = await new Kvm(nc).open(NODES_BUCKET);
+  const e = await kv.get(node).catch(() => null);
+  return e?.operation === 'PUT' ? (e.json<{ instance?: string }>().instance ?? null) : null;
 }
 
 /** Runs a drill; the report says whether it passed. Throws when the deployment cannot be drilled. */
@@ -90,6 +98,7 @@ export async function runDrill(nc: NatsConnection, o: DrillOptions): Promise<Dri
       notes.push(`no live node for a ${kind} fault`);
       break;
     }
+    const before = await instanceOf(nc, target);
     const injectedAt = Date.now();
     const record: FaultRecord = {
       kind,
@@ -113,23 +122,19 @@ export async function runDrill(nc: NatsConnection, o: DrillOptions): Promise<Dri
     const healStart = kind === 'stall' ? injectedAt + o.stallMs : injectedAt;
     if (kind === 'stall') await sleep(Math.max(0, healStart - Date.now()));
     else {
+      // Back when its heartbeat names another instance (a restart), whatever the supervisor.
       const deadline = Date.now() + o.recoveryTimeoutMs;
       let back = false;
-      // Its heartbeat entry lingers for a lease TTL after it went: wait for it to go, then come back.
-      let gone = false;
       while (Date.now() < deadline) {
-        const ns = await liveNodes().catch(() => [] as string[]);
-        if (!ns.includes(target)) gone = true;
-        else if (gone) {
+        const now = await instanceOf(nc, target);
+        if (now && now !== before) {
           back = true;
           break;
         }
         await sleep(200);
       }
       if (!back) {
-        record.note = gone
-          ? 'not restarted within the recovery timeout (no supervisor?)'
-          : 'its heartbeat never lapsed';
+        record.note = 'not restarted within the recovery timeout (no supervisor?)';
         faults.push(record);
         o.log(`drill: ${kind} ${target}: recovered in ${record.recoveryMs ?? 'none'} ms; ${record.note}`);
         continue;
