@@ -14,6 +14,7 @@ import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
 import { Flusher } from './flusher.js';
+import { startSchemaSync } from './governance.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
@@ -60,6 +61,8 @@ export interface NodeOptions {
   leaseTtlMs?: number;
   /** Most events in one batch. @default 2000 */
   maxBatch?: number;
+  /** Key of x-pii "hash" fields; the same on every node and the archive. @default $PARTITA_PII_SECRET */
+  piiSecret?: string;
   logger?: Logger;
 }
 
@@ -79,6 +82,8 @@ export interface PartitaNode {
   progress(): { partition: number; committedSeq: number; lastCommitAt: number }[];
   /** Checkpoints, releases the partitions and closes everything. */
   stop(): Promise<void>;
+  /** How many schema sets this node has put in force (1 after start; +1 per registration seen). */
+  schemaRevision(): number;
 }
 
 export function defaultNatsUrl(): string {
@@ -139,6 +144,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     maxEventBytes: opts.maxEventBytes ?? 256 * 1024,
     maxAttempts: opts.maxAttempts ?? 3,
     durability,
+    piiSecret: opts.piiSecret ?? (process.env.PARTITA_PII_SECRET || undefined),
   };
   const pool = new Piscina({
     filename: new URL('./batch-worker.js', import.meta.url).href,
@@ -217,7 +223,10 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let server: MetricsServer | undefined;
   let coordinator: Coordinator | undefined;
   let control: NatsConnection | undefined;
+  let schemas: Awaited<ReturnType<typeof startSchemaSync>> | undefined;
   try {
+    // Schemas in force before the first event: validation and masking never start late.
+    schemas = await startSchemaSync(nc, store, log);
     // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
     const warming = dispatcher.warm(threads);
     warming.catch(() => undefined); // awaited below; this only keeps an early failure handled
@@ -264,6 +273,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await warming;
   } catch (err) {
     status = 'FAILED';
+    schemas?.stop();
     await coordinator?.stop().catch(() => undefined);
     await Promise.allSettled([...runners.values()].map((r) => r.stop()));
     await unrouted.stop();
@@ -288,6 +298,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metricsUrl: server?.url,
     natsUrl,
     owned: () => [...runners.keys()].sort((a, b) => a - b),
+    schemaRevision: () => schemas?.revision() ?? 0,
     progress: () =>
       [...runners.values()].map((r) => ({
         partition: r.partition,
@@ -300,6 +311,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       await unrouted.stop();
       // Checkpoint, publish, release: the next owners start at once.
       await coordinator?.stop();
+      schemas?.stop();
       metrics.ownedPartitions.set(0);
       await server?.close();
       await pool.destroy();
