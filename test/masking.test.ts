@@ -102,6 +102,6 @@ describe('masking', () => {
     assert.deepEqual(govern('signup', { n: 1 }), { data: { n: 1 } });
     const bad = govern('signup', { n: 'x' });
     assert.ok('code' in bad);
-    assert.match((bad as { message: string }).message, /n: "x" is not "int"/);
+    assert.match((bad as { message: string }).message, /n: not "int"/);
   });
 });
