@@ -5,7 +5,9 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { readAudit } from './audit.js';
+import { archiveCommand } from './cli-archive.js';
 import { type Command, int, natsUrlOf, ready, UsageError, untilSignal, type Values } from './cli-kit.js';
+import { schemaCommand } from './cli-schema.js';
 import { startDemoProducer } from './demo-producer.js';
 import { startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
@@ -30,6 +32,11 @@ const USAGE = `usage: partita <command> [options]
       partitions, owners, lag and checkpoint age
   audit [--nats URL] [--action NAME] [--limit N] [--json]
       the audit trail of admin actions (schema changes, replays, drills): who and when
+  schema add <type> <file.json|file.avsc> [--compat MODE] | schema list | schema check <type> <file>
+      the schema registry: register a version (checked under BACKWARD, FORWARD, FULL, NONE or
+      a *_TRANSITIVE mode), list the latest versions, check a schema without registering it
+  archive [--nats URL] [--dir DIR] [--pii-secret-file FILE] [--flush-ms N] [--max-events N]
+      the compliance archive: every raw event, masked, as Parquet files partitioned by hour
 
 --nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.`;
 
@@ -247,6 +254,8 @@ const audit: Command = {
   },
 };
 COMMANDS.audit = audit;
+COMMANDS.schema = schemaCommand;
+COMMANDS.archive = archiveCommand;
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

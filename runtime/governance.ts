@@ -47,7 +47,13 @@ function compileOne(v: SchemaVersion): Compiled {
  * are. A type whose schema hashes a field but the process has no secret refuses its events
  * (`PARTITA_ERR_PII_SECRET`) rather than let the field through.
  */
-export function compileGovernance(schemas: Iterable<SchemaVersion>, secret: string | undefined): Govern {
+export function compileGovernance(
+  schemas: Iterable<SchemaVersion>,
+  secret: string | undefined,
+  /** false: mask only (the archive keeps invalid events too, masked as far as their shape allows). */
+  opts: { validate?: boolean } = {},
+): Govern {
+  const validating = opts.validate ?? true;
   const byType = new Map<string, Compiled>();
   const broken = new Map<string, string>();
   for (const v of schemas) {
@@ -65,7 +71,7 @@ export function compileGovernance(schemas: Iterable<SchemaVersion>, secret: stri
         ? { data }
         : { code: 'PARTITA_ERR_SCHEMA', message: `schema of "${type}" does not compile: ${why}` };
     }
-    const invalid = c.validate(data);
+    const invalid = validating ? c.validate(data) : null;
     if (invalid !== null) return { code: 'PARTITA_ERR_SCHEMA', message: `${type} v${c.version}: ${invalid}` };
     if (!c.plan) return { data };
     if (!secret && planHashes(c.plan))

@@ -3,7 +3,6 @@
 // partita.state.*, emitted events); schema changes apply at run time; every state change names the
 // event that caused it, and the gateway lists the recent ones; schema admin over HTTP is audited.
 import assert from 'node:assert/strict';
-import { createHmac } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -24,40 +23,15 @@ import {
   STATE_BUCKET,
   startNode,
 } from '../runtime/index.js';
+import { NEEDLES, PII_SECRET, piiHmac, SIGNUP_SCHEMA, signup } from './fixtures/gov-data.js';
 import { check } from './helpers/check.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 
 const ACTORS = fileURLToPath(new URL('./fixtures/gov-actors/', import.meta.url));
-const SECRET = 'test-pii-secret';
+const SECRET = PII_SECRET;
 const PARTITIONS = 4;
-const hmac = (v: string) => createHmac('sha256', SECRET).update(v).digest('hex');
+const hmac = piiHmac;
 
-export const SIGNUP_SCHEMA = {
-  type: 'object',
-  properties: {
-    userId: { type: 'string', 'x-pii': 'hash' },
-    email: { type: 'string', 'x-pii': 'redact' },
-    ssn: { type: 'string', 'x-pii': 'drop' },
-    address: {
-      type: 'object',
-      properties: { street: { type: 'string', 'x-pii': 'drop' }, city: { type: 'string' } },
-    },
-    amount: { type: 'number' },
-  },
-  required: ['userId', 'amount'],
-};
-/** Plaintext that must never appear downstream. */
-const NEEDLES = ['user-secret-', '@pii.example', 'SSN-SECRET', 'STREET-SECRET', 'PHONE-SECRET'];
-export function signup(i: number, extra: Record<string, unknown> = {}) {
-  return {
-    userId: `user-secret-${i}`,
-    email: `person${i}@pii.example`,
-    ssn: `SSN-SECRET-${i}`,
-    address: { street: `STREET-SECRET ${i}`, city: 'Oslo' },
-    amount: i,
-    ...extra,
-  };
-}
 function assertClean(what: string, text: string) {
   for (const n of NEEDLES) assert.ok(!text.includes(n), `${what} contains "${n}"`);
 }
