@@ -6,7 +6,7 @@ import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import avro from 'avsc';
-import { recordAudit } from './audit.js';
+import { operator, recordAudit } from './audit.js';
 import { PartitaError } from './errors.js';
 import { invalidPiiDeclarations, PII_KEYWORD } from './masking.js';
 import { type CompatMode, compatibilityIssues, DEFAULT_COMPAT, type SchemaFormat } from './schema-compat.js';
@@ -153,7 +153,7 @@ export class SchemaRegistry {
         schema: schema as object,
         compat: res.mode,
         registeredAt: new Date().toISOString(),
-        who: opts.who ?? '',
+        who: opts.who || operator(),
       };
       try {
         await this.kv.create(`${kvToken(type)}.${rec.version}`, JSON.stringify(rec));
@@ -162,13 +162,12 @@ export class SchemaRegistry {
         if (attempt < 5) continue;
         throw err;
       }
-      const audit = await recordAudit(this.nc, {
+      await recordAudit(this.nc, {
         action: 'schema-add',
         target: type,
         details: { version: rec.version, compat: rec.compat, format },
-        who: opts.who || undefined,
+        who: rec.who,
       });
-      if (!rec.who) rec.who = audit.who;
       return rec;
     }
   }
