@@ -44,6 +44,9 @@ describe('governance on a node', () => {
   const seenState: string[] = [];
   const seenEmitted: string[] = [];
   const dataDir = () => join(nats.dir, 'node');
+  /** Input sequences of lin-1's events. */
+  const seqs: number[] = [];
+  let node2: PartitaNode | undefined;
 
   before(async () => {
     nats = await startTestNats({ partitions: PARTITIONS });
@@ -69,6 +72,7 @@ describe('governance on a node', () => {
     });
   });
   after(async () => {
+    await node2?.stop();
     await node?.stop();
     await nats?.stop();
   });
@@ -170,7 +174,6 @@ describe('governance on a node', () => {
   it('every state change names its cause; the gateway lists the recent contributing events', async () => {
     const kv = await new Kvm(nc).open(STATE_BUCKET);
     const js = jetstream(nc);
-    const seqs: number[] = [];
     for (let i = 1; i <= 25; i++) {
       const ack = await js.publish('events.signup.lin-1', JSON.stringify(signup(i)), { msgID: `m-${i}` });
       seqs.push(ack.seq);
@@ -285,5 +288,35 @@ describe('governance on a node', () => {
       if (!f.startsWith('state.lmdb')) continue;
       assertClean(`LMDB file ${f}`, readFileSync(join(dataDir(), f)).toString('latin1'));
     }
+  });
+
+  it('keeps the lineage when another node restores the partition from the bucket', async () => {
+    // The first node stopped (above) and released its leases; this one never owned them.
+    node2 = await startNode({
+      natsUrl: nats.url,
+      actorsDir: ACTORS,
+      dataDir: join(nats.dir, 'node2'),
+      id: 'node-2',
+      threads: 1,
+      piiSecret: SECRET,
+    });
+    const ack = await jetstream(nc).publish('events.signup.lin-1', JSON.stringify(signup(26)), {
+      msgID: 'm-26',
+    });
+    const kv = await new Kvm(nc).open(STATE_BUCKET);
+    const change = await check(
+      async () => {
+        const v = (await kv.get('customer.lin-1'))?.json<{
+          state: { count: number };
+          cause: { seq: number; msgId: string };
+          lineage: number[];
+        }>();
+        return v && v.state.count === 26 ? v : undefined;
+      },
+      20_000,
+      'lin-1 at 26 events on the second node',
+    );
+    assert.equal(change.cause.msgId, 'm-26');
+    assert.deepEqual(change.lineage, [...seqs.slice(6), ack.seq]);
   });
 });
