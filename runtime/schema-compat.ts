@@ -107,11 +107,13 @@ export function jsonSchemaReadIssues(reader: Json, writer: Json, path = ''): str
   const rReq = new Set((r.required ?? []) as string[]);
   const wReq = new Set((w.required ?? []) as string[]);
   const at = (name: string) => (path === '' ? name : `${path}.${name}`);
+  const hasDefault = (prop: Json | undefined) =>
+    typeof prop === 'object' && prop !== null && 'default' in prop;
   for (const name of rReq) {
-    if (wReq.has(name)) continue;
-    const prop = rp[name];
-    const hasDefault = typeof prop === 'object' && prop !== null && 'default' in prop;
-    if (!hasDefault)
+    // The writer guarantees the field only if it requires it without a default (validation fills
+    // a default in, so data accepted by the writer may lack the field).
+    if (wReq.has(name) && !hasDefault(wp[name])) continue;
+    if (!hasDefault(rp[name]))
       out.push(
         `${label(at(name))}: required without a default, and data written with the other schema may lack it`,
       );
