@@ -220,6 +220,20 @@ describe('governance on a node', () => {
   it('serves schema admin routes and audits registrations', async () => {
     const kv = await new Kvm(nc).open(STATE_BUCKET);
     const app = buildGateway({ state: kv, connected: () => true, nc });
+    // Each governance route names the scope an authorisation hook must require.
+    const scopes: string[] = [];
+    app.addHook('onRoute', (r) => {
+      if (r.method !== 'HEAD' && (r.url.startsWith('/v1/schemas') || r.url.endsWith('/lineage')))
+        scopes.push(`${r.method} ${r.url} ${(r.config as { scope?: string } | undefined)?.scope}`);
+    });
+    await app.ready();
+    assert.deepEqual(scopes.sort(), [
+      'GET /v1/actors/:actor/:key/lineage read',
+      'GET /v1/schemas read',
+      'GET /v1/schemas/:type read',
+      'POST /v1/schemas/:type admin',
+      'POST /v1/schemas/:type/check admin',
+    ]);
     const list = await app.inject({ method: 'GET', url: '/v1/schemas' });
     assert.equal(list.statusCode, 200);
     assert.deepEqual(
