@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/transport-node';
 import { parquetReadObjects } from 'hyparquet';
+import { pack } from 'msgpackr';
 import { archiveFiles } from '../runtime/archive.js';
 import { inStream, openSchemaRegistry } from '../runtime/index.js';
 import { maskedSignup, NEEDLES, PII_SECRET, piiHmac, SIGNUP_SCHEMA, signup } from './fixtures/gov-data.js';
@@ -64,6 +65,11 @@ describe('compliance archive', () => {
       } else if (r < 0.95) {
         nc.publish(`events.click.k${id % 11}`, JSON.stringify({ n: id }), { headers: h });
         expected.set(`e-${id}`, { n: id });
+      } else if (r < 0.96) {
+        // msgpack payloads are archived as JSON too, masked.
+        h.set('Content-Type', 'application/msgpack');
+        nc.publish(`events.signup.k${id % 37}`, pack(signup(id)), { headers: h });
+        expected.set(`e-${id}`, maskedSignup(id));
       } else if (r < 0.98) {
         // Invalid for the schema, still archived, still masked.
         nc.publish(`events.signup.k${id % 5}`, JSON.stringify({ userId: `user-secret-${id}` }), {
