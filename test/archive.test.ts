@@ -127,6 +127,10 @@ describe('compliance archive', () => {
     const files = archiveFiles(dir);
     for (const f of files) {
       const buf = readFileSync(f.path);
+      // The Parquet framing, checked by hand: magic at both ends, the footer length before the last.
+      assert.equal(buf.subarray(0, 4).toString(), 'PAR1');
+      assert.equal(buf.subarray(-4).toString(), 'PAR1');
+      assert.ok(buf.readUInt32LE(buf.length - 8) < buf.length - 12);
       const got = (await parquetReadObjects({
         file: buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength),
       })) as unknown as Row[];
