@@ -29,7 +29,7 @@ export async function startGateway(opts: GatewayOptions = {}): Promise<RunningGa
   });
   // The gateway may start before any node: make sure the bucket it reads exists.
   const state = await ensureStateBucket(nc);
-  const app = buildGateway({ state, connected: () => !nc.isClosed() });
+  const app = buildGateway({ state, connected: () => !nc.isClosed(), nc });
   const url = await app.listen({ port: opts.port ?? 8080, host: opts.host ?? '127.0.0.1' });
   return {
     url,

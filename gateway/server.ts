@@ -1,15 +1,19 @@
 // The gateway as an app: `buildGateway` wires routes onto fastify; only `startGateway` listens,
 // so tests use `inject()`. The gateway never writes state: it reads the state KV bucket.
 import type { KV } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 import { stateKvKey } from '../runtime/index.js';
+import { governanceRoutes } from './governance.js';
 
 export interface GatewayDeps {
   state: KV;
   /** True while the NATS connection is up. */
   connected: () => boolean;
   registry?: Registry;
+  /** For the governance routes (schemas, lineage); without it they are not served. */
+  nc?: NatsConnection;
 }
 
 export function buildGateway(deps: GatewayDeps): FastifyInstance {
@@ -35,6 +39,7 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
     duration.observe({ route }, reply.elapsedTime / 1000);
   });
 
+  if (deps.nc) app.register(governanceRoutes, { nc: deps.nc, state: deps.state });
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
     if (deps.connected()) return { status: 'ready' };

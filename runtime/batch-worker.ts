@@ -6,6 +6,8 @@ import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
 import { actorsByType, applyBatch, type RawEvent } from './batch.js';
+import { GovernanceCache } from './governance.js';
+import { lineageJson } from './lineage.js';
 import { type Durability, type Outbox, openStateStore, type StateStore } from './state-store.js';
 import { stateKvKey } from './subjects.js';
 
@@ -16,6 +18,8 @@ export interface WorkerConfig {
   maxEventBytes: number;
   maxAttempts: number;
   durability: Durability;
+  /** Key of x-pii "hash" fields. */
+  piiSecret?: string;
 }
 
 /** One piscina task: the ready batches of several partitions, committed in one transaction. */
@@ -51,6 +55,7 @@ interface Ready {
 
 const cfg = workerData as WorkerConfig;
 let ready: Promise<Ready> | undefined;
+const governance = new GovernanceCache(cfg.piiSecret);
 
 async function init(): Promise<Ready> {
   const actors = await loadActors(cfg.actorFiles);
@@ -72,6 +77,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
   if (batches.length === 0) return null;
   const now = Date.now();
   const updatedAt = new Date(now).toISOString();
+  const govern = governance.current(store);
   const outs = batches.map((b) => {
     const t0 = performance.now();
     const out = applyBatch(byType, b.events, (actor, key) => store.states.get([actor, key]), {
@@ -80,6 +86,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       maxEventBytes: cfg.maxEventBytes,
       maxAttempts: cfg.maxAttempts,
       now,
+      govern,
     });
     return { b, out, handlerMs: performance.now() - t0 };
   });
@@ -108,7 +115,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       changes.push([
         stateKvKey(w.actor, w.key),
         Buffer.from(
-          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}}`,
+          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}${lineageJson(b.partition, w.record)}}`,
         ),
       ]);
     }

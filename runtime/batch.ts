@@ -3,6 +3,8 @@
 import { unpack } from 'msgpackr';
 import type { LoadedActor } from './actor-loader.js';
 import type { ErrorCode } from './errors.js';
+import type { Govern } from './governance.js';
+import { nextLineage } from './lineage.js';
 import type { Outbox, StateRecord } from './state-store.js';
 import { partitionOf } from './subjects.js';
 import type { ActorContext, ActorEvent } from './types.js';
@@ -31,6 +33,8 @@ export interface ApplyOptions {
   maxAttempts: number;
   /** Commit time stamped on the records. */
   now: number;
+  /** Schema validation and PII masking of decoded payloads (governance.ts); none: pass as is. */
+  govern?: Govern;
 }
 
 export interface DeadLetter {
@@ -184,6 +188,14 @@ export function applyBatch(
       deadLetter('PARTITA_ERR_DECODE', `${ev.msgpack ? 'msgpack' : 'JSON'}: ${(err as Error).message}`);
       continue;
     }
+    if (opts.govern) {
+      const g = opts.govern(ev.type, data);
+      if ('code' in g) {
+        deadLetter(g.code, g.message);
+        continue;
+      }
+      data = g.data;
+    }
     const event: ActorEvent = {
       type: ev.type,
       key: ev.key,
@@ -255,6 +267,7 @@ export function applyBatch(
         e.state = again ? again.s : e.actor.def.initial(e.key);
         for (const k of kept) run(e, k, false);
       }
+      e.applied = kept;
       const prefix = `pt:${e.actor.name}:${opts.partition}:`;
       emitsOut = emitsOut.filter(
         ([, id]) => !(id.startsWith(prefix) && bad.has(Number(id.slice(prefix.length).split(':')[0]))),
@@ -265,7 +278,7 @@ export function applyBatch(
     writes.push({
       actor: e.actor.name,
       key: e.key,
-      record: { s: e.state, q: e.seq, t: opts.now },
+      record: { s: e.state, q: e.seq, t: opts.now, ...nextLineage(e.base, e.applied) },
       created: !e.base,
       json,
     });

@@ -44,3 +44,13 @@ export function untilSignal(): Promise<NodeJS.Signals> {
 export function natsUrlOf(v: Values): string[] {
   return ((v.nats as string | undefined) ?? defaultNatsUrl()).split(',');
 }
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** A duration option: `90d`, `36h`, `15m`, `30s`, `500ms` or plain milliseconds; 0 means none. */
+export function durationMs(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(v.trim());
+  if (!m) throw new UsageError(`--${name} must be a duration such as 90d, 36h or 500ms, got "${v}"`);
+  return Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
+}

@@ -5,10 +5,22 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { readAudit } from './audit.js';
+import { archiveCommand } from './cli-archive.js';
 import { drillCommand } from './cli-drill.js';
-import { type Command, int, natsUrlOf, ready, UsageError, untilSignal, type Values } from './cli-kit.js';
+import {
+  type Command,
+  durationMs,
+  int,
+  natsUrlOf,
+  ready,
+  UsageError,
+  untilSignal,
+  type Values,
+} from './cli-kit.js';
+import { schemaCommand } from './cli-schema.js';
 import { startDemoProducer } from './demo-producer.js';
 import { INJECTED_DEFECTS, type InjectedDefect } from './drill-faults.js';
+import { piiSecretFrom } from './governance.js';
 import { startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
 import type { Durability } from './state-store.js';
@@ -18,13 +30,14 @@ import { ensureTopology } from './topology.js';
 const USAGE = `usage: partita <command> [options]
 
   dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
+      [--events-max-age DURATION] [--pii-secret-file FILE]
       everything on one machine: a nats-server child, one node, the gateway
-  nats [--port N] [--data DIR] [--partitions N]
+  nats [--port N] [--data DIR] [--partitions N] [--events-max-age DURATION]
        [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
-       [--durability sync|process] [--allow-drills]
+       [--durability sync|process] [--pii-secret-file FILE] [--allow-drills]
       one worker node; --allow-drills (or PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
   gateway --nats URL [--port N]
       the HTTP gateway
@@ -36,8 +49,16 @@ const USAGE = `usage: partita <command> [options]
       the faults, times recovery with probes, writes a report, records it in the audit trail
   audit [--nats URL] [--action NAME] [--limit N] [--json]
       the audit trail of admin actions (schema changes, replays, drills): who and when
+  schema add <type> <file.json|file.avsc> [--compat MODE] | schema list | schema check <type> <file>
+      the schema registry: register a version (checked under BACKWARD, FORWARD, FULL, NONE or
+      a *_TRANSITIVE mode), list the latest versions, check a schema without registering it
+  archive [--nats URL] [--dir DIR] [--pii-secret-file FILE] [--flush-ms N] [--max-events N]
+      the compliance archive: every raw event, masked, as Parquet files partitioned by hour
 
---nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.`;
+--nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.
+--events-max-age: how long the input streams keep raw events (90d, 36h, ...; 0 keeps them forever),
+  default $PARTITA_EVENTS_MAX_AGE, else 90d. --pii-secret-file: the key of x-pii "hash" fields,
+  default $PARTITA_PII_SECRET; give every node and the archive the same one.`;
 
 /** `preferred` when it is free on loopback, else 0 (any free port): the ready line names the one used. */
 async function freeOr(preferred: number): Promise<number> {
@@ -61,6 +82,13 @@ function defectsOf(v: string | undefined): InjectedDefect[] | undefined {
   return list as InjectedDefect[];
 }
 
+/** `--events-max-age`, else `$PARTITA_EVENTS_MAX_AGE`; undefined keeps the deployment's. */
+function eventsMaxAgeOf(v: Values): number | undefined {
+  const raw =
+    (v['events-max-age'] as string | undefined) ?? (process.env.PARTITA_EVENTS_MAX_AGE || undefined);
+  return durationMs(raw, 'events-max-age');
+}
+
 function durabilityOf(v: unknown): Durability | undefined {
   if (v === undefined) return undefined;
   if (v === 'sync' || v === 'process') return v;
@@ -77,6 +105,7 @@ const COMMANDS: Record<string, Command> = {
       'cluster-port': { type: 'string' },
       routes: { type: 'string' },
       name: { type: 'string' },
+      'events-max-age': { type: 'string' },
     },
     async run(v) {
       const partitions = int(v.partitions as string | undefined, 'partitions');
@@ -111,7 +140,7 @@ const COMMANDS: Record<string, Command> = {
       // (idempotently) when they start.
       if (!clusterName) {
         const nc = await connect({ servers: server.url });
-        await ensureTopology(nc, { partitions });
+        await ensureTopology(nc, { partitions, eventsMaxAgeMs: eventsMaxAgeOf(v) });
         await nc.close();
       }
       ready({ nats: server.url, cluster: server.clusterUrl });
@@ -133,6 +162,7 @@ const COMMANDS: Record<string, Command> = {
       partitions: { type: 'string' },
       durability: { type: 'string' },
       'allow-drills': { type: 'boolean' },
+      'pii-secret-file': { type: 'string' },
     },
     async run(v) {
       const id = v.id as string | undefined;
@@ -149,6 +179,7 @@ const COMMANDS: Record<string, Command> = {
         durability: durabilityOf(v.durability),
         allowDrills: v['allow-drills'] === true || process.env.PARTITA_ALLOW_DRILLS === '1',
         faults: defectsOf(process.env.PARTITA_INJECT_DEFECT),
+        piiSecret: piiSecretFrom(v['pii-secret-file'] as string | undefined),
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
       await untilSignal();
@@ -179,9 +210,13 @@ const COMMANDS: Record<string, Command> = {
       'nats-port': { type: 'string' },
       data: { type: 'string' },
       partitions: { type: 'string' },
+      'events-max-age': { type: 'string' },
+      'pii-secret-file': { type: 'string' },
     },
     async run(v) {
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
+      const eventsMaxAgeMs = eventsMaxAgeOf(v);
+      const piiSecret = piiSecretFrom(v['pii-secret-file'] as string | undefined);
       const partitions = int(v.partitions as string | undefined, 'partitions');
       const server = await startNatsServer({
         port: int(v['nats-port'] as string | undefined, 'nats-port') ?? (await freeOr(4222)),
@@ -190,6 +225,10 @@ const COMMANDS: Record<string, Command> = {
       });
       const stops: (() => Promise<void>)[] = [() => server.stop()];
       try {
+        if (eventsMaxAgeMs !== undefined) {
+          const admin = await connect({ servers: server.url });
+          await ensureTopology(admin, { partitions, eventsMaxAgeMs }).finally(() => admin.close());
+        }
         const node = await startNode({
           natsUrl: server.url,
           actorsDir: v.actors as string | undefined,
@@ -197,6 +236,7 @@ const COMMANDS: Record<string, Command> = {
           id: 'dev',
           metricsPort: 0,
           partitions,
+          piiSecret,
         });
         stops.unshift(() => node.stop());
         const { startGateway } = await import('../gateway/index.js');
@@ -270,6 +310,8 @@ const audit: Command = {
 };
 COMMANDS.audit = audit;
 COMMANDS.drill = drillCommand;
+COMMANDS.schema = schemaCommand;
+COMMANDS.archive = archiveCommand;
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

@@ -22,6 +22,11 @@ export const ERRORS = {
     message: "event's partition does not match the node's partition count",
     status: 500,
   },
+  PARTITA_ERR_SCHEMA: { message: "event does not match its type's registered schema", status: 400 },
+  PARTITA_ERR_PII_SECRET: {
+    message: 'the schema hashes personal data (x-pii: hash) and no PII secret is configured',
+    status: 500,
+  },
   // Runtime errors.
   PARTITA_ERR_USAGE: { message: 'invalid command line', status: 400 },
   PARTITA_ERR_ACTOR_INVALID: { message: 'actor module is not a valid actor definition', status: 500 },
@@ -42,6 +47,14 @@ export const ERRORS = {
   PARTITA_ERR_STOPPED: { message: 'the node is stopping', status: 503 },
   PARTITA_ERR_NOT_FOUND: { message: 'not found', status: 404 },
   PARTITA_ERR_BAD_REQUEST: { message: 'bad request', status: 400 },
+  PARTITA_ERR_SCHEMA_INVALID: {
+    message: 'the schema is not a valid JSON Schema or Avro schema',
+    status: 400,
+  },
+  PARTITA_ERR_SCHEMA_INCOMPATIBLE: {
+    message: 'the schema is not compatible with earlier versions under the compatibility mode',
+    status: 409,
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

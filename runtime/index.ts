@@ -2,7 +2,10 @@
 export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';
 export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
+export { compileGovernance, type Govern, type GovernResult, piiSecretFrom } from './governance.js';
+export { LINEAGE_DEPTH } from './lineage.js';
 export { createLogger, type Logger } from './logger.js';
+export { applyMask, maskPlanOf, type PiiAction, piiHash, REDACTED } from './masking.js';
 export {
   type NatsCluster,
   type NatsClusterMember,
@@ -17,6 +20,21 @@ export {
   waitForJetStream,
 } from './nats-server.js';
 export { defaultNatsUrl, type NodeOptions, type NodeStatus, type PartitaNode, startNode } from './node.js';
+export {
+  COMPAT_MODES,
+  type CompatMode,
+  compatibilityIssues,
+  isCompatMode,
+  type SchemaFormat,
+} from './schema-compat.js';
+export {
+  type CheckResult,
+  openSchemaRegistry,
+  type RegisterOptions,
+  SCHEMAS_BUCKET,
+  SchemaRegistry,
+  type SchemaVersion,
+} from './schema-registry.js';
 export type { Durability } from './state-store.js';
 export {
   DLQ_PREFIX,

@@ -15,6 +15,7 @@ import { BatchDispatcher } from './dispatcher.js';
 import { type InjectedDefect, serveDrillFaults } from './drill-faults.js';
 import { PartitaError } from './errors.js';
 import { Flusher } from './flusher.js';
+import { startSchemaSync } from './governance.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
@@ -72,6 +73,8 @@ export interface NodeOptions {
    * production: `ack-before-commit` acknowledges events as they arrive, before they are committed.
    */
   faults?: readonly InjectedDefect[];
+  /** Key of x-pii "hash" fields; the same on every node and the archive. @default $PARTITA_PII_SECRET */
+  piiSecret?: string;
   logger?: Logger;
 }
 
@@ -91,6 +94,8 @@ export interface PartitaNode {
   progress(): { partition: number; committedSeq: number; lastCommitAt: number }[];
   /** Checkpoints, releases the partitions and closes everything. */
   stop(): Promise<void>;
+  /** How many schema sets this node has put in force (1 after start; +1 per registration seen). */
+  schemaRevision(): number;
 }
 
 export function defaultNatsUrl(): string {
@@ -152,6 +157,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     maxEventBytes: opts.maxEventBytes ?? 256 * 1024,
     maxAttempts: opts.maxAttempts ?? 3,
     durability,
+    piiSecret: opts.piiSecret ?? (process.env.PARTITA_PII_SECRET || undefined),
   };
   const pool = new Piscina({
     filename: new URL('./batch-worker.js', import.meta.url).href,
@@ -231,7 +237,10 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let server: MetricsServer | undefined;
   let coordinator: Coordinator | undefined;
   let control: NatsConnection | undefined;
+  let schemas: Awaited<ReturnType<typeof startSchemaSync>> | undefined;
   try {
+    // Schemas in force before the first event: validation and masking never start late.
+    schemas = await startSchemaSync(nc, store, log);
     // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
     const warming = dispatcher.warm(threads);
     warming.catch(() => undefined); // awaited below; this only keeps an early failure handled
@@ -278,6 +287,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await warming;
   } catch (err) {
     status = 'FAILED';
+    schemas?.stop();
     await coordinator?.stop().catch(() => undefined);
     await Promise.allSettled([...runners.values()].map((r) => r.stop()));
     await unrouted.stop();
@@ -303,6 +313,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metricsUrl: server?.url,
     natsUrl,
     owned: () => [...runners.keys()].sort((a, b) => a - b),
+    schemaRevision: () => schemas?.revision() ?? 0,
     progress: () =>
       [...runners.values()].map((r) => ({
         partition: r.partition,
@@ -316,6 +327,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       await unrouted.stop();
       // Checkpoint, publish, release: the next owners start at once.
       await coordinator?.stop();
+      schemas?.stop();
       metrics.ownedPartitions.set(0);
       await server?.close();
       await pool.destroy();

@@ -16,6 +16,7 @@ import { EPOCH_HEADER, PARTITION_HEADER, producerSubject, publishDeadLetter } fr
 import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
 import type { Flusher } from './flusher.js';
+import { lineageOfRecord } from './lineage.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
@@ -414,6 +415,7 @@ export class PartitionRunner {
           updatedAt: new Date(rec.t).toISOString(),
           partition: this.partition,
           epoch: this.lease.epoch,
+          ...lineageOfRecord(this.partition, rec),
         }),
       ]);
     }

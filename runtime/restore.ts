@@ -3,6 +3,7 @@
 // state, not history. The caller then resumes at the old owner's acknowledged position; events
 // after it that some keys already reflect are skipped by the per-key sequence (`StateRecord.q`).
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { lineageOfChange } from './lineage.js';
 import type { Logger } from './logger.js';
 import type { StateStore } from './state-store.js';
 import { consumerPrefix, inStream, partitionOf, STATE_BUCKET } from './subjects.js';
@@ -49,12 +50,20 @@ export async function restorePartitions(
       const op = m.headers?.get('KV-Operation');
       if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
         try {
-          const v = m.json<{ actor: string; key: string; state: unknown; seq: number; updatedAt: string }>();
+          const v = m.json<{
+            actor: string;
+            key: string;
+            state: unknown;
+            seq: number;
+            updatedAt: string;
+            lineage?: unknown;
+          }>();
           if (partitions.has(partitionOf(v.key, partitionCount))) {
             pending = store.states.put([v.actor, v.key], {
               s: v.state,
               q: v.seq,
               t: Date.parse(v.updatedAt),
+              ...lineageOfChange(v),
             });
             restored++;
           }

@@ -33,6 +33,10 @@ export interface StateRecord {
   q: number;
   /** Commit time, epoch ms. */
   t: number;
+  /** Lineage: sequences of the last events applied, oldest first (see lineage.ts). */
+  l?: number[];
+  /** Lineage: the Nats-Msg-Id of the event at `q`, if it had one. */
+  m?: string;
 }
 
 export interface Checkpoint {

@@ -119,6 +119,7 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
       }),
     ),
   );
+  if (opts.eventsMaxAgeMs !== undefined) await setEventsMaxAge(jsm, partitions, opts.eventsMaxAgeMs);
   await ensureStream(jsm, {
     name: UNROUTED_STREAM,
     subjects: [`${EVENTS_PREFIX}.>`],
@@ -144,6 +145,17 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
   const leases = await kvm.create(LEASES_BUCKET, { history: 1, replicas, ttl, storage: StorageType.File });
   const leaseTtlMs = (await leases.status()).ttl || ttl;
   return { jsm, partitions, state, meta, nodes, leases, leaseTtlMs };
+}
+
+/** Applies a changed raw-event retention to existing input streams (given explicitly only). */
+async function setEventsMaxAge(jsm: JetStreamManager, partitions: number, maxAgeMs: number): Promise<void> {
+  await Promise.all(
+    Array.from({ length: partitions }, async (_, p) => {
+      const info = await jsm.streams.info(inStream(p));
+      if (info.config.max_age !== nanos(maxAgeMs))
+        await jsm.streams.update(inStream(p), { ...info.config, max_age: nanos(maxAgeMs) });
+    }),
+  );
 }
 
 /**
