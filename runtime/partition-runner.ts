@@ -350,12 +350,18 @@ export class PartitionRunner {
         // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
         for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);
         const acks: Promise<unknown>[] = [];
+        // Handled at once: a publish that fails while a later step is awaited (or after one threw)
+        // must not become an unhandled rejection, which ends the process. Promise.all still sees it.
+        const track = (p: Promise<unknown>) => {
+          p.catch(() => undefined);
+          acks.push(p);
+        };
         for (const [subject, msgID, json] of emits) {
           // Proof of the lease the output was produced under: readers can drop older epochs.
           const h = natsHeaders();
           h.set(EPOCH_HEADER, String(this.lease.epoch));
           h.set(PARTITION_HEADER, String(this.partition));
-          acks.push(js.publish(subject, json, { msgID, headers: h }));
+          track(js.publish(subject, json, { msgID, headers: h }));
         }
         for (const [seq, code, message, actor] of dead) {
           const m = await original(seq);
@@ -366,7 +372,7 @@ export class PartitionRunner {
             );
             continue;
           }
-          acks.push(
+          track(
             publishDeadLetter(js, {
               subject: m.subject,
               originalSubject: producerSubject(m.subject),

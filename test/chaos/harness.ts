@@ -2,6 +2,7 @@
 // seeded schedule of faults; at the end every actor's state is checked against a straight fold of
 // the events and every dead letter is accounted for. `npm test` runs a short run of it and
 // `npm run chaos -- --minutes 30` a long one; both write a report.
+import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type JetStreamClient, jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -48,6 +49,8 @@ export interface ChaosOptions {
   recoveryTimeoutMs?: number;
   /** How long the final check waits for the last events and dead letters. @default 60000 */
   verifyTimeoutMs?: number;
+  /** Appends every node's log to `<dir>/<node>.log` (set PARTITA_TEST_LOG_LEVEL=info for more). */
+  logDir?: string;
   /** The command that reproduces this run, for the report. */
   reproduce: string;
   log?: (line: string) => void;
@@ -195,12 +198,32 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
   const nodes = new Map<string, NodeProcess>();
   let nextNode = 1;
   const env: Record<string, string> = o.defect ? { PARTITA_INJECT_DEFECT: o.defect } : {};
+  /** Nodes the harness itself stopped or killed; any other exit is a crash. */
+  const stopped = new Set<NodeProcess>();
+  const crashes: Mismatch[] = [];
   const startNode = async (id: string) => {
     const args = ['node', '--nats', cluster.servers.join(','), '--actors', FIXTURE_ACTORS];
     args.push('--data', join(cluster.dir, id), '--id', id, '--partitions', String(partitions));
-    nodes.set(id, await spawnPartita(args, env, 60_000));
+    const n = await spawnPartita(args, env, 60_000);
+    if (o.logDir) {
+      mkdirSync(o.logDir, { recursive: true });
+      n.child.stderr!.on('data', (d: Buffer) => appendFileSync(join(o.logDir!, `${id}.log`), d));
+    }
+    nodes.set(id, n);
+    // A node that exits when no fault asked it to is a failure of the run, whatever the states say.
+    n.child.once('exit', (code, signal) => {
+      if (stopped.has(n)) return;
+      const tail = n.stderr().trim().split('\n').slice(-8).join('\n');
+      crashes.push({
+        actor: '(nodes)',
+        key: id,
+        expected: 'running',
+        actual: `exited (${code ?? signal})`,
+        reason: `node exited on its own: ${tail}`,
+      });
+    });
   };
-  const stopped = new Set<NodeProcess>();
+
   try {
     for (let i = 0; i < 3; i++) await startNode(`n${nextNode++}`);
     const nc = await cluster.connect({ name: 'chaos-producer' });
@@ -307,7 +330,11 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
     }
     const verified = await verifyChaos(nc, work, partitions, o.verifyTimeoutMs ?? 60_000);
     verified.verified += prober.probes;
-    const mismatches = [...verified.mismatches, ...(await prober.verify(o.verifyTimeoutMs ?? 30_000))];
+    const mismatches = [
+      ...crashes,
+      ...verified.mismatches,
+      ...(await prober.verify(o.verifyTimeoutMs ?? 30_000)),
+    ];
     const recovery = recoveryOf(faults);
     const finished = Date.now();
     return {
@@ -332,6 +359,7 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
     };
   } finally {
     for (const n of [...nodes.values(), ...stopped]) {
+      stopped.add(n);
       n.child.kill('SIGCONT');
       await n.kill('SIGKILL');
     }
