@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { readAudit } from './audit.js';
 import { type Command, int, natsUrlOf, ready, UsageError, untilSignal, type Values } from './cli-kit.js';
+import { replayCommand } from './cli-replay.js';
 import { startDemoProducer } from './demo-producer.js';
 import { startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
@@ -30,6 +31,10 @@ const USAGE = `usage: partita <command> [options]
       partitions, owners, lag and checkpoint age
   audit [--nats URL] [--action NAME] [--limit N] [--json]
       the audit trail of admin actions (schema changes, replays, drills): who and when
+  replay --actor A [--partition P] (--from-seq N | --from-time T) [--nats URL] [--json]
+         [--timeout SECONDS] [--owner-wait SECONDS]
+      rebuild actor A's state from the input streams with the handler the nodes run now
+      (after a handler fix); run by each partition's owner under its lease, audited
 
 --nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.`;
 
@@ -247,6 +252,7 @@ const audit: Command = {
   },
 };
 COMMANDS.audit = audit;
+COMMANDS.replay = replayCommand;
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

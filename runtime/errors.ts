@@ -38,6 +38,8 @@ export const ERRORS = {
   PARTITA_ERR_STOPPED: { message: 'the node is stopping', status: 503 },
   PARTITA_ERR_NOT_FOUND: { message: 'not found', status: 404 },
   PARTITA_ERR_BAD_REQUEST: { message: 'bad request', status: 400 },
+  PARTITA_ERR_NOT_OWNER: { message: 'no running node owns the partition', status: 503 },
+  PARTITA_ERR_REPLAY: { message: 'the replay could not run', status: 500 },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

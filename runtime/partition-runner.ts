@@ -16,7 +16,7 @@ import { EPOCH_HEADER, PARTITION_HEADER, producerSubject, publishDeadLetter } fr
 import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
 import type { Flusher } from './flusher.js';
-import type { Logger } from './logger.js';
+import { actorLogger, type Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
 import type { Outbox, StateStore } from './state-store.js';
@@ -375,7 +375,9 @@ export class PartitionRunner {
               actor,
               epoch: this.lease.epoch,
             }).then((written) => {
-              if (written) metrics.deadLetters.inc({ code });
+              if (!written) return;
+              metrics.deadLetters.inc({ code });
+              actorLogger(this.log, actor).warn({ seq, code, err: message }, 'event dead-lettered');
             }),
           );
         }
