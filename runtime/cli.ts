@@ -5,6 +5,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { readAudit } from './audit.js';
+import { deadLettersCommand } from './cli-dead-letters.js';
 import { type Command, int, natsUrlOf, ready, UsageError, untilSignal, type Values } from './cli-kit.js';
 import { replayCommand } from './cli-replay.js';
 import { startDemoProducer } from './demo-producer.js';
@@ -23,8 +24,8 @@ const USAGE = `usage: partita <command> [options]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
-       [--durability sync|process]
-      one worker node
+       [--durability sync|process] [--metrics-host ADDR]
+      one worker node (/metrics, /healthz, /readyz on loopback unless --metrics-host 0.0.0.0)
   gateway --nats URL [--port N]
       the HTTP gateway
   status [--nats URL] [--json]
@@ -33,6 +34,8 @@ const USAGE = `usage: partita <command> [options]
       the audit trail of admin actions (schema changes, replays, drills): who and when
   replay --actor A [--partition P] (--from-seq N | --from-time T) [--nats URL] [--json]
          [--timeout SECONDS] [--owner-wait SECONDS]
+  dead-letters [--nats URL] [--since 1h] [--type T] [--limit N] [--json]
+      dead letters over a recent window by code, type and actor, and the latest ones
       rebuild actor A's state from the input streams with the handler the nodes run now
       (after a handler fix); run by each partition's owner under its lease, audited
 
@@ -116,6 +119,7 @@ const COMMANDS: Record<string, Command> = {
       threads: { type: 'string' },
       id: { type: 'string' },
       'metrics-port': { type: 'string' },
+      'metrics-host': { type: 'string' },
       partitions: { type: 'string' },
       durability: { type: 'string' },
     },
@@ -130,6 +134,7 @@ const COMMANDS: Record<string, Command> = {
         threads: int(v.threads as string | undefined, 'threads'),
         id,
         metricsPort: int(v['metrics-port'] as string | undefined, 'metrics-port') ?? 0,
+        metricsHost: v['metrics-host'] as string | undefined,
         partitions: int(v.partitions as string | undefined, 'partitions'),
         durability: durabilityOf(v.durability),
       });
@@ -253,6 +258,7 @@ const audit: Command = {
 };
 COMMANDS.audit = audit;
 COMMANDS.replay = replayCommand;
+COMMANDS['dead-letters'] = deadLettersCommand;
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

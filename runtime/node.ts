@@ -46,6 +46,8 @@ export interface NodeOptions {
   id?: string;
   /** Port of /metrics and /healthz; 0 picks a free one, undefined serves none. */
   metricsPort?: number;
+  /** Address /metrics listens on (read-only, unauthenticated). @default '127.0.0.1' */
+  metricsHost?: string;
   /** Partition count for a new deployment; an existing one keeps its own. */
   partitions?: number;
   /** Larger payloads are dead-lettered. @default 262144 (256 KiB) */
@@ -270,6 +272,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     if (opts.metricsPort !== undefined) {
       server = await startMetricsServer({
         port: opts.metricsPort,
+        host: opts.metricsHost,
         registry: metrics.registry,
         ready: () => status === 'RUNNING' && !nc.isClosed(),
         beforeScrape: () => lag.refreshAges(),
