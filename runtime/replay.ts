@@ -78,6 +78,8 @@ export interface ReplayHost {
 }
 
 const CHUNK = 2000;
+/** Longest stretch of handler calls between two yields of the main thread. */
+const SLICE_MS = 20;
 const MSGPACK = 'application/msgpack';
 
 /** Answers replay requests sent to this node. */
@@ -223,6 +225,7 @@ export async function replayPartition(
     opt_start_seq: fromSeq,
   });
   let chunk: RawEvent[] = [];
+  let slice = 64;
   let last = fromSeq - 1;
   while (last < toSeq) {
     if (!lease.valid())
@@ -240,10 +243,21 @@ export async function replayPartition(
       chunk.push(raw);
     }
     if (got === 0) break; // the stream ends before the checkpoint (it cannot, but never hang)
-    if (chunk.length > 0) fold(chunk);
+    // Handlers run here on the main thread, which also renews the leases: fold in slices of about
+    // SLICE_MS and yield between them, so even a slow handler never starves a renewal.
+    for (let i = 0; i < chunk.length; ) {
+      const part = chunk.slice(i, i + slice);
+      const t0 = performance.now();
+      fold(part);
+      i += part.length;
+      const ms = performance.now() - t0;
+      if (ms > SLICE_MS) slice = Math.max(1, Math.floor(slice / 2));
+      else if (ms < SLICE_MS / 4) slice = Math.min(CHUNK, slice * 2);
+      await new Promise((r) => setImmediate(r));
+      if (!lease.valid())
+        throw new PartitaError('PARTITA_ERR_NOT_OWNER', `lease of partition ${p} lost during the replay`);
+    }
     chunk = [];
-    // Let lease renewals and the other partitions run between chunks.
-    await new Promise((r) => setImmediate(r));
   }
   host.metrics.replayEvents.inc({ actor: actor.name }, events);
 

@@ -248,3 +248,97 @@ describe('partita replay', () => {
     assert.equal(failed.length, 2);
   });
 });
+
+describe('partita replay, interrupted', () => {
+  let nats: TestNats;
+  let nc: NatsConnection;
+  let node: NodeProcess | undefined;
+  const actorsDir = tempDir('partita-replay-crash-');
+  const sales: Sale[] = [];
+  const rand = seededRandom(testSeed());
+
+  before(async () => {
+    nats = await startTestNats({ partitions: 2 });
+    nc = await nats.connect();
+  });
+  after(async () => {
+    await node?.kill('SIGKILL');
+    await nats?.stop();
+  });
+
+  const startNode = async () => {
+    node = await spawnPartita(
+      ['node', '--nats', nats.url, '--actors', actorsDir, '--data', join(nats.dir, 'node'), '--id', 'n1'],
+      { PARTITA_LOG_LEVEL: 'info' },
+    );
+  };
+
+  it('a replay killed midway (kill -9) changed nothing or whole partitions; run again, it converges', async () => {
+    writeFileSync(join(actorsDir, 'tally.mjs'), V1);
+    await startNode();
+    const js = jetstream(nc);
+    for (let i = 0; i < 400; i++) {
+      const key = `shop-${Math.floor(rand() * 20)}`;
+      const price = 1 + Math.floor(rand() * 50);
+      const qty = 1 + Math.floor(rand() * 5);
+      const ack = await js.publish(`events.sales.${key}`, JSON.stringify({ price, qty }));
+      sales.push({ key, price, qty, partition: partitionOf(key, 2), seq: ack.seq, at: Date.now() });
+    }
+    const kv = await new Kvm(nc).open(STATE_BUCKET);
+    const matches = async (expected: Map<string, { state: Tally; seq: number }>) => {
+      for (const [key, want] of expected) {
+        const e = await kv.get(stateKvKey('tally', key));
+        if (e?.operation !== 'PUT') return false;
+        const g = e.json<Entry>();
+        if (g.seq !== want.seq || JSON.stringify(g.state) !== JSON.stringify(want.state)) return false;
+      }
+      return true;
+    };
+    await check(() => matches(fold(sales, v1)), 20_000, 'state folded with v1');
+
+    // v2, made slow (about 10 ms an event) so that the replay is still folding when the node dies.
+    await node!.kill('SIGTERM');
+    writeFileSync(
+      join(actorsDir, 'tally.mjs'),
+      V2.replace('handle(s, e) {', 'handle(s, e) { const t = Date.now(); while (Date.now() - t < 10) {}'),
+    );
+    await startNode();
+    const replay = run(process.execPath, [
+      PARTITA_BIN,
+      'replay',
+      '--nats',
+      nats.url,
+      '--actor',
+      'tally',
+      '--from-seq',
+      '1',
+      '--timeout',
+      '5',
+      '--owner-wait',
+      '1',
+    ]);
+    replay.catch(() => undefined);
+    await check(() => node!.stderr().includes('replay started'), 10_000, 'the replay to start');
+    await node!.kill('SIGKILL');
+    await assert.rejects(replay, (err: { code: number }) => err.code === 1);
+    assert.ok(!(await matches(fold(sales, v2))), 'the killed replay did not finish every partition');
+
+    await startNode();
+    await run(process.execPath, [
+      PARTITA_BIN,
+      'replay',
+      '--nats',
+      nats.url,
+      '--actor',
+      'tally',
+      '--from-seq',
+      '1',
+    ]);
+    await check(() => matches(fold(sales, v2)), 10_000, 'state equal to the fold with v2 after the rerun');
+    const audit = await readAudit(nc, { action: 'replay' });
+    assert.deepEqual(
+      audit.map((a) => (a.details as { ok: boolean }).ok),
+      [false, true],
+    );
+  });
+});
