@@ -1,6 +1,7 @@
 // The runtime's public face. Other folders import only from here.
 export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';
+export { type DeadLetterReport, readDeadLetters } from './dead-letter-report.js';
 export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
 export { createLogger, type Logger } from './logger.js';
 export {
@@ -17,6 +18,7 @@ export {
   waitForJetStream,
 } from './nats-server.js';
 export { defaultNatsUrl, type NodeOptions, type NodeStatus, type PartitaNode, startNode } from './node.js';
+export { type ReplayOptions, type ReplayResult, runReplay } from './replay.js';
 export type { Durability } from './state-store.js';
 export {
   DLQ_PREFIX,

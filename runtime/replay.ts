@@ -18,7 +18,14 @@ import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
 import type { Outbox, StateRecord, StateStore } from './state-store.js';
-import { inStream, LEASES_BUCKET, META_BUCKET, parseInSubject, stateKvKey } from './subjects.js';
+import {
+  inStream,
+  LEASES_BUCKET,
+  META_BUCKET,
+  parseInSubject,
+  STATE_BUCKET,
+  stateKvKey,
+} from './subjects.js';
 
 export const REPLAY_SUBJECT_PREFIX = 'partita.control.replay';
 
@@ -94,6 +101,11 @@ export function serveReplays(host: ReplayHost): { stop(): Promise<void> } {
         try {
           const req = msg.json<ReplayRequest>();
           actor = String(req.actor);
+          if (!Number.isInteger(req.partition) || req.partition < 0)
+            throw new PartitaError(
+              'PARTITA_ERR_BAD_REQUEST',
+              `partition must be a whole number, got ${req.partition}`,
+            );
           const result = await host.exclusive(req.partition, (lease) => replayPartition(host, req, lease));
           host.metrics.replays.inc({ actor, result: 'ok' });
           reply = { ok: true, result };
@@ -185,7 +197,14 @@ export async function replayPartition(
   };
   log.info({ fromSeq, toSeq }, 'replay started');
   if (fromSeq > toSeq) {
-    return { ...base, events: 0, keys: 0, deleted: 0, deadLettered: 0, ms: performance.now() - started };
+    return {
+      ...base,
+      events: 0,
+      keys: 0,
+      deleted: 0,
+      deadLettered: 0,
+      ms: Math.round(performance.now() - started),
+    };
   }
 
   // Fold the range with the handler this node runs now, from initial() for every key that has an
@@ -295,7 +314,7 @@ export async function replayPartition(
   // A key left with no state is removed from the bucket too (best effort: the outbox only carries
   // keys that have a record).
   if (deleted.length > 0) {
-    const kv = await new Kvm(host.nc).open('partita_state');
+    const kv = await new Kvm(host.nc).open(STATE_BUCKET);
     for (const key of deleted) await kv.delete(stateKvKey(actor.name, key)).catch(() => undefined);
   }
   const result: ReplayResult = {
