@@ -4,6 +4,7 @@
 // owned partition from JetStream on a timer and before every scrape, and drops the series of
 // partitions the node no longer owns, so `max by (partition)` over the fleet sees only the owner.
 import type { JetStreamManager } from '@nats-io/jetstream';
+import { Gauge } from 'prom-client';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 
@@ -54,10 +55,13 @@ export class LagMonitor {
     }
     for (const p of this.labelled) {
       if (owned.has(p)) continue;
+      // Every gauge labelled by partition alone (lag, checkpoint age, watermark lag, ...). Counters
+      // stay: they are cumulative, and removing them would reset their rates.
       const label = { partition: String(p) };
-      this.metrics.checkpointAgeSeconds.remove(label);
-      this.metrics.consumerLagMessages.remove(label);
-      this.metrics.consumerLagSeconds.remove(label);
+      for (const m of this.metrics.registry.getMetricsAsArray()) {
+        const names = (m as { labelNames?: readonly string[] }).labelNames;
+        if (m instanceof Gauge && names?.length === 1 && names[0] === 'partition') m.remove(label);
+      }
       this.labelled.delete(p);
     }
     for (const p of owned) this.labelled.add(p);

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, it } from 'node:test';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { pino } from 'pino';
+import { Gauge } from 'prom-client';
 import { inStream, partitionOf } from '../runtime/index.js';
 import { LagMonitor, type LagSource } from '../runtime/lag-monitor.js';
 import { createNodeMetrics } from '../runtime/metrics.js';
@@ -24,6 +25,15 @@ it('samples lag in events and seconds from the stream, and drops partitions no l
   const key = ['a', 'b', 'c', 'd'].find((k) => partitionOf(k, 2) === 0)!;
   for (let i = 0; i < 5; i++) await js.publish(`events.any.${key}`, '{}');
   const metrics = createNodeMetrics();
+  // Any per-partition gauge follows ownership, such as one another part of the runtime adds.
+  const other = new Gauge({
+    name: 'test_other_seconds',
+    help: 'x',
+    labelNames: ['partition'],
+    registers: [metrics.registry],
+  });
+  other.set({ partition: '0' }, 1);
+  metrics.eventsIn.inc({ partition: '0' }, 7);
   const source = { partition: 0, stream: inStream(0), committedSeq: 0, lastCommitAt: Date.now() - 3000 };
   let sources: LagSource[] = [source];
   const monitor = new LagMonitor(
@@ -62,5 +72,7 @@ it('samples lag in events and seconds from the stream, and drops partitions no l
   monitor.refreshAges();
   assert.equal(await value('partita_consumer_lag_messages'), undefined);
   assert.equal(await value('partita_checkpoint_age_seconds'), undefined);
+  assert.equal(await value('test_other_seconds'), undefined);
+  assert.equal(await value('partita_events_in_total'), 7, 'counters stay');
   await monitor.stop();
 });
