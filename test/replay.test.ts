@@ -145,7 +145,10 @@ describe('partita replay', () => {
     await startNode();
     assert.ok(await equalsFold(fold(sales, v1)), 'a restart alone does not change committed state');
 
-    const { stdout } = await replay('--from-seq', '1');
+    // Producers keep publishing during the replay: what comes after a partition's checkpoint is
+    // applied by the resumed partition, with the same new handler.
+    const before = sales.length;
+    const [{ stdout }] = await Promise.all([replay('--from-seq', '1'), publish(100)]);
     const results = JSON.parse(stdout) as {
       partition: number;
       events: number;
@@ -153,12 +156,10 @@ describe('partita replay', () => {
       epoch: number;
     }[];
     assert.equal(results.length, PARTITIONS);
-    assert.equal(
-      results.reduce((a, r) => a + r.events, 0),
-      sales.length,
-    );
+    const replayed = results.reduce((a, r) => a + r.events, 0);
+    assert.ok(replayed >= before && replayed <= sales.length, `${replayed} events replayed`);
     assert.ok(results.every((r) => r.node === 'n1' && r.epoch > 0));
-    await check(() => equalsFold(fold(sales, v2)), 10_000, 'state equal to the fold with v2');
+    await check(() => equalsFold(fold(sales, v2)), 20_000, 'state equal to the fold with v2');
 
     // The partitions resumed: new events apply on top, with v2.
     await publish(50);
