@@ -220,6 +220,9 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   };
 
   const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log);
+  let server: MetricsServer | undefined;
+  let coordinator: Coordinator | undefined;
+  let control: NatsConnection | undefined;
   const lag = new LagMonitor(topology.jsm, metrics, () => runners.values(), log);
   // Replays run on the owner, with the partition paused and its lease held (see replay.ts).
   const replays = serveReplays({
@@ -261,9 +264,6 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       return out;
     },
   });
-  let server: MetricsServer | undefined;
-  let coordinator: Coordinator | undefined;
-  let control: NatsConnection | undefined;
   try {
     // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
     const warming = dispatcher.warm(threads);
