@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { connect } from '@nats-io/transport-node';
 import { readAudit } from './audit.js';
 import { archiveCommand } from './cli-archive.js';
+import { deadLettersCommand } from './cli-dead-letters.js';
 import { drillCommand } from './cli-drill.js';
 import {
   type Command,
@@ -17,6 +18,7 @@ import {
   untilSignal,
   type Values,
 } from './cli-kit.js';
+import { replayCommand } from './cli-replay.js';
 import { schemaCommand } from './cli-schema.js';
 import { startDemoProducer } from './demo-producer.js';
 import { INJECTED_DEFECTS, type InjectedDefect } from './drill-faults.js';
@@ -37,8 +39,9 @@ const USAGE = `usage: partita <command> [options]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
-       [--durability sync|process] [--pii-secret-file FILE] [--allow-drills]
-      one worker node; --allow-drills (or PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
+       [--durability sync|process] [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills]
+      one worker node (/metrics, /healthz, /readyz on loopback unless --metrics-host 0.0.0.0);
+      --allow-drills (or PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
   gateway --nats URL [--port N]
       the HTTP gateway
   status [--nats URL] [--json]
@@ -54,6 +57,12 @@ const USAGE = `usage: partita <command> [options]
       a *_TRANSITIVE mode), list the latest versions, check a schema without registering it
   archive [--nats URL] [--dir DIR] [--pii-secret-file FILE] [--flush-ms N] [--max-events N]
       the compliance archive: every raw event, masked, as Parquet files partitioned by hour
+  replay --actor A [--partition P] (--from-seq N | --from-time T) [--nats URL] [--json]
+         [--timeout SECONDS] [--owner-wait SECONDS]
+      rebuild actor A's state from the input streams with the handler the nodes run now
+      (after a handler fix); run by each partition's owner under its lease, audited
+  dead-letters [--nats URL] [--since 1h] [--type T] [--limit N] [--json]
+      dead letters over a recent window by code, type and actor, and the latest ones
 
 --nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.
 --events-max-age: how long the input streams keep raw events (90d, 36h, ...; 0 keeps them forever),
@@ -159,6 +168,7 @@ const COMMANDS: Record<string, Command> = {
       threads: { type: 'string' },
       id: { type: 'string' },
       'metrics-port': { type: 'string' },
+      'metrics-host': { type: 'string' },
       partitions: { type: 'string' },
       durability: { type: 'string' },
       'allow-drills': { type: 'boolean' },
@@ -175,6 +185,7 @@ const COMMANDS: Record<string, Command> = {
         threads: int(v.threads as string | undefined, 'threads'),
         id,
         metricsPort: int(v['metrics-port'] as string | undefined, 'metrics-port') ?? 0,
+        metricsHost: v['metrics-host'] as string | undefined,
         partitions: int(v.partitions as string | undefined, 'partitions'),
         durability: durabilityOf(v.durability),
         allowDrills: v['allow-drills'] === true || process.env.PARTITA_ALLOW_DRILLS === '1',
@@ -312,6 +323,8 @@ COMMANDS.audit = audit;
 COMMANDS.drill = drillCommand;
 COMMANDS.schema = schemaCommand;
 COMMANDS.archive = archiveCommand;
+COMMANDS.replay = replayCommand;
+COMMANDS['dead-letters'] = deadLettersCommand;
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;

@@ -5,6 +5,7 @@
 // A crashed node's keys expire after the lease TTL, and its partitions are taken then.
 import { type KV, KvWatchInclude } from '@nats-io/kv';
 import { partitionsOf } from './assignment.js';
+import { PartitaError } from './errors.js';
 import type { Logger } from './logger.js';
 import { type LeaseHolder, PartitionLease } from './partition-lease.js';
 
@@ -103,6 +104,28 @@ export class Coordinator {
       clearInterval(keepAlive);
     }
     await this.o.nodes.delete(this.o.holder.node).catch(() => undefined);
+  }
+
+  /**
+   * Runs `fn` on a held partition with no handoff or restart of it meanwhile (a replay); renewals go
+   * on. If the lease is lost by the end, the partition is released and taken again as when fenced.
+   */
+  async exclusive<T>(p: number, fn: (lease: PartitionLease) => Promise<T>): Promise<T> {
+    const lease = this.held.get(p);
+    if (!this.running || !lease || this.busy.has(p) || !lease.valid()) {
+      throw new PartitaError(
+        'PARTITA_ERR_NOT_OWNER',
+        `partition ${p} is not running on ${this.o.holder.node}`,
+      );
+    }
+    this.busy.add(p);
+    try {
+      return await fn(lease);
+    } finally {
+      this.busy.delete(p);
+      if (!lease.valid() && this.held.get(p) === lease) this.fenced(p);
+      else this.kick();
+    }
   }
 
   /** A partition stopped itself (its lease was not provably held): release and take it again. */

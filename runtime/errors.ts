@@ -55,6 +55,8 @@ export const ERRORS = {
     message: 'the schema is not compatible with earlier versions under the compatibility mode',
     status: 409,
   },
+  PARTITA_ERR_NOT_OWNER: { message: 'no running node owns the partition', status: 503 },
+  PARTITA_ERR_REPLAY: { message: 'the replay could not run', status: 500 },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -1,6 +1,7 @@
 // The runtime's public face. Other folders import only from here.
 export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';
+export { type DeadLetterReport, readDeadLetters } from './dead-letter-report.js';
 export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
 export { compileGovernance, type Govern, type GovernResult, piiSecretFrom } from './governance.js';
 export { LINEAGE_DEPTH } from './lineage.js';
@@ -20,6 +21,7 @@ export {
   waitForJetStream,
 } from './nats-server.js';
 export { defaultNatsUrl, type NodeOptions, type NodeStatus, type PartitaNode, startNode } from './node.js';
+export { type ReplayOptions, type ReplayResult, runReplay } from './replay.js';
 export {
   COMPAT_MODES,
   type CompatMode,

@@ -1,6 +1,6 @@
 // The node's Prometheus metrics. Worker threads report through their batch results, so one
 // registry on the main thread holds every observation of the process.
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
 export interface NodeMetrics {
   readonly registry: Registry;
@@ -23,12 +23,20 @@ export interface NodeMetrics {
   readonly leaseLosses: Counter<'partition'>;
   readonly restoreSeconds: Histogram<string>;
   readonly retentionGaps: Counter<'partition'>;
+  /** The deployment's partition count, so `sum(owned) < max(partitions)` finds unowned ones. */
+  readonly partitions: Gauge<string>;
+  /** 1, labelled with the node id: maps a scrape target to a node of `partita status`. */
+  readonly nodeInfo: Gauge<'node'>;
+  readonly replays: Counter<'actor' | 'result'>;
+  readonly replayEvents: Counter<'actor'>;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60];
 
 export function createNodeMetrics(registry = new Registry()): NodeMetrics {
   const r = [registry];
+  // CPU, memory, event-loop lag and GC of the process (worker threads share its CPU and RSS).
+  collectDefaultMetrics({ register: registry, prefix: 'partita_node_' });
   return {
     registry,
     eventsIn: new Counter({
@@ -133,6 +141,29 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       name: 'partita_restore_seconds',
       help: 'Time to restore partitions that moved to this node from the state bucket',
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+      registers: r,
+    }),
+    partitions: new Gauge({
+      name: 'partita_partitions',
+      help: 'Partitions of the deployment (fixed when it was created)',
+      registers: r,
+    }),
+    nodeInfo: new Gauge({
+      name: 'partita_node_info',
+      help: 'Always 1; the node label is the node id of partita status',
+      labelNames: ['node'],
+      registers: r,
+    }),
+    replays: new Counter({
+      name: 'partita_replays_total',
+      help: 'Replays of an actor on a partition this node owns (partita replay), by result',
+      labelNames: ['actor', 'result'],
+      registers: r,
+    }),
+    replayEvents: new Counter({
+      name: 'partita_replay_events_total',
+      help: 'Events folded again by replays',
+      labelNames: ['actor'],
       registers: r,
     }),
     batchFailures: new Counter({

@@ -16,12 +16,14 @@ import { type InjectedDefect, serveDrillFaults } from './drill-faults.js';
 import { PartitaError } from './errors.js';
 import { Flusher } from './flusher.js';
 import { startSchemaSync } from './governance.js';
+import { LagMonitor } from './lag-monitor.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
 import { PROBE_ACTOR_FILE } from './probe-actor.js';
+import { serveReplays } from './replay.js';
 import { restorePartitions } from './restore.js';
 import {
   type Durability,
@@ -47,6 +49,8 @@ export interface NodeOptions {
   id?: string;
   /** Port of /metrics and /healthz; 0 picks a free one, undefined serves none. */
   metricsPort?: number;
+  /** Address /metrics listens on (read-only, unauthenticated). @default '127.0.0.1' */
+  metricsHost?: string;
   /** Partition count for a new deployment; an existing one keeps its own. */
   partitions?: number;
   /** Larger payloads are dead-lettered. @default 262144 (256 KiB) */
@@ -147,6 +151,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   const store: StateStore = openStateStore(opts.dataDir, durability);
   const metrics = createNodeMetrics();
   metrics.actors.set(store.states.getCount());
+  metrics.partitions.set(topology.partitions);
+  metrics.nodeInfo.set({ node: id }, 1);
   // The main thread (NATS I/O) needs a core of its own; on a 2-core machine one worker thread also
   // makes every LMDB commit come from one writer, which lmdb-js groups into shared transactions.
   const threads = opts.threads ?? Math.max(1, availableParallelism() - 1);
@@ -238,6 +244,48 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let coordinator: Coordinator | undefined;
   let control: NatsConnection | undefined;
   let schemas: Awaited<ReturnType<typeof startSchemaSync>> | undefined;
+  const lag = new LagMonitor(topology.jsm, metrics, () => runners.values(), log);
+  // Replays run on the owner, with the partition paused and its lease held (see replay.ts).
+  const replays = serveReplays({
+    nodeId: id,
+    nc,
+    jsm: topology.jsm,
+    store,
+    actors,
+    partitions: topology.partitions,
+    maxEventBytes: workerData.maxEventBytes,
+    maxAttempts: workerData.maxAttempts,
+    piiSecret: workerData.piiSecret,
+    metrics,
+    log,
+    exclusive: async (p, fn) => {
+      if (!coordinator) throw new PartitaError('PARTITA_ERR_NOT_OWNER', `node ${id} is starting`);
+      let restartFailed = false;
+      const out = await coordinator.exclusive(p, async (lease) => {
+        const old = runners.get(p);
+        if (old) {
+          await old.stop();
+          runners.delete(p);
+        }
+        try {
+          return await fn(lease);
+        } finally {
+          // Resume; its start publishes the outbox the replay committed.
+          if (lease.valid() && status === 'RUNNING') {
+            const runner = new PartitionRunner(p, deps, lease, true);
+            runners.set(p, runner);
+            await runner.start().catch((err) => {
+              log.error({ partition: p, err: (err as Error).message }, 'resuming after a replay failed');
+              restartFailed = true;
+            });
+          }
+          metrics.ownedPartitions.set(runners.size);
+        }
+      });
+      if (restartFailed) coordinator.fenced(p);
+      return out;
+    },
+  });
   try {
     // Schemas in force before the first event: validation and masking never start late.
     schemas = await startSchemaSync(nc, store, log);
@@ -248,18 +296,10 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     if (opts.metricsPort !== undefined) {
       server = await startMetricsServer({
         port: opts.metricsPort,
+        host: opts.metricsHost,
         registry: metrics.registry,
         ready: () => status === 'RUNNING' && !nc.isClosed(),
-        beforeScrape: () => {
-          const now = Date.now();
-          for (const r of runners.values()) {
-            if (r.lastCommitAt > 0)
-              metrics.checkpointAgeSeconds.set(
-                { partition: String(r.partition) },
-                (now - r.lastCommitAt) / 1000,
-              );
-          }
-        },
+        beforeScrape: () => lag.refreshAges(),
       });
     }
     // Heartbeats and lease renewals get a connection of their own, so they never queue behind a
@@ -285,9 +325,11 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     });
     await coordinator.start();
     await warming;
+    lag.start();
   } catch (err) {
     status = 'FAILED';
     schemas?.stop();
+    await replays.stop();
     await coordinator?.stop().catch(() => undefined);
     await Promise.allSettled([...runners.values()].map((r) => r.stop()));
     await unrouted.stop();
@@ -324,6 +366,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       if (status === 'STOPPED' || status === 'DRAINING') return;
       status = 'DRAINING';
       drills?.unsubscribe();
+      await replays.stop();
+      await lag.stop();
       await unrouted.stop();
       // Checkpoint, publish, release: the next owners start at once.
       await coordinator?.stop();

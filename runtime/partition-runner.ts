@@ -17,7 +17,7 @@ import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
 import type { Flusher } from './flusher.js';
 import { lineageOfRecord } from './lineage.js';
-import type { Logger } from './logger.js';
+import { actorLogger, type Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
 import type { Outbox, StateStore } from './state-store.js';
@@ -385,7 +385,9 @@ export class PartitionRunner {
               actor,
               epoch: this.lease.epoch,
             }).then((written) => {
-              if (written) metrics.deadLetters.inc({ code });
+              if (!written) return;
+              metrics.deadLetters.inc({ code });
+              actorLogger(this.log, actor).warn({ seq, code, err: message }, 'event dead-lettered');
             }),
           );
         }

@@ -1,7 +1,7 @@
 // Every NATS config in deploy/ is accepted by nats-server and maps partitions as the runtime does.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -9,8 +9,17 @@ import { partitionMapping } from '../runtime/index.js';
 
 const DEPLOY = fileURLToPath(new URL('../../deploy/', import.meta.url));
 
-it('nats-server -t accepts every deploy/*.conf, and each maps events like the runtime', () => {
-  const confs = readdirSync(DEPLOY).filter((f) => f.endsWith('.conf'));
+/** Every `.conf` under deploy/, as paths relative to it. */
+function deployConfs(dir = DEPLOY, prefix = ''): string[] {
+  return readdirSync(dir).flatMap((f) => {
+    if (statSync(join(dir, f)).isDirectory()) return deployConfs(join(dir, f), `${prefix}${f}/`);
+    return f.endsWith('.conf') ? [`${prefix}${f}`] : [];
+  });
+}
+
+it('nats-server -t accepts every deploy/**/*.conf, and each maps events like the runtime', () => {
+  const confs = deployConfs();
+  assert.ok(confs.includes('compose/nats-1.conf'), confs.join());
   assert.ok(confs.length > 0);
   for (const f of confs) {
     const r = spawnSync(process.env.PARTITA_NATS_SERVER || 'nats-server', ['-c', join(DEPLOY, f), '-t'], {
