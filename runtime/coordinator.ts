@@ -132,6 +132,8 @@ export class Coordinator {
   fenced(p: number): void {
     const lease = this.held.get(p);
     if (!lease || this.busy.has(p)) return;
+    // Its local deadline passed without a renewal: for this node the lease expired.
+    this.o.onLeaseLost?.(p);
     this.held.delete(p);
     this.busy.add(p);
     void (async () => {

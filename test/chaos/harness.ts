@@ -45,7 +45,7 @@ export interface ChaosOptions {
   burst?: number;
   /** Fixed delay before a killed node restarts; seeded 0.5–4 s when omitted. */
   restartDelayMs?: number;
-  /** How long each recovery may take. @default 30000 */
+  /** How long each recovery may take (a NATS election alone can take 9 s). @default 60000 */
   recoveryTimeoutMs?: number;
   /** How long the final check waits for the last events and dead letters. @default 60000 */
   verifyTimeoutMs?: number;
@@ -190,7 +190,7 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
   const log = o.log ?? ((l: string) => console.log(l));
   const partitions = o.partitions ?? 8;
   const kinds = o.kinds ?? FAULT_KINDS;
-  const recoveryTimeout = o.recoveryTimeoutMs ?? 30_000;
+  const recoveryTimeout = o.recoveryTimeoutMs ?? 60_000;
   const rnd = seededRandom(o.seed);
   const started = Date.now();
   const notes: string[] = [];
