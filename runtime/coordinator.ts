@@ -44,6 +44,8 @@ export class Coordinator {
   private assigning: Promise<void> | null = null;
   private again = false;
   private stopWatch: (() => void) | null = null;
+  private readonly renewing = new Set<Promise<void>>();
+  private leaving = false;
 
   constructor(private readonly o: CoordinatorOptions) {}
 
@@ -103,6 +105,10 @@ export class Coordinator {
     } finally {
       clearInterval(keepAlive);
     }
+    // A heartbeat still in flight would write the entry back after the delete, and the others
+    // would wait a whole TTL for a node that has gone.
+    this.leaving = true;
+    await Promise.allSettled([...this.renewing]);
     await this.o.nodes.delete(this.o.holder.node).catch(() => undefined);
   }
 
@@ -167,13 +173,24 @@ export class Coordinator {
   }
 
   private async heartbeat(): Promise<void> {
+    if (this.leaving) return;
     await this.o.nodes.put(
       this.o.holder.node,
       JSON.stringify({ ...this.o.holder, ...this.o.info, at: Date.now(), partitions: this.owned }),
     );
   }
 
-  private async renewAll(): Promise<void> {
+  private renewAll(): Promise<void> {
+    const run = this.renewAllNow();
+    this.renewing.add(run);
+    const done = () => {
+      this.renewing.delete(run);
+    };
+    run.then(done, done);
+    return run;
+  }
+
+  private async renewAllNow(): Promise<void> {
     await this.heartbeat().catch((err) =>
       this.o.log.warn({ err: (err as Error).message }, 'heartbeat failed'),
     );
