@@ -6,6 +6,7 @@ import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
 import { actorsByType, applyBatch, type RawEvent } from './batch.js';
+import { timeOptionsFor, type WorkerTime, workerTimeOf, writeTime } from './event-time-store.js';
 import { type Durability, type Outbox, openStateStore, type StateStore } from './state-store.js';
 import { stateKvKey } from './subjects.js';
 
@@ -42,11 +43,18 @@ export interface BatchResult {
   handlerMs: number;
   /** Time of the shared commit. */
   commitMs: number;
+  /** Per actor, late events sent to the side output. */
+  late: Record<string, number>;
+  /** Windows or timers wait in this partition (the runner ticks it while idle). */
+  timersPending: boolean;
+  /** The lowest watermark of the partition's time-aware actors, if any (epoch ms). */
+  watermark: number | null;
 }
 
 interface Ready {
   byType: Map<string, LoadedActor[]>;
   store: StateStore;
+  time: WorkerTime;
 }
 
 const cfg = workerData as WorkerConfig;
@@ -54,7 +62,8 @@ let ready: Promise<Ready> | undefined;
 
 async function init(): Promise<Ready> {
   const actors = await loadActors(cfg.actorFiles);
-  return { byType: actorsByType(actors), store: openStateStore(cfg.dataDir, cfg.durability) };
+  const byType = actorsByType(actors);
+  return { byType, store: openStateStore(cfg.dataDir, cfg.durability), time: workerTimeOf(actors) };
 }
 
 /** Copies into a buffer of its own so it can be transferred (msgpackr reuses its buffers). */
@@ -67,7 +76,7 @@ export function ownBuffer(b: Uint8Array): Uint8Array {
 /** Returns msgpack of BatchResult[], in the order of the task's batches. */
 export default async function runBatches(task: BatchTask): Promise<unknown> {
   ready ??= init();
-  const { byType, store } = await ready;
+  const { byType, store, time } = await ready;
   const batches = unpack(task.batches) as PartitionBatch[];
   if (batches.length === 0) return null;
   const now = Date.now();
@@ -80,6 +89,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       maxEventBytes: cfg.maxEventBytes,
       maxAttempts: cfg.maxAttempts,
       now,
+      time: timeOptionsFor(time, store, b.partition),
     });
     return { b, out, handlerMs: performance.now() - t0 };
   });
@@ -95,8 +105,9 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       }
       const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
       const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead };
-      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now, epoch: b.epoch });
+      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now, epoch: b.epoch, clock: out.clock });
       store.meta.put(['ob', b.partition, out.lastSeq], outbox);
+      writeTime(store, b.partition, out);
     }
   });
   const commitMs = performance.now() - t1;
@@ -108,7 +119,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       changes.push([
         stateKvKey(w.actor, w.key),
         Buffer.from(
-          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}}`,
+          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}${w.sysJson ? `,"sys":${w.sysJson}` : ''}}`,
         ),
       ]);
     }
@@ -121,6 +132,8 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       dead: out.dead.map((d) => [d.seq, d.code, d.message, d.actor]),
       handlerMs,
       commitMs,
+      late: out.late,
+      ...time.summary(store, b.partition, out.clock),
     };
   });
   return Piscina.move(ownBuffer(pack(results)));

@@ -13,6 +13,7 @@ import type { WorkerConfig } from './batch-worker.js';
 import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
+import { timeFeaturesOf } from './event-time.js';
 import { Flusher } from './flusher.js';
 import { createLogger, type Logger } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
@@ -60,6 +61,12 @@ export interface NodeOptions {
   leaseTtlMs?: number;
   /** Most events in one batch. @default 2000 */
   maxBatch?: number;
+  /** Max age of raw events in the input streams (new deployment), ms. @default 90 days ($PARTITA_EVENTS_MAX_AGE) */
+  eventsMaxAgeMs?: number;
+  /** Max age of window results in PARTITA_AGG, ms. @default 2 years ($PARTITA_AGGREGATES_MAX_AGE) */
+  aggregatesMaxAgeMs?: number;
+  /** How often an idle partition with open windows or timers gets a tick. @default 1000 */
+  tickMs?: number;
   logger?: Logger;
 }
 
@@ -105,7 +112,12 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     const deadline = Date.now() + 15_000;
     for (;;) {
       try {
-        topology = await ensureTopology(nc, { partitions: opts.partitions, leaseTtlMs: opts.leaseTtlMs });
+        topology = await ensureTopology(nc, {
+          partitions: opts.partitions,
+          leaseTtlMs: opts.leaseTtlMs,
+          eventsMaxAgeMs: opts.eventsMaxAgeMs,
+          aggregatesMaxAgeMs: opts.aggregatesMaxAgeMs,
+        });
         break;
       } catch (err) {
         if (err instanceof PartitaError || Date.now() > deadline) throw err;
@@ -161,6 +173,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metrics,
     log,
     maxBatch: opts.maxBatch ?? 2000,
+    tickMs: actors.some((a) => timeFeaturesOf(a.def)) ? (opts.tickMs ?? 1000) : 0,
     nodeId: id,
     onFenced: (p: number) => coordinator?.fenced(p),
   };
@@ -235,6 +248,9 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
                 { partition: String(r.partition) },
                 (now - r.lastCommitAt) / 1000,
               );
+            const wm = r.ticker?.watermark;
+            if (wm != null)
+              metrics.watermarkLagSeconds.set({ partition: String(r.partition) }, (now - wm) / 1000);
           }
         },
       });

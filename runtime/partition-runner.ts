@@ -19,6 +19,7 @@ import type { Flusher } from './flusher.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
+import { PartitionTicker } from './partition-ticker.js';
 import type { Outbox, StateStore } from './state-store.js';
 import { consumerPrefix, inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
 
@@ -36,6 +37,8 @@ export interface PartitionDeps {
   onFenced: (partition: number) => void;
   /** Most events handed to a worker at once. */
   maxBatch: number;
+  /** Some actor uses event time: tick idle partitions every this many ms (0: never). */
+  tickMs?: number;
 }
 
 export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
@@ -69,6 +72,8 @@ export class PartitionRunner {
   private readonly log: Logger;
   /** The partition's input stream. */
   readonly stream: string;
+  /** Event time for idle partitions; see partition-ticker.ts. */
+  readonly ticker: PartitionTicker | undefined;
 
   constructor(
     readonly partition: number,
@@ -81,6 +86,13 @@ export class PartitionRunner {
     this.label = { partition: String(partition) };
     this.stream = inStream(partition);
     this.log = deps.log.child({ partition });
+    if (deps.tickMs)
+      this.ticker = new PartitionTicker(
+        deps.nc,
+        partition,
+        deps.tickMs,
+        () => this.status === 'RUNNING' && !this.fenced && this.lease.valid(),
+      );
   }
 
   async start(): Promise<void> {
@@ -105,6 +117,7 @@ export class PartitionRunner {
     }
     await this.createConsumer(this.lastQueuedSeq + 1);
     this.status = 'RUNNING';
+    this.ticker?.start();
     await this.consume();
   }
 
@@ -145,6 +158,7 @@ export class PartitionRunner {
       return;
     }
     this.status = 'STOPPING';
+    this.ticker?.stop();
     this.queue = [];
     this.messages?.stop();
     await this.busy;
@@ -216,6 +230,7 @@ export class PartitionRunner {
     }
     this.lastQueuedSeq = m.seq;
     this.queue.push(m);
+    this.ticker?.onMessage();
     // Start on the next turn, so that what one socket read brought forms one batch.
     if (!this.busy && !this.scheduled) {
       this.scheduled = true;
@@ -291,6 +306,8 @@ export class PartitionRunner {
     metrics.checkpointSeconds.observe(result.commitMs / 1000);
     metrics.actors.inc(result.created);
     metrics.eventsApplied.inc(this.label, result.applied);
+    for (const [actor, n] of Object.entries(result.late)) metrics.lateEvents.inc({ actor }, n);
+    this.ticker?.onResult(result);
     const done = result;
     const last = batch[batch.length - 1]!;
     const previous = this.publishing;

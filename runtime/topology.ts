@@ -14,12 +14,15 @@ import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { ensureAuditStream } from './audit.js';
 import { PartitaError } from './errors.js';
+import { AGG_PREFIX, LATE_PREFIX } from './event-time.js';
 import {
+  AGG_STREAM,
   DLQ_PREFIX,
   DLQ_STREAM,
   EVENTS_PREFIX,
   IN_PREFIX,
   inStream,
+  LATE_STREAM,
   LEASES_BUCKET,
   META_BUCKET,
   NODES_BUCKET,
@@ -28,6 +31,7 @@ import {
   STATE_PREFIX,
   UNROUTED_STREAM,
 } from './subjects.js';
+import { parseDuration } from './window.js';
 
 export interface TopologyOptions {
   /** Partition count; when omitted the deployment's recorded count (else 16) is used. */
@@ -38,6 +42,8 @@ export interface TopologyOptions {
   eventsMaxAgeMs?: number;
   /** Lease TTL for a new deployment (an existing one keeps its own). @default 2000 */
   leaseTtlMs?: number;
+  /** Max age of window results in PARTITA_AGG, in ms; 0 keeps them forever. @default 2 years */
+  aggregatesMaxAgeMs?: number;
 }
 
 export interface Topology {
@@ -56,6 +62,12 @@ export interface Topology {
 export const DEFAULT_PARTITIONS = 16;
 const DAY_MS = 86_400_000;
 const nanos = (ms: number) => ms * 1_000_000;
+
+/** A duration from the environment (`90d`, `2y`, or ms), if set. */
+function envMs(name: string): number | undefined {
+  const v = process.env[name];
+  return v ? parseDuration(/^\d+$/.test(v) ? Number(v) : v, name) : undefined;
+}
 
 async function ensureStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }) {
   try {
@@ -102,6 +114,7 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
       }
     }
   }
+  const eventsMaxAge = opts.eventsMaxAgeMs ?? envMs('PARTITA_EVENTS_MAX_AGE') ?? 90 * DAY_MS;
   // One input stream per partition: on nats-server 2.9 a consumer filtered to one partition of a
   // shared stream scans every other partition's events too (measured: 43k/s for 16 filtered
   // consumers against 208k/s for 16 streams), and separate streams also spread over a cluster.
@@ -113,7 +126,7 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
         storage: StorageType.File,
         retention: RetentionPolicy.Limits,
         discard: DiscardPolicy.Old,
-        max_age: nanos(opts.eventsMaxAgeMs ?? 90 * DAY_MS),
+        max_age: nanos(eventsMaxAge),
         duplicate_window: nanos(120_000),
         num_replicas: replicas,
       }),
@@ -137,6 +150,25 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     num_replicas: replicas,
   });
   await ensureAuditStream(nc, replicas);
+  // Event time: late events' side output, and every window result (the aggregates' history).
+  await ensureStream(jsm, {
+    name: LATE_STREAM,
+    subjects: [`${LATE_PREFIX}.>`],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    max_age: nanos(eventsMaxAge),
+    duplicate_window: nanos(120_000),
+    num_replicas: replicas,
+  });
+  await ensureStream(jsm, {
+    name: AGG_STREAM,
+    subjects: [`${AGG_PREFIX}.>`],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    max_age: nanos(opts.aggregatesMaxAgeMs ?? envMs('PARTITA_AGGREGATES_MAX_AGE') ?? 2 * 365 * DAY_MS),
+    duplicate_window: nanos(120_000),
+    num_replicas: replicas,
+  });
   const state = await ensureStateBucket(nc, replicas);
   // On 2.9 a KV bucket's TTL is its stream's max age: an entry not rewritten within it vanishes.
   const ttl = opts.leaseTtlMs ?? 2000;
