@@ -194,7 +194,7 @@ const COMMANDS: Record<string, Command> = {
         ready({ gateway: gw.url, nats: server.url, metrics: node.metricsUrl });
         if (v.demo) {
           process.stderr.write(
-            `demo: watch ${gw.url}/v1/actors/warehouse/ams-1 or ${gw.url}/v1/actors/campaign/cmp-1; Ctrl-C stops\n`,
+            `demo: watch ${gw.url}/v1/actors/warehouse/ams-1 (exceptions and SLA breaches per minute) or ${gw.url}/v1/actors/campaign/cmp-3 (CTR at 1m/5m/1h, anomaly flag); Ctrl-C stops\n`,
           );
         }
         await untilSignal();

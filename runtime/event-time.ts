@@ -288,10 +288,11 @@ function deliver(call: TimeCall, w: CompiledWindow, firings: Firing[], out: Time
       ]);
       if (w.emit) out.emits.push([`events.${w.emit}.${call.key}`, `${idPrefix}${out.emits.length}`, json]);
     }
+    keepResult(call.state, w, result, wm);
     if (typeof def.onWindow === 'function') {
       const next = def.onWindow(call.state, result, timeContext(call, f.end - 1, false, emit));
       if (next !== undefined) call.state = next;
-    } else keepResult(call.state, w, result, wm);
+    }
   }
 }
 

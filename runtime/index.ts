@@ -19,12 +19,14 @@ export {
 export { defaultNatsUrl, type NodeOptions, type NodeStatus, type PartitaNode, startNode } from './node.js';
 export type { Durability } from './state-store.js';
 export {
+  AGG_STREAM,
   DLQ_PREFIX,
   DLQ_STREAM,
   EVENTS_PREFIX,
   IN_PREFIX,
   IN_STREAM_PREFIX,
   inStream,
+  LATE_STREAM,
   META_BUCKET,
   partitionMapping,
   partitionOf,

@@ -38,7 +38,7 @@ export interface ActorContext {
   watermark(): number;
   /** The partition's processing time: the newest JetStream publish time it has read (epoch ms). */
   processingTime(): number;
-  /** The event being handled came after the watermark minus every window's allowed lateness. */
+  /** The event is late for a window that wanted it (behind watermark − allowed lateness): it fed none of those and went to the side output. */
   readonly late: boolean;
 }
 
@@ -65,8 +65,9 @@ export interface ActorDefinition<S = any, D = any> {
   // biome-ignore lint/suspicious/noConfusingVoidType: as handle
   onTimer?(state: S, timer: Timer, ctx: ActorContext): S | undefined | void;
   /**
-   * A window closed (or a late event updated a closed one: `update` > 0). Without it, results are
-   * kept in `state.windows[name]` (windows) and `state.rollups[name][granularity]` (rollups).
+   * A window closed (or a late event updated a closed one: `update` > 0). Called after the result
+   * is kept in `state.windows[name]` (windows) or `state.rollups[name][granularity]` (rollups),
+   * when the state is an object and the window's `keep` is not 0.
    */
   // biome-ignore lint/suspicious/noConfusingVoidType: as handle
   onWindow?(state: S, result: WindowResult, ctx: ActorContext): S | undefined | void;
@@ -124,7 +125,7 @@ export interface WindowSpec<D = any> {
   readonly allowedLateness?: Duration;
   /** Also emit every result as an event `events.<emit>.<key>`. */
   readonly emit?: string;
-  /** Results kept in `state.windows[name]` when there is no `onWindow`. @default 10 */
+  /** Newest results kept in the state (`state.windows[name]`); 0 keeps none. @default 10 */
   readonly keep?: number;
   /** Results whose end is older than this (behind the watermark) leave the state. @default no limit but `keep` */
   readonly retention?: Duration;
