@@ -19,7 +19,7 @@ import type { Flusher } from './flusher.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
-import { PartitionTicker } from './partition-ticker.js';
+import { isWindowResult, PartitionTicker } from './partition-ticker.js';
 import type { Outbox, StateStore } from './state-store.js';
 import { consumerPrefix, inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
 
@@ -363,12 +363,19 @@ export class PartitionRunner {
         // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
         for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);
         const acks: Promise<unknown>[] = [];
+        let flush = false;
         for (const [subject, msgID, json] of emits) {
           // Proof of the lease the output was produced under: readers can drop older epochs.
           const h = natsHeaders();
           h.set(EPOCH_HEADER, String(this.lease.epoch));
           h.set(PARTITION_HEADER, String(this.partition));
-          acks.push(js.publish(subject, json, { msgID, headers: h }));
+          if (isWindowResult(subject)) {
+            // Window results go out like state changes: a core publish (the stream dedups by the
+            // id) and one flush, not an acknowledged publish each; see ARCHITECTURE.md, Event time.
+            h.set('Nats-Msg-Id', msgID);
+            nc.publish(subject, json, { headers: h });
+            flush = true;
+          } else acks.push(js.publish(subject, json, { msgID, headers: h }));
         }
         for (const [seq, code, message, actor] of dead) {
           const m = await original(seq);
@@ -397,7 +404,7 @@ export class PartitionRunner {
           );
         }
         await Promise.all(acks);
-        if (changes.length > 0) await this.deps.flusher.flush();
+        if (changes.length > 0 || flush) await this.deps.flusher.flush();
         metrics.stateChanges.inc(changes.length);
         metrics.eventsOut.inc(emits.length);
         return true;

@@ -4,7 +4,7 @@
 // the processing time the partition's clock advances to; being in the stream, it is replayed
 // like any event, so what it fires is fired again identically after a crash (and committed once).
 import type { NatsConnection } from '@nats-io/transport-node';
-import { TICK_TYPE } from './event-time.js';
+import { AGG_PREFIX, TICK_TYPE } from './event-time.js';
 import { IN_PREFIX } from './subjects.js';
 
 export class PartitionTicker {
@@ -47,4 +47,9 @@ export class PartitionTicker {
     this.lastMessage = Date.now();
     this.nc.publish(`${IN_PREFIX}.${this.partition}.${TICK_TYPE}.p${this.partition}`, '');
   }
+}
+
+/** Emits on `partita.agg.>` (window results) are published without a per-message acknowledgement. */
+export function isWindowResult(subject: string): boolean {
+  return subject.startsWith(`${AGG_PREFIX}.`);
 }
