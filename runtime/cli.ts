@@ -12,18 +12,21 @@ import { defaultNatsUrl, startNode } from './node.js';
 import type { Durability } from './state-store.js';
 import { formatStatus, readStatus } from './status.js';
 import { ensureTopology } from './topology.js';
+import { parseDuration } from './window.js';
 
 const USAGE = `usage: partita <command> [options]
 
   dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
+      [--events-max-age D] [--aggregates-max-age D]
       everything on one machine: a nats-server child, one node, the gateway
   nats [--port N] [--data DIR] [--partitions N]
        [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
-       [--durability sync|process]
-      one worker node
+       [--durability sync|process] [--events-max-age D] [--aggregates-max-age D]
+      one worker node; retention of raw events (default 90d) and of window results (default 2y),
+      as 90d, 12h, 2y or ms (also $PARTITA_EVENTS_MAX_AGE, $PARTITA_AGGREGATES_MAX_AGE)
   gateway --nats URL [--port N]
       the HTTP gateway
   status [--nats URL] [--json]
@@ -40,6 +43,20 @@ async function freeOr(preferred: number): Promise<number> {
     srv.once('error', () => res(0));
     srv.listen(preferred, '127.0.0.1', () => srv.close(() => res(preferred)));
   });
+}
+
+/** `--events-max-age` and `--aggregates-max-age` as node options (durations like 90d, 2y, or ms). */
+function retentionOf(v: Values): { eventsMaxAgeMs?: number; aggregatesMaxAgeMs?: number } {
+  const ms = (name: string) => {
+    const s = v[name] as string | undefined;
+    if (s === undefined) return undefined;
+    try {
+      return parseDuration(/^\d+$/.test(s) ? Number(s) : s, `--${name}`);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  };
+  return { eventsMaxAgeMs: ms('events-max-age'), aggregatesMaxAgeMs: ms('aggregates-max-age') };
 }
 
 function durabilityOf(v: unknown): Durability | undefined {
@@ -113,6 +130,8 @@ const COMMANDS: Record<string, Command> = {
       'metrics-port': { type: 'string' },
       partitions: { type: 'string' },
       durability: { type: 'string' },
+      'events-max-age': { type: 'string' },
+      'aggregates-max-age': { type: 'string' },
     },
     async run(v) {
       const id = v.id as string | undefined;
@@ -127,6 +146,7 @@ const COMMANDS: Record<string, Command> = {
         metricsPort: int(v['metrics-port'] as string | undefined, 'metrics-port') ?? 0,
         partitions: int(v.partitions as string | undefined, 'partitions'),
         durability: durabilityOf(v.durability),
+        ...retentionOf(v),
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
       await untilSignal();
@@ -157,6 +177,8 @@ const COMMANDS: Record<string, Command> = {
       'nats-port': { type: 'string' },
       data: { type: 'string' },
       partitions: { type: 'string' },
+      'events-max-age': { type: 'string' },
+      'aggregates-max-age': { type: 'string' },
     },
     async run(v) {
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
@@ -175,6 +197,7 @@ const COMMANDS: Record<string, Command> = {
           id: 'dev',
           metricsPort: 0,
           partitions,
+          ...retentionOf(v),
         });
         stops.unshift(() => node.stop());
         const { startGateway } = await import('../gateway/index.js');
