@@ -49,7 +49,8 @@ export default defineActor<Order, { status?: string; warehouse?: string; reason?
     if (status === 'created' && state.slaDue === null && !state.slaBreached) {
       state.slaDue = at + Number(event.data.slaMs ?? DEFAULT_SLA_MS);
       ctx.timers.at('sla', state.slaDue);
-    } else if (status === 'shipped' || status === 'delivered') {
+    } else if (status === 'shipped' || status === 'delivered' || status === 'exception') {
+      // Shipped in time, or already reported as an exception: no SLA breach to report.
       ctx.timers.cancel('sla');
       state.slaDue = null;
     }

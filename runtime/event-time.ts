@@ -246,14 +246,17 @@ const noTimers: Timers = {
   get: () => undefined,
 };
 
-/** The extra context fields of an actor that uses no event-time feature. */
-export function plainTimeFields(): Pick<ActorContext, 'timers' | 'watermark' | 'processingTime' | 'late'> {
-  return {
+const PLAIN_TIME_FIELDS: Pick<ActorContext, 'timers' | 'watermark' | 'processingTime' | 'late'> =
+  Object.freeze({
     timers: noTimers,
     watermark: () => Number.NEGATIVE_INFINITY,
     processingTime: () => Number.NEGATIVE_INFINITY,
     late: false,
-  };
+  });
+
+/** The extra context fields of an actor that uses no event-time feature (one shared object). */
+export function plainTimeFields(): Pick<ActorContext, 'timers' | 'watermark' | 'processingTime' | 'late'> {
+  return PLAIN_TIME_FIELDS;
 }
 
 function resultOf(w: CompiledWindow, key: string, f: Firing): WindowResult {

@@ -1,7 +1,16 @@
 // The runtime's public face. Other folders import only from here.
 export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
+export { type Aggregation, compileAggregation } from './aggregations.js';
 export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';
 export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
+export {
+  AGG_PREFIX,
+  type Clock,
+  DEFAULT_ROLLUPS,
+  LATE_PREFIX,
+  TICK_TYPE,
+  timeFeaturesOf,
+} from './event-time.js';
 export { createLogger, type Logger } from './logger.js';
 export {
   type NatsCluster,
@@ -42,5 +51,32 @@ export {
   type Topology,
   type TopologyOptions,
 } from './topology.js';
-export type { ActorContext, ActorDefinition, ActorEvent, Guarantee, StateChange } from './types.js';
+export type {
+  ActorContext,
+  ActorDefinition,
+  ActorEvent,
+  AggregationSpec,
+  Duration,
+  Guarantee,
+  Reducer,
+  RollupSpec,
+  StateChange,
+  Timer,
+  Timers,
+  WatermarkSpec,
+  WindowKind,
+  WindowResult,
+  WindowSpec,
+} from './types.js';
 export { defineActor } from './types.js';
+export {
+  advance as advanceWindow,
+  type CompiledWindow,
+  compileWindow,
+  emptyWindowState,
+  type Firing,
+  feed as feedWindow,
+  nextFire,
+  parseDuration,
+  type WindowState,
+} from './window.js';

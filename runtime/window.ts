@@ -81,12 +81,17 @@ export function parseDuration(d: Duration, what = 'duration'): number {
 }
 
 const one = () => 1;
+const TOKEN = /^[^.*>\s]+$/;
 
 export function compileWindow(
   name: string,
   spec: WindowSpec,
   rollup?: CompiledWindow['rollup'],
 ): CompiledWindow {
+  // The name and `emit` become subject tokens (partita.agg.<actor>.<window>.<key>, events.<emit>.<key>).
+  if (!TOKEN.test(name)) throw new Error(`window "${name}": the name must be a single subject token`);
+  if (spec.emit !== undefined && !TOKEN.test(spec.emit))
+    throw new Error(`window "${name}": \`emit\` must be a single subject token`);
   const kinds: WindowKind[] = ['tumbling', 'hopping', 'sliding', 'session'];
   if (!kinds.includes(spec.kind))
     throw new Error(`window "${name}": kind must be one of ${kinds.join(', ')}`);
