@@ -30,26 +30,13 @@ afterEach(async () => {
   await nats?.stop();
 });
 
-it('windows and timers fire exactly once across kill -9', async () => {
-  const seed = testSeed();
-  console.log(`timers chaos seed=${seed} (PARTITA_TEST_SEED=${seed} reproduces it)`);
-  const random = seededRandom(seed);
-  const args = [
-    'node',
-    '--nats',
-    nats.url,
-    '--actors',
-    ACTORS,
-    '--data',
-    join(nats.dir, 'node'),
-    '--id',
-    'timed',
-  ];
-  node = await spawnPartita(args);
+type Buckets = Map<string, { count: number; sum: number }>;
+type Timers = Map<string, Set<string>>;
 
-  // What the node must end up with.
-  const buckets = new Map<string, { count: number; sum: number }>();
-  const timers = new Map<string, Set<string>>();
+/** Publishes meter events and remembers the windows and timers they must produce. */
+function expectations(random: () => number) {
+  const buckets: Buckets = new Map();
+  const timers: Timers = new Map();
   let n = 0;
   const publish = () => {
     const key = `m${Math.floor(random() * KEYS)}`;
@@ -66,6 +53,36 @@ it('windows and timers fire exactly once across kill -9', async () => {
       timers.set(key, set);
     }
   };
+  /** About 300 events/s for `ms`. */
+  const publishFor = async (ms: number) => {
+    const until = Date.now() + ms;
+    while (Date.now() < until) {
+      for (let i = 0; i < 6; i++) publish();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await nc.flush();
+  };
+  return { buckets, timers, publish, publishFor };
+}
+
+const nodeArgs = (id: string) => [
+  'node',
+  '--nats',
+  nats.url,
+  '--actors',
+  ACTORS,
+  '--data',
+  join(nats.dir, id),
+  '--id',
+  id,
+];
+
+it('windows and timers fire exactly once across kill -9', async () => {
+  const seed = testSeed();
+  console.log(`timers chaos seed=${seed} (PARTITA_TEST_SEED=${seed} reproduces it)`);
+  const random = seededRandom(seed);
+  node = await spawnPartita(nodeArgs('timed'));
+  const { buckets, timers, publish } = expectations(random);
 
   // Publish for a while at ~300 events/s, killing the node at seeded moments; the last kill comes
   // after publishing stopped, while the last windows and timers still wait for the idle watermark.
@@ -79,10 +96,35 @@ it('windows and timers fire exactly once across kill -9', async () => {
     await nc.flush();
     await node.kill('SIGKILL');
     if (publishing && random() < 0.5) for (let i = 0; i < 50; i++) publish();
-    node = await spawnPartita(args);
+    node = await spawnPartita(nodeArgs('timed'));
   }
   await nc.flush();
+  await verify(buckets, timers);
+  assert.equal(await node.kill('SIGTERM'), 0);
+});
 
+it('open windows and pending timers move with their partitions to another node', async () => {
+  const seed = testSeed();
+  console.log(`timers handoff seed=${seed} (PARTITA_TEST_SEED=${seed} reproduces it)`);
+  const { buckets, timers, publishFor } = expectations(seededRandom(seed));
+  node = await spawnPartita(nodeArgs('a'));
+  await publishFor(800);
+  // b joins: half the partitions move to it by graceful handoff and a restore from the bucket.
+  const b = await spawnPartita(nodeArgs('b'));
+  try {
+    await publishFor(1200);
+    // a leaves: the rest move to b, with their open windows and pending timers.
+    assert.equal(await node.kill('SIGTERM'), 0);
+    node = b;
+    await publishFor(300);
+    await verify(buckets, timers);
+  } finally {
+    await b.kill('SIGTERM');
+  }
+});
+
+/** Every window exactly once in PARTITA_AGG with every event; every timer exactly once in the state. */
+async function verify(buckets: Buckets, timers: Timers) {
   // Every window result, as JetStream stored it (duplicates by message id are dropped there).
   const js = jetstream(nc);
   const jsm = await jetstreamManager(nc);
@@ -139,5 +181,4 @@ it('windows and timers fire exactly once across kill -9', async () => {
     assert.equal(new Set(fired).size, fired.length, `${key}: a timer fired twice`);
     assert.deepEqual(new Set(fired), want, `${key}: every timer fired`);
   }
-  assert.equal(await node.kill('SIGTERM'), 0);
-});
+}
