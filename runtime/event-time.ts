@@ -86,15 +86,10 @@ export function timeFeaturesOf(def: ActorDefinition): TimeActor | undefined {
       );
     }
   }
+  const bound = parseDuration(def.watermark?.maxOutOfOrder ?? 0, 'watermark.maxOutOfOrder');
+  const idle = parseDuration(def.watermark?.idleTimeout ?? DEFAULT_IDLE_MS, 'watermark.idleTimeout');
   const uses = windows.length > 0 || typeof def.onTimer === 'function';
-  const out = uses
-    ? {
-        name: def.name,
-        windows,
-        bound: parseDuration(def.watermark?.maxOutOfOrder ?? 0, 'watermark.maxOutOfOrder'),
-        idle: parseDuration(def.watermark?.idleTimeout ?? DEFAULT_IDLE_MS, 'watermark.idleTimeout'),
-      }
-    : null;
+  const out = uses ? { name: def.name, windows, bound, idle } : null;
   compiled.set(def, out);
   return out ?? undefined;
 }
