@@ -294,21 +294,31 @@ function deliver(call: TimeCall, w: CompiledWindow, firings: Firing[], out: Time
   }
 }
 
+/** A result as kept in the state: where it is kept already says its window, kind and key. */
+export type KeptResult = Pick<WindowResult, 'start' | 'end' | 'count' | 'value' | 'update'>;
+
 /** Default home of results: `state.windows[name]` or `state.rollups[name][every]`, newest last. */
-function keepResult(state: unknown, w: CompiledWindow, r: WindowResult, wm: number) {
+function keepResult(state: unknown, w: CompiledWindow, full: WindowResult, wm: number) {
   if (!state || typeof state !== 'object' || Array.isArray(state) || w.keep <= 0) return;
+  const r: KeptResult = {
+    start: full.start,
+    end: full.end,
+    count: full.count,
+    value: full.value,
+    update: full.update,
+  };
   const s = state as Record<string, Record<string, unknown>>;
-  let list: WindowResult[];
+  let list: KeptResult[];
   if (w.rollup) {
     s.rollups ??= {};
     s.rollups[w.rollup.name] ??= {};
-    const byEvery = s.rollups[w.rollup.name] as Record<string, WindowResult[]>;
+    const byEvery = s.rollups[w.rollup.name] as Record<string, KeptResult[]>;
     byEvery[w.rollup.every] ??= [];
     list = byEvery[w.rollup.every]!;
   } else {
     s.windows ??= {};
     s.windows[w.name] ??= [];
-    list = s.windows[w.name] as WindowResult[];
+    list = s.windows[w.name] as KeptResult[];
   }
   const same = list.findIndex((x) => x.start === r.start && x.end === r.end);
   if (same >= 0) list.splice(same, 1);

@@ -66,8 +66,8 @@ export interface ActorDefinition<S = any, D = any> {
   onTimer?(state: S, timer: Timer, ctx: ActorContext): S | undefined | void;
   /**
    * A window closed (or a late event updated a closed one: `update` > 0). Called after the result
-   * is kept in `state.windows[name]` (windows) or `state.rollups[name][granularity]` (rollups),
-   * when the state is an object and the window's `keep` is not 0.
+   * is kept in `state.windows[name]` (windows) or `state.rollups[name][granularity]` (rollups) as
+   * `{start, end, count, value, update}`, when the state is an object and `keep` is not 0.
    */
   // biome-ignore lint/suspicious/noConfusingVoidType: as handle
   onWindow?(state: S, result: WindowResult, ctx: ActorContext): S | undefined | void;
