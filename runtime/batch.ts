@@ -163,9 +163,12 @@ export function applyBatch(
     return e;
   };
 
+  // Whether the last `run` sent its event to the late side output (counted once it succeeds).
+  let runLate = false;
   // Runs the handler; returns the emits it made. Throws what the handler throws.
   const run = (e: Entry, event: ActorEvent, collect: boolean, clock?: Clock): [string, string, string][] => {
     const out: [string, string, string][] = [];
+    runLate = false;
     const emit = collect
       ? (type: string, key: string, data: unknown) => {
           out.push([
@@ -182,7 +185,7 @@ export function applyBatch(
       const t = { emits: out, late: false };
       const isLate = feedWindows(call, event, t, `pt:${e.actor.name}:${event.seq}:`);
       e.state = call.state;
-      if (t.late) late[e.actor.name] = (late[e.actor.name] ?? 0) + 1;
+      runLate = t.late;
       ctx = timeContext(call, event.time, isLate, emit);
     } else {
       ctx = { key: e.key, actor: e.actor.name, now: () => event.time, emit, ...plainTimeFields() };
@@ -340,6 +343,7 @@ export function applyBatch(
         e.seq = ev.seq;
         e.changed = true;
         any = true;
+        if (runLate) late[actor.name] = (late[actor.name] ?? 0) + 1;
         bt?.touch(e);
         if (e.time) timed.push(e);
       } else {
@@ -370,7 +374,9 @@ export function applyBatch(
     let json = toJson(e.state);
     if (json === undefined) {
       // Slow path: find the events that made the state unserialisable and dead-letter them.
-      const bad = new Set<number>();
+      // Emits of the steps that made the state unserialisable: an event's (pt:<actor>:<seq>:<n>) or
+      // one key's firing (pt:<actor>:<seq>:t:<key>:<n>).
+      const bad: { prefix: string; firing: boolean }[] = [];
       const fresh = load(e.actor.name, e.key);
       e.state = fresh ? fresh.s : e.actor.def.initial(e.key);
       e.sys = sysOf(fresh);
@@ -382,7 +388,11 @@ export function applyBatch(
           continue;
         }
         const seq = 'ev' in step ? step.ev.seq : step.fire;
-        bad.add(seq);
+        bad.push(
+          'ev' in step
+            ? { prefix: `pt:${e.actor.name}:${seq}:`, firing: false }
+            : { prefix: `pt:${e.actor.name}:${seq}:t:${e.key}:`, firing: true },
+        );
         dead.push({
           seq,
           code: 'PARTITA_ERR_HANDLER',
@@ -394,9 +404,10 @@ export function applyBatch(
         e.sys = sysOf(again);
         for (const k of kept) replay(e, k);
       }
-      const prefix = `pt:${e.actor.name}:`;
+      // An event's prefix must not also take the firings at its position (`...:<seq>:t:...`).
       emitsOut = emitsOut.filter(
-        ([, id]) => !(id.startsWith(prefix) && bad.has(Number(id.slice(prefix.length).split(':')[0]))),
+        ([, id]) =>
+          !bad.some((b) => id.startsWith(b.prefix) && (b.firing || !id.startsWith('t:', b.prefix.length))),
       );
       json = toJson(e.state);
       if (json === undefined) continue;

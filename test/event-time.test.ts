@@ -45,13 +45,13 @@ const ev = (seq: number, ts: number, type = 'e', key = 'k'): RawEvent => ({
   headers: null,
 });
 
-function apply(def: ReturnType<typeof defineActor>, events: RawEvent[]) {
+function apply(def: ReturnType<typeof defineActor>, events: RawEvent[], maxAttempts = 1) {
   const byType = actorsByType([{ def, name: def.name, guarantee: 'exactly-once', file: def.name }]);
   return applyBatch(byType, events, () => undefined, {
     partition: 0,
     partitions: 1,
     maxEventBytes: 1000,
-    maxAttempts: 1,
+    maxAttempts,
     now: 1,
     time: { clock: newClock(), wakes: () => [] },
   });
@@ -138,4 +138,21 @@ it('ticks move an idle partition past its windows (idle timeout)', () => {
   const closed = results([ev(1, 10_000), tick(2, 1_000_001 + 51_000)]);
   assert.equal(closed.length, 1);
   assert.equal(closed[0]![1], 'pt:idle:2:t:k:0', 'the firing is named by the tick that caused it');
+});
+
+it('a late event whose handler needs a retry is counted and sent once', () => {
+  let throws = 1;
+  const def = defineActor({
+    name: 'retry',
+    events: ['e'],
+    windows: { t: { kind: 'tumbling', size: 10 } },
+    initial: () => ({}),
+    handle(_s, _e, ctx) {
+      if (ctx.late && throws-- > 0) throw new Error('once');
+    },
+  });
+  const out = apply(def, [ev(1, 100), ev(2, 50)], 2);
+  assert.deepEqual(out.late, { retry: 1 });
+  assert.equal(out.emits.filter(([s]) => s.startsWith(`${LATE_PREFIX}.`)).length, 1);
+  assert.equal(out.dead.length, 0);
 });
