@@ -77,6 +77,10 @@ export function ownBuffer(b: Uint8Array): Uint8Array {
 export default async function runBatches(task: BatchTask): Promise<unknown> {
   ready ??= init();
   const { byType, store, time } = await ready;
+  // lmdb-js renews a thread's read snapshot on a setTimeout(0), which a worker waiting for its next
+  // task (piscina's Atomics.wait) may not have run: start every task on the latest snapshot, or
+  // it may miss what the main thread wrote meanwhile (states restored for a partition it takes).
+  store.root.resetReadTxn();
   const batches = unpack(task.batches) as PartitionBatch[];
   if (batches.length === 0) return null;
   const now = Date.now();

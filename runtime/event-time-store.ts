@@ -57,16 +57,22 @@ export function timeOptionsFor(
   if (time.actors.length === 0) return undefined;
   const cp = store.meta.get(['cp', partition]) as Checkpoint | undefined;
   const clock = (cp?.clock as Clock | undefined) ?? newClock();
-  const wakes: WakeReader = function* (actor, kind, after, upTo) {
+  // Each read runs a range to its end and returns an array: an lmdb-js iterator left open (a loop
+  // that stops early) pins the thread's read snapshot, and this worker would then miss what the
+  // main thread writes later (a restore) when it loads states.
+  const wakes: WakeReader = (actor, kind, after, upTo, limit) => {
     const tag = kind === 0 ? 'wk' : 'wp';
-    const start = Number.isFinite(after) ? [tag, partition, actor, after] : [tag, partition, actor];
+    // '\uffff' sorts after any key, so the range starts after every entry at `after` itself.
+    const start = Number.isFinite(after) ? [tag, partition, actor, after, '\uffff'] : [tag, partition, actor];
     const end = Number.isFinite(upTo)
       ? [tag, partition, actor, upTo, '\uffff']
       : [tag, partition, `${actor}\u0000`];
-    for (const k of store.meta.getKeys({ start, end })) {
+    const out: [number, string][] = [];
+    for (const k of [...store.meta.getKeys({ start, end, limit })]) {
       const t = k[3] as number;
-      if (t > after && t <= upTo) yield [t, k[4] as string];
+      if (t > after && t <= upTo) out.push([t, k[4] as string]);
     }
+    return out;
   };
   return { clock, wakes };
 }

@@ -405,6 +405,7 @@ export type WakeReader = (
   kind: 0 | 1,
   after: number,
   upTo: number,
+  limit?: number,
 ) => Iterable<[number, string]>;
 
 /** Options of applyBatch for event time. */
@@ -477,8 +478,8 @@ export class BatchTime {
   }
 
   private peek(actor: string, kind: 0 | 1, after: number): number {
-    for (const [t] of this.opts.wakes(actor, kind, after, Number.POSITIVE_INFINITY)) return t;
-    return Number.POSITIVE_INFINITY;
+    const [first] = this.opts.wakes(actor, kind, after, Number.POSITIVE_INFINITY, 1);
+    return first ? first[0] : Number.POSITIVE_INFINITY;
   }
 
   advance(type: string | undefined, time: number | undefined, publishMs: number): void {
