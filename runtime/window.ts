@@ -213,7 +213,8 @@ export function feed(
       insertPane(st.p, p);
     }
     p.n++;
-    p.a = w.aggs.map((a, i) => a.add(p.a[i], value));
+    // In place: this runs for every event and window.
+    for (let i = 0; i < w.aggs.length; i++) p.a[i] = w.aggs[i]!.add(p.a[i], value);
     if (e <= wm) out.push(fire(w, p));
   }
   return out;
@@ -226,13 +227,13 @@ function insertPane(ps: Pane[], p: Pane) {
 }
 
 function slidingAt(w: CompiledWindow, st: Sliding, te: number, update: number): Firing {
-  let accs = w.aggs.map((a) => a.init());
+  const accs = w.aggs.map((a) => a.init());
   let n = 0;
   for (const [t, v] of st.b) {
     if (t <= te - w.size) continue;
     if (t > te) break;
     n++;
-    accs = w.aggs.map((a, i) => a.add(accs[i], v));
+    for (let i = 0; i < w.aggs.length; i++) accs[i] = w.aggs[i]!.add(accs[i], v);
   }
   return { start: te - w.size + 1, end: te + 1, count: n, value: results(w, accs), update };
 }
