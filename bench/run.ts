@@ -12,6 +12,8 @@
 //                    dir: spawn → ready line, spawn → first state change under the new lease
 //   6. failover      three `partita node` children under a paced load, kill -9 one: kill → first state
 //                    change of one of its partitions under another node's lease, and → all of them
+//   8. windowed      the backlog with event times over 10 minutes, worked off by an actor with
+//                    1m/5m/1h rollups (bench/windowed.ts), beside the plain backlog of phase 3
 //   7. restore       1M keys of state in the state bucket (as an old owner leaves it), empty input
 //                    streams: an in-process node restores them (time, RSS, actors), then restarts on
 //                    its own data dir (which must not read the bucket)
@@ -20,7 +22,7 @@
 // Flags: --events N --keys N --kv-seconds S --kv-events N --rates 5000,50000 --seconds S --warmup S
 //        --live-keys N --partitions N --backlog-runs N --threads N --quick --out FILE
 //        --move-rate N --move-keys N --repeats N --restore-keys N
-//        --only raw,kv,backlog,live,restart,failover,restore
+//        --only raw,kv,backlog,live,restart,failover,restore,windowed
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, tmpdir } from 'node:os';
@@ -47,6 +49,7 @@ import {
 } from '../runtime/index.js';
 import { type NodeProcess, spawnPartita } from '../test/helpers/node-process.js';
 import { type LoadgenConfig, type PubResult, type SubResult, totalEvents, wallNow } from './loadgen.js';
+import { benchWindowed } from './windowed.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -83,7 +86,7 @@ if (flags.help) {
       '                       [--partitions 16] [--backlog-runs 2] [--threads <node default>] [--out bench-results.json]\n' +
       '                       [--durability sync,process]\n' +
       '                       [--move-rate 2000] [--move-keys 10000] [--repeats 3] [--restore-keys 1000000]\n' +
-      '                       [--only raw,kv,backlog,live,restart,failover,restore]',
+      '                       [--only raw,kv,backlog,live,restart,failover,restore,windowed]',
   );
   process.exit(0);
 }
@@ -1656,6 +1659,15 @@ async function main() {
   const restart = await attempt('restart', benchRestart);
   const failover = await attempt('failover', benchFailover);
   const restore = await attempt('restore', benchRestore);
+  const windowed = await attempt('windowed', () =>
+    benchWindowed({
+      events: opts.events,
+      keys: opts.keys,
+      partitions: opts.partitions,
+      threads: opts.threads,
+      event: backlogEvent,
+    }),
+  );
 
   const rows: Row[] = [];
   const info = (metric: string, value: string): Row => ({
@@ -1696,6 +1708,36 @@ async function main() {
       ratio: raw ? `${fmt(vsRawAfter * 100, 1)}%` : '-',
       met: '-',
     });
+  }
+  if (windowed) {
+    rows.push({
+      metric: 'windowed backlog (1m/5m/1h rollups) vs plain backlog, events/s',
+      value: fmtInt(windowed.eventsPerSec),
+      target: '(info)',
+      baseline: backlog ? fmtInt(backlog.eventsPerSec) : '-',
+      ratio: backlog ? `${fmt((windowed.eventsPerSec / backlog.eventsPerSec) * 100, 1)}%` : '-',
+      met: '-',
+    });
+    rows.push(
+      info(
+        'windowed: window results published / late events',
+        `${fmtInt(windowed.windowResults)} / ${fmtInt(windowed.lateEvents)}`,
+      ),
+    );
+    rows.push({
+      metric: `windowed vs plain actor, ${fmtInt(windowed.fewKeys)} keys, events/s`,
+      value: fmtInt(windowed.fewWindowed.eventsPerSec),
+      target: '(info)',
+      baseline: fmtInt(windowed.fewPlain.eventsPerSec),
+      ratio: `${fmt((windowed.fewWindowed.eventsPerSec / windowed.fewPlain.eventsPerSec) * 100, 1)}%`,
+      met: '-',
+    });
+    rows.push(
+      info(
+        `windowed, ${fmtInt(windowed.fewKeys)} keys: window results / late events`,
+        `${fmtInt(windowed.fewWindowed.windowResults)} / ${fmtInt(windowed.fewWindowed.lateEvents)}`,
+      ),
+    );
   }
   const targets: Record<number, number> = { 5000: 10, 50000: 50 };
   for (const l of lives) {

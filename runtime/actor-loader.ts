@@ -4,6 +4,7 @@ import { readdirSync, statSync } from 'node:fs';
 import { extname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { PartitaError } from './errors.js';
+import { timeFeaturesOf } from './event-time.js';
 import { type ActorDefinition, defineActor, type Guarantee } from './types.js';
 
 const ACTOR_EXTENSIONS = new Set(['.js', '.mjs', '.ts']);
@@ -64,6 +65,12 @@ export function validateActor(value: unknown, file: string): ActorDefinition {
     throw fail("`guarantee` must be 'exactly-once' or 'at-least-once'");
   if (typeof d.initial !== 'function') throw fail('`initial` must be a function');
   if (typeof d.handle !== 'function') throw fail('`handle` must be a function');
+  try {
+    // Windows, rollups, watermark and timers compile here, so a bad spec fails at load.
+    timeFeaturesOf(d as ActorDefinition);
+  } catch (err) {
+    throw fail((err as Error).message);
+  }
   return d as ActorDefinition;
 }
 

@@ -6,6 +6,7 @@ import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
 import { actorsByType, applyBatch, type RawEvent } from './batch.js';
+import { timeOptionsFor, type WorkerTime, workerTimeOf, writeTime } from './event-time-store.js';
 import { GovernanceCache } from './governance.js';
 import { lineageJson } from './lineage.js';
 import { type Durability, type Outbox, openStateStore, type StateStore } from './state-store.js';
@@ -46,11 +47,18 @@ export interface BatchResult {
   handlerMs: number;
   /** Time of the shared commit. */
   commitMs: number;
+  /** Per actor, late events sent to the side output. */
+  late: Record<string, number>;
+  /** Windows or timers wait in this partition (the runner ticks it while idle). */
+  timersPending: boolean;
+  /** The lowest watermark of the partition's time-aware actors, if any (epoch ms). */
+  watermark: number | null;
 }
 
 interface Ready {
   byType: Map<string, LoadedActor[]>;
   store: StateStore;
+  time: WorkerTime;
 }
 
 const cfg = workerData as WorkerConfig;
@@ -59,7 +67,8 @@ const governance = new GovernanceCache(cfg.piiSecret);
 
 async function init(): Promise<Ready> {
   const actors = await loadActors(cfg.actorFiles);
-  return { byType: actorsByType(actors), store: openStateStore(cfg.dataDir, cfg.durability) };
+  const byType = actorsByType(actors);
+  return { byType, store: openStateStore(cfg.dataDir, cfg.durability), time: workerTimeOf(actors) };
 }
 
 /** Copies into a buffer of its own so it can be transferred (msgpackr reuses its buffers). */
@@ -72,7 +81,11 @@ export function ownBuffer(b: Uint8Array): Uint8Array {
 /** Returns msgpack of BatchResult[], in the order of the task's batches. */
 export default async function runBatches(task: BatchTask): Promise<unknown> {
   ready ??= init();
-  const { byType, store } = await ready;
+  const { byType, store, time } = await ready;
+  // lmdb-js renews a thread's read snapshot on a setTimeout(0), which a worker waiting for its next
+  // task (piscina's Atomics.wait) may not have run: start every task on the latest snapshot, or
+  // it may miss what the main thread wrote meanwhile (states restored for a partition it takes).
+  store.root.resetReadTxn();
   const batches = unpack(task.batches) as PartitionBatch[];
   if (batches.length === 0) return null;
   const now = Date.now();
@@ -87,6 +100,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       maxAttempts: cfg.maxAttempts,
       now,
       govern,
+      time: timeOptionsFor(time, store, b.partition),
     });
     return { b, out, handlerMs: performance.now() - t0 };
   });
@@ -102,8 +116,9 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       }
       const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
       const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead };
-      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now, epoch: b.epoch });
+      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now, epoch: b.epoch, clock: out.clock });
       store.meta.put(['ob', b.partition, out.lastSeq], outbox);
+      writeTime(store, b.partition, out);
     }
   });
   const commitMs = performance.now() - t1;
@@ -115,7 +130,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       changes.push([
         stateKvKey(w.actor, w.key),
         Buffer.from(
-          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}${lineageJson(b.partition, w.record)}}`,
+          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}${lineageJson(b.partition, w.record)}${w.sysJson ? `,"sys":${w.sysJson}` : ''}}`,
         ),
       ]);
     }
@@ -128,6 +143,8 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       dead: out.dead.map((d) => [d.seq, d.code, d.message, d.actor]),
       handlerMs,
       commitMs,
+      late: out.late,
+      ...time.summary(store, b.partition, out.clock),
     };
   });
   return Piscina.move(ownBuffer(pack(results)));

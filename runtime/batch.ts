@@ -3,6 +3,22 @@
 import { unpack } from 'msgpackr';
 import type { LoadedActor } from './actor-loader.js';
 import type { ErrorCode } from './errors.js';
+import {
+  BatchTime,
+  type Clock,
+  copyClock,
+  feedWindows,
+  fireDue,
+  plainTimeFields,
+  type Sys,
+  TICK_TYPE,
+  type TimeActor,
+  type TimeCall,
+  type TimeOptions,
+  timeContext,
+  timeFeaturesOf,
+  wakesOf,
+} from './event-time.js';
 import type { Govern } from './governance.js';
 import { nextLineage } from './lineage.js';
 import type { Outbox, StateRecord } from './state-store.js';
@@ -35,6 +51,8 @@ export interface ApplyOptions {
   now: number;
   /** Schema validation and PII masking of decoded payloads (governance.ts); none: pass as is. */
   govern?: Govern;
+  /** Event time (watermarks, windows, timers); without it, ticks are skipped and no actor is timed. */
+  time?: TimeOptions;
 }
 
 export interface DeadLetter {
@@ -47,12 +65,25 @@ export interface DeadLetter {
 export interface ApplyOutput {
   /** The records to write, keyed by [actor, key]. */
   /** `json` is the state as JSON, as it goes out on `partita.state.*`. */
-  writes: { actor: string; key: string; record: StateRecord; created: boolean; json: string }[];
+  writes: {
+    actor: string;
+    key: string;
+    record: StateRecord;
+    created: boolean;
+    json: string;
+    sysJson?: string;
+  }[];
   emits: Outbox['emits'];
   dead: DeadLetter[];
   /** Events applied to at least one actor. */
   applied: number;
   lastSeq: number;
+  /** Per actor, events late for its windows (sent to the side output). */
+  late: Record<string, number>;
+  /** Index changes for time-aware records: [actor, key, old wakes, new wakes]. */
+  wakes: [string, string, Sys['k'], Sys['k']][];
+  /** The partition clock after the batch (when `time` was given). */
+  clock?: Clock;
 }
 
 export const EVENT_TIME_HEADER = 'Partita-Event-Time';
@@ -65,9 +96,18 @@ interface Entry {
   state: unknown;
   seq: number;
   /** Events applied in this batch, in order, for a rebuild after a throwing handler. */
-  applied: ActorEvent[];
+  applied: Step[];
   changed: boolean;
+  /** Event-time features of the actor, if it uses any. */
+  time: TimeActor | undefined;
+  /** Runtime-owned part of the record: windows, timers, wakes. */
+  sys: Sys;
+  /** The partition clock after this key's last step (a function of the stream, not of batch cuts). */
+  clock?: Clock;
 }
+
+/** An event (with the clock it saw), or a firing of what was due at a stream position. */
+type Step = { ev: ActorEvent; clock?: Clock } | { fire: number; clock: Clock; callbacks: boolean };
 
 function decode(ev: RawEvent): unknown {
   if (ev.msgpack) return unpack(ev.data);
@@ -102,6 +142,9 @@ export function applyBatch(
   const dead: DeadLetter[] = [];
   let applied = 0;
   let lastSeq = 0;
+  const late: Record<string, number> = {};
+  const bt = opts.time ? new BatchTime(opts.time, byType) : undefined;
+  const sysOf = (r: StateRecord | undefined): Sys => (r?.x as Sys | undefined) ?? {};
 
   const entryFor = (actor: LoadedActor, key: string): Entry => {
     const id = `${actor.name}\u0000${key}`;
@@ -116,33 +159,70 @@ export function applyBatch(
         seq: base ? base.q : 0,
         applied: [],
         changed: false,
+        time: bt ? timeFeaturesOf(actor.def) : undefined,
+        sys: sysOf(base),
       };
       entries.set(id, e);
     }
     return e;
   };
 
+  // Whether the last `run` sent its event to the late side output (counted once it succeeds).
+  let runLate = false;
   // Runs the handler; returns the emits it made. Throws what the handler throws.
-  const run = (e: Entry, event: ActorEvent, collect: boolean): [string, string, string][] => {
+  const run = (e: Entry, event: ActorEvent, collect: boolean, clock?: Clock): [string, string, string][] => {
     const out: [string, string, string][] = [];
-    const ctx: ActorContext = {
-      key: e.key,
-      actor: e.actor.name,
-      now: () => event.time,
-      emit: collect
-        ? (type, key, data) => {
-            out.push([
-              `events.${type}.${key}`,
-              // The source partition is part of the id: sequences restart in every partition's stream.
-              `pt:${e.actor.name}:${opts.partition}:${event.seq}:${out.length}`,
-              JSON.stringify(data),
-            ]);
-          }
-        : noEmit,
-    };
+    runLate = false;
+    const emit = collect
+      ? (type: string, key: string, data: unknown) => {
+          out.push([
+            `events.${type}.${key}`,
+            // The source partition is part of the id: sequences restart in every partition's stream.
+            `pt:${e.actor.name}:${opts.partition}:${event.seq}:${out.length}`,
+            JSON.stringify(data),
+          ]);
+        }
+      : noEmit;
+    let ctx: ActorContext;
+    if (e.time && clock) {
+      // Windows first: the handler sees whether the event was late (ctx.late).
+      const call = timeCall(e, clock, event.seq, collect);
+      const t = { emits: out, late: false };
+      const isLate = feedWindows(call, event, t, `pt:${e.actor.name}:${opts.partition}:${event.seq}:`);
+      e.state = call.state;
+      runLate = t.late;
+      ctx = timeContext(call, event.time, isLate, emit);
+    } else {
+      ctx = { key: e.key, actor: e.actor.name, now: () => event.time, emit, ...plainTimeFields() };
+    }
     const next = e.actor.def.handle(e.state, event, ctx);
     if (next !== undefined) e.state = next;
     return out;
+  };
+  const timeCall = (e: Entry, clock: Clock, seq: number, collect: boolean): TimeCall => ({
+    actor: e.actor,
+    time: e.time!,
+    key: e.key,
+    clock,
+    state: e.state,
+    sys: e.sys,
+    seq,
+    collect,
+  });
+  // Fires a key's due windows and timers at a stream position; returns the emits.
+  const runFire = (e: Entry, step: Extract<Step, { fire: number }>, collect: boolean) => {
+    const call = timeCall(e, step.clock, step.fire, collect);
+    const t = { emits: [] as [string, string, string][], late: false };
+    try {
+      fireDue(call, t, `pt:${e.actor.name}:${step.fire}:t:${e.key}:`, step.callbacks);
+    } finally {
+      e.state = call.state;
+    }
+    return t.emits;
+  };
+  const replay = (e: Entry, step: Step) => {
+    if ('ev' in step) run(e, step.ev, false, step.clock);
+    else runFire(e, step, false);
   };
 
   // After a throw the state may be half-mutated: start again from the committed record (`load`
@@ -150,11 +230,58 @@ export function applyBatch(
   const rebuild = (e: Entry) => {
     const fresh = load(e.actor.name, e.key);
     e.state = fresh ? fresh.s : e.actor.def.initial(e.key);
-    for (const ev of e.applied) run(e, ev, false);
+    e.sys = sysOf(fresh);
+    for (const step of e.applied) replay(e, step);
   };
+
+  // Everything due at the clock after stream position `seq`: windows close, timers fire.
+  const fire = (seq: number) => {
+    if (!bt) return;
+    for (const { actor, key } of bt.due()) {
+      const e = entryFor(actorByName(actor), key);
+      const step = { fire: seq, clock: copyClock(bt.clock), callbacks: true };
+      let ok = false;
+      let lastError: unknown;
+      for (let attempt = 1; attempt <= opts.maxAttempts && !ok; attempt++) {
+        try {
+          for (const m of runFire(e, step, true)) emits.push(m);
+          ok = true;
+        } catch (err) {
+          lastError = err;
+          rebuild(e);
+        }
+      }
+      if (!ok) {
+        // What was due still leaves (it fires once), without the callbacks that kept failing.
+        step.callbacks = false;
+        runFire(e, step, false);
+        const msg = lastError instanceof Error ? lastError.message : String(lastError);
+        dead.push({
+          seq,
+          code: 'PARTITA_ERR_HANDLER',
+          message: `${actor}: onTimer/onWindow of key "${key}": ${msg} (after ${opts.maxAttempts} attempts)`,
+          actor,
+        });
+      }
+      e.applied.push(step);
+      e.clock = step.clock;
+      e.seq = Math.max(e.seq, seq);
+      e.changed = true;
+      bt.touch(e);
+    }
+  };
+  const byName = new Map<string, LoadedActor>();
+  for (const list of byType.values()) for (const a of list) byName.set(a.name, a);
+  const actorByName = (name: string) => byName.get(name)!;
 
   for (const ev of events) {
     lastSeq = Math.max(lastSeq, ev.seq);
+    if (ev.type === TICK_TYPE) {
+      // Processing time for an idle partition (see event-time.ts); not an event for any actor.
+      bt?.advance(undefined, undefined, ev.publishMs);
+      fire(ev.seq);
+      continue;
+    }
     const deadLetter = (code: ErrorCode, message: string, actor: string | null = null) =>
       dead.push({ seq: ev.seq, code, message, actor });
     if (ev.badSubject !== undefined) {
@@ -205,6 +332,8 @@ export function applyBatch(
       headers: ev.headers ?? {},
     };
     let any = false;
+    const clock = bt ? copyClock(bt.clock) : undefined;
+    const timed: Entry[] = [];
     for (const actor of actors) {
       const e = entryFor(actor, ev.key);
       // Idempotence per key: an event at or below the record's sequence is already in the state.
@@ -213,7 +342,7 @@ export function applyBatch(
       let ok = false;
       for (let attempt = 1; attempt <= opts.maxAttempts; attempt++) {
         try {
-          const out = run(e, event, true);
+          const out = run(e, event, true, e.time ? clock : undefined);
           for (const m of out) emits.push(m);
           ok = true;
           break;
@@ -223,10 +352,13 @@ export function applyBatch(
         }
       }
       if (ok) {
-        e.applied.push(event);
+        e.applied.push({ ev: event, clock: e.time ? clock : undefined });
         e.seq = ev.seq;
         e.changed = true;
         any = true;
+        if (runLate) late[actor.name] = (late[actor.name] ?? 0) + 1;
+        bt?.touch(e);
+        if (e.time) timed.push(e);
       } else {
         const msg = lastError instanceof Error ? lastError.message : String(lastError);
         deadLetter(
@@ -237,53 +369,88 @@ export function applyBatch(
       }
     }
     if (any) applied++;
+    if (bt) {
+      bt.advance(ev.type, event.time, ev.publishMs);
+      if (timed.length > 0) {
+        const after = copyClock(bt.clock);
+        for (const e of timed) e.clock = after;
+      }
+      fire(ev.seq);
+    }
   }
 
+  const eventsOf = (steps: Step[]) => steps.flatMap((s) => ('ev' in s ? [s.ev] : []));
   const writes: ApplyOutput['writes'] = [];
+  const wakes: ApplyOutput['wakes'] = [];
   let emitsOut = emits;
   for (const e of entries.values()) {
     if (!e.changed) continue;
     let json = toJson(e.state);
     if (json === undefined) {
       // Slow path: find the events that made the state unserialisable and dead-letter them.
-      const bad = new Set<number>();
+      // Emits of the steps that made the state unserialisable: an event's
+      // (pt:<actor>:<partition>:<seq>:<n>) or one key's firing (pt:<actor>:<seq>:t:<key>:<n>; the
+      // key already tells partitions apart).
+      const bad: { prefix: string; firing: boolean }[] = [];
       const fresh = load(e.actor.name, e.key);
       e.state = fresh ? fresh.s : e.actor.def.initial(e.key);
-      const kept: ActorEvent[] = [];
-      for (const ev of e.applied) {
-        run(e, ev, false);
+      e.sys = sysOf(fresh);
+      const kept: Step[] = [];
+      for (const step of e.applied) {
+        replay(e, step);
         if (toJson(e.state) !== undefined) {
-          kept.push(ev);
+          kept.push(step);
           continue;
         }
-        bad.add(ev.seq);
+        const seq = 'ev' in step ? step.ev.seq : step.fire;
+        bad.push(
+          'ev' in step
+            ? { prefix: `pt:${e.actor.name}:${opts.partition}:${seq}:`, firing: false }
+            : { prefix: `pt:${e.actor.name}:${seq}:t:${e.key}:`, firing: true },
+        );
         dead.push({
-          seq: ev.seq,
+          seq,
           code: 'PARTITA_ERR_HANDLER',
           message: `${e.actor.name}: state is not JSON-serialisable after this event`,
           actor: e.actor.name,
         });
         const again = load(e.actor.name, e.key);
         e.state = again ? again.s : e.actor.def.initial(e.key);
-        for (const k of kept) run(e, k, false);
+        e.sys = sysOf(again);
+        for (const k of kept) replay(e, k);
       }
+      // An event's prefix must not also take the firings at its position (`...:<seq>:t:...`).
       e.applied = kept;
-      const prefix = `pt:${e.actor.name}:${opts.partition}:`;
       emitsOut = emitsOut.filter(
-        ([, id]) => !(id.startsWith(prefix) && bad.has(Number(id.slice(prefix.length).split(':')[0]))),
+        ([, id]) =>
+          !bad.some((b) => id.startsWith(b.prefix) && (b.firing || !id.startsWith('t:', b.prefix.length))),
       );
       json = toJson(e.state);
       if (json === undefined) continue;
     }
-    writes.push({
-      actor: e.actor.name,
-      key: e.key,
-      record: { s: e.state, q: e.seq, t: opts.now, ...nextLineage(e.base, e.applied) },
-      created: !e.base,
-      json,
-    });
+    const record: StateRecord = {
+      s: e.state,
+      q: e.seq,
+      t: opts.now,
+      ...nextLineage(e.base, eventsOf(e.applied)),
+    };
+    let sysJson: string | undefined;
+    if (e.time && bt) {
+      const oldWakes = (e.base?.x as Sys | undefined)?.k;
+      const k = wakesOf(e.time, e.sys);
+      // Fixed field order: a replay must write byte-identical records.
+      const x: Sys = {};
+      if (e.sys.w && Object.keys(e.sys.w).length > 0) x.w = e.sys.w;
+      if (e.sys.tm && Object.keys(e.sys.tm).length > 0) x.tm = e.sys.tm;
+      x.k = k;
+      if (e.clock) x.c = e.clock;
+      record.x = x;
+      sysJson = JSON.stringify(x);
+      if (oldWakes?.[0] !== k[0] || oldWakes?.[1] !== k[1]) wakes.push([e.actor.name, e.key, oldWakes, k]);
+    }
+    writes.push({ actor: e.actor.name, key: e.key, record, created: !e.base, json, sysJson });
   }
-  return { writes, emits: emitsOut, dead, applied, lastSeq };
+  return { writes, emits: emitsOut, dead, applied, lastSeq, late, wakes, clock: bt?.clock };
 }
 
 function toJson(state: unknown): string | undefined {

@@ -28,20 +28,24 @@ import { defaultNatsUrl, startNode } from './node.js';
 import type { Durability } from './state-store.js';
 import { formatStatus, readStatus } from './status.js';
 import { ensureTopology } from './topology.js';
+import { parseDuration } from './window.js';
 
 const USAGE = `usage: partita <command> [options]
 
   dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
-      [--events-max-age DURATION] [--pii-secret-file FILE]
+      [--events-max-age D] [--aggregates-max-age D] [--pii-secret-file FILE]
       everything on one machine: a nats-server child, one node, the gateway
   nats [--port N] [--data DIR] [--partitions N] [--events-max-age DURATION]
        [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
-       [--durability sync|process] [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills]
+       [--durability sync|process] [--events-max-age D] [--aggregates-max-age D]
+       [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills]
       one worker node (/metrics, /healthz, /readyz on loopback unless --metrics-host 0.0.0.0);
-      --allow-drills (or PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
+      retention of raw events (default 90d) and of window results (default 2y), as 90d, 12h, 2y
+      or ms (also $PARTITA_EVENTS_MAX_AGE, $PARTITA_AGGREGATES_MAX_AGE); --allow-drills (or
+      PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
   gateway --nats URL [--port N]
       the HTTP gateway
   status [--nats URL] [--json]
@@ -96,6 +100,20 @@ function eventsMaxAgeOf(v: Values): number | undefined {
   const raw =
     (v['events-max-age'] as string | undefined) ?? (process.env.PARTITA_EVENTS_MAX_AGE || undefined);
   return durationMs(raw, 'events-max-age');
+}
+
+/** `--events-max-age` and `--aggregates-max-age` as node options (durations like 90d, 2y, or ms). */
+function retentionOf(v: Values): { eventsMaxAgeMs?: number; aggregatesMaxAgeMs?: number } {
+  const ms = (name: string) => {
+    const s = v[name] as string | undefined;
+    if (s === undefined) return undefined;
+    try {
+      return parseDuration(/^\d+$/.test(s) ? Number(s) : s, `--${name}`);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+  };
+  return { eventsMaxAgeMs: ms('events-max-age'), aggregatesMaxAgeMs: ms('aggregates-max-age') };
 }
 
 function durabilityOf(v: unknown): Durability | undefined {
@@ -173,6 +191,8 @@ const COMMANDS: Record<string, Command> = {
       durability: { type: 'string' },
       'allow-drills': { type: 'boolean' },
       'pii-secret-file': { type: 'string' },
+      'events-max-age': { type: 'string' },
+      'aggregates-max-age': { type: 'string' },
     },
     async run(v) {
       const id = v.id as string | undefined;
@@ -191,6 +211,7 @@ const COMMANDS: Record<string, Command> = {
         allowDrills: v['allow-drills'] === true || process.env.PARTITA_ALLOW_DRILLS === '1',
         faults: defectsOf(process.env.PARTITA_INJECT_DEFECT),
         piiSecret: piiSecretFrom(v['pii-secret-file'] as string | undefined),
+        ...retentionOf(v),
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
       await untilSignal();
@@ -223,6 +244,7 @@ const COMMANDS: Record<string, Command> = {
       partitions: { type: 'string' },
       'events-max-age': { type: 'string' },
       'pii-secret-file': { type: 'string' },
+      'aggregates-max-age': { type: 'string' },
     },
     async run(v) {
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
@@ -248,6 +270,7 @@ const COMMANDS: Record<string, Command> = {
           metricsPort: 0,
           partitions,
           piiSecret,
+          ...retentionOf(v),
         });
         stops.unshift(() => node.stop());
         const { startGateway } = await import('../gateway/index.js');
@@ -267,7 +290,7 @@ const COMMANDS: Record<string, Command> = {
         ready({ gateway: gw.url, nats: server.url, metrics: node.metricsUrl });
         if (v.demo) {
           process.stderr.write(
-            `demo: watch ${gw.url}/v1/actors/warehouse/ams-1 or ${gw.url}/v1/actors/campaign/cmp-1; Ctrl-C stops\n`,
+            `demo: watch ${gw.url}/v1/actors/warehouse/ams-1 (exceptions and SLA breaches per minute) or ${gw.url}/v1/actors/campaign/cmp-3 (CTR at 1m/5m/1h, anomaly flag); Ctrl-C stops\n`,
           );
         }
         await untilSignal();

@@ -1,5 +1,6 @@
 // Synthetic events of the seed scenarios, for `partita dev --demo`: fulfilment orders moving
-// through their lifecycle (some hit exceptions), payments, and ad impressions and clicks.
+// through their lifecycle (some hit exceptions, some stall and breach their SLA), payments, and
+// ad impressions and clicks (one campaign's clicks burst every few minutes: an anomaly to flag).
 import type { NatsConnection } from '@nats-io/transport-node';
 
 export interface DemoProducer {
@@ -10,6 +11,10 @@ export interface DemoProducer {
 const WAREHOUSES = ['ams-1', 'ber-2', 'lis-3', 'waw-4'];
 const REASONS = ['stockout', 'damaged', 'address', 'carrier-delay'];
 const FLOW = ['created', 'picked', 'packed', 'shipped', 'delivered'];
+/** Demo orders must ship within 20 s of event time; stalled ones breach it. */
+const DEMO_SLA_MS = 20_000;
+/** The campaign whose clicks burst for one minute in three. */
+const BURSTY = 'cmp-3';
 
 /** Publishes about `rate` events per second until stopped. Seeded, so runs are comparable. */
 export function startDemoProducer(
@@ -40,8 +45,9 @@ export function startDemoProducer(
         if (orders.size < 30 || rnd() < 0.2) {
           const id = `ord-${nextOrder++}`;
           const warehouse = pick(WAREHOUSES);
-          orders.set(id, { step: 0, warehouse });
-          pub(`events.orders.${id}`, { status: 'created', warehouse, ts });
+          // About one order in twelve stalls after creation and breaches its SLA.
+          if (rnd() >= 0.08) orders.set(id, { step: 0, warehouse });
+          pub(`events.orders.${id}`, { status: 'created', warehouse, ts, slaMs: DEMO_SLA_MS });
         } else {
           const [id, o] = pick([...orders.entries()]);
           if (rnd() < 0.08) {
@@ -65,7 +71,8 @@ export function startDemoProducer(
         });
       } else {
         const campaign = `cmp-${1 + Math.floor(rnd() ** 2 * 12)}`;
-        if (rnd() < 0.05) pub(`events.clicks.${campaign}`, { ts });
+        const burst = campaign === BURSTY && Math.floor(ts / 60_000) % 3 === 2;
+        if (rnd() < (burst ? 0.3 : 0.05)) pub(`events.clicks.${campaign}`, { ts });
         else pub(`events.impressions.${campaign}`, { cost: Math.round(rnd() * 500) / 1e5, ts });
       }
     }

@@ -1,8 +1,17 @@
 // The runtime's public face. Other folders import only from here.
 export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
+export { type Aggregation, compileAggregation } from './aggregations.js';
 export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';
 export { type DeadLetterReport, readDeadLetters } from './dead-letter-report.js';
 export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
+export {
+  AGG_PREFIX,
+  type Clock,
+  DEFAULT_ROLLUPS,
+  LATE_PREFIX,
+  TICK_TYPE,
+  timeFeaturesOf,
+} from './event-time.js';
 export { compileGovernance, type Govern, type GovernResult, piiSecretFrom } from './governance.js';
 export { LINEAGE_DEPTH } from './lineage.js';
 export { createLogger, type Logger } from './logger.js';
@@ -39,12 +48,14 @@ export {
 } from './schema-registry.js';
 export type { Durability } from './state-store.js';
 export {
+  AGG_STREAM,
   DLQ_PREFIX,
   DLQ_STREAM,
   EVENTS_PREFIX,
   IN_PREFIX,
   IN_STREAM_PREFIX,
   inStream,
+  LATE_STREAM,
   META_BUCKET,
   partitionMapping,
   partitionOf,
@@ -60,5 +71,32 @@ export {
   type Topology,
   type TopologyOptions,
 } from './topology.js';
-export type { ActorContext, ActorDefinition, ActorEvent, Guarantee, StateChange } from './types.js';
+export type {
+  ActorContext,
+  ActorDefinition,
+  ActorEvent,
+  AggregationSpec,
+  Duration,
+  Guarantee,
+  Reducer,
+  RollupSpec,
+  StateChange,
+  Timer,
+  Timers,
+  WatermarkSpec,
+  WindowKind,
+  WindowResult,
+  WindowSpec,
+} from './types.js';
 export { defineActor } from './types.js';
+export {
+  advance as advanceWindow,
+  type CompiledWindow,
+  compileWindow,
+  emptyWindowState,
+  type Firing,
+  feed as feedWindow,
+  nextFire,
+  parseDuration,
+  type WindowState,
+} from './window.js';

@@ -29,6 +29,8 @@ export interface NodeMetrics {
   readonly nodeInfo: Gauge<'node'>;
   readonly replays: Counter<'actor' | 'result'>;
   readonly replayEvents: Counter<'actor'>;
+  readonly lateEvents: Counter<'actor'>;
+  readonly watermarkLagSeconds: Gauge<'partition'>;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60];
@@ -164,6 +166,18 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       name: 'partita_replay_events_total',
       help: 'Events folded again by replays',
       labelNames: ['actor'],
+      registers: r,
+    }),
+    lateEvents: new Counter({
+      name: 'partita_late_events_total',
+      help: 'Events behind the watermark minus allowed lateness: fed to no window, sent to partita.late.<actor>.<key>',
+      labelNames: ['actor'],
+      registers: r,
+    }),
+    watermarkLagSeconds: new Gauge({
+      name: 'partita_watermark_lag_seconds',
+      help: "Wall clock minus the partition's watermark (its lowest over time-aware actors)",
+      labelNames: ['partition'],
       registers: r,
     }),
     batchFailures: new Counter({

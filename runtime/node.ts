@@ -14,6 +14,7 @@ import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
 import { type InjectedDefect, serveDrillFaults } from './drill-faults.js';
 import { PartitaError } from './errors.js';
+import { timeFeaturesOf } from './event-time.js';
 import { Flusher } from './flusher.js';
 import { startSchemaSync } from './governance.js';
 import { LagMonitor } from './lag-monitor.js';
@@ -79,6 +80,12 @@ export interface NodeOptions {
   faults?: readonly InjectedDefect[];
   /** Key of x-pii "hash" fields; the same on every node and the archive. @default $PARTITA_PII_SECRET */
   piiSecret?: string;
+  /** Max age of raw events in the input streams (new deployment), ms. @default 90 days ($PARTITA_EVENTS_MAX_AGE) */
+  eventsMaxAgeMs?: number;
+  /** Max age of window results in PARTITA_AGG, ms. @default 2 years ($PARTITA_AGGREGATES_MAX_AGE) */
+  aggregatesMaxAgeMs?: number;
+  /** How often an idle partition with open windows or timers gets a tick. @default 1000 */
+  tickMs?: number;
   logger?: Logger;
 }
 
@@ -127,7 +134,12 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     const deadline = Date.now() + 15_000;
     for (;;) {
       try {
-        topology = await ensureTopology(nc, { partitions: opts.partitions, leaseTtlMs: opts.leaseTtlMs });
+        topology = await ensureTopology(nc, {
+          partitions: opts.partitions,
+          leaseTtlMs: opts.leaseTtlMs,
+          eventsMaxAgeMs: opts.eventsMaxAgeMs,
+          aggregatesMaxAgeMs: opts.aggregatesMaxAgeMs,
+        });
         break;
       } catch (err) {
         if (err instanceof PartitaError || Date.now() > deadline) throw err;
@@ -186,6 +198,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metrics,
     log,
     maxBatch: opts.maxBatch ?? 2000,
+    tickMs: actors.some((a) => timeFeaturesOf(a.def)) ? (opts.tickMs ?? 1000) : 0,
     nodeId: id,
     ackBeforeCommit: opts.faults?.includes('ack-before-commit') ?? false,
     onFenced: (p: number) => coordinator?.fenced(p),
@@ -299,7 +312,15 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         host: opts.metricsHost,
         registry: metrics.registry,
         ready: () => status === 'RUNNING' && !nc.isClosed(),
-        beforeScrape: () => lag.refreshAges(),
+        beforeScrape: () => {
+          lag.refreshAges();
+          const now = Date.now();
+          for (const r of runners.values()) {
+            const wm = r.ticker?.watermark;
+            if (wm != null)
+              metrics.watermarkLagSeconds.set({ partition: String(r.partition) }, (now - wm) / 1000);
+          }
+        },
       });
     }
     // Heartbeats and lease renewals get a connection of their own, so they never queue behind a

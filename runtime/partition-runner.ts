@@ -20,6 +20,7 @@ import { lineageOfRecord } from './lineage.js';
 import { actorLogger, type Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
+import { isWindowResult, PartitionTicker } from './partition-ticker.js';
 import type { Outbox, StateStore } from './state-store.js';
 import { consumerPrefix, inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
 
@@ -39,6 +40,8 @@ export interface PartitionDeps {
   maxBatch: number;
   /** A deliberate defect (NodeOptions.faults): acknowledge on arrival, before the commit. */
   ackBeforeCommit?: boolean;
+  /** Some actor uses event time: tick idle partitions every this many ms (0: never). */
+  tickMs?: number;
 }
 
 export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
@@ -72,6 +75,8 @@ export class PartitionRunner {
   private readonly log: Logger;
   /** The partition's input stream. */
   readonly stream: string;
+  /** Event time for idle partitions; see partition-ticker.ts. */
+  readonly ticker: PartitionTicker | undefined;
 
   constructor(
     readonly partition: number,
@@ -84,6 +89,13 @@ export class PartitionRunner {
     this.label = { partition: String(partition) };
     this.stream = inStream(partition);
     this.log = deps.log.child({ partition });
+    if (deps.tickMs)
+      this.ticker = new PartitionTicker(
+        deps.nc,
+        partition,
+        deps.tickMs,
+        () => this.status === 'RUNNING' && !this.fenced && this.lease.valid(),
+      );
   }
 
   async start(): Promise<void> {
@@ -108,6 +120,7 @@ export class PartitionRunner {
     }
     await this.createConsumer(this.lastQueuedSeq + 1);
     this.status = 'RUNNING';
+    this.ticker?.start();
     await this.consume();
   }
 
@@ -148,6 +161,7 @@ export class PartitionRunner {
       return;
     }
     this.status = 'STOPPING';
+    this.ticker?.stop();
     this.queue = [];
     this.messages?.stop();
     await this.busy;
@@ -220,6 +234,7 @@ export class PartitionRunner {
     this.lastQueuedSeq = m.seq;
     if (this.deps.ackBeforeCommit) m.ack();
     this.queue.push(m);
+    this.ticker?.onMessage();
     // Start on the next turn, so that what one socket read brought forms one batch.
     if (!this.busy && !this.scheduled) {
       this.scheduled = true;
@@ -295,6 +310,8 @@ export class PartitionRunner {
     metrics.checkpointSeconds.observe(result.commitMs / 1000);
     metrics.actors.inc(result.created);
     metrics.eventsApplied.inc(this.label, result.applied);
+    for (const [actor, n] of Object.entries(result.late)) metrics.lateEvents.inc({ actor }, n);
+    this.ticker?.onResult(result);
     const done = result;
     const last = batch[batch.length - 1]!;
     const previous = this.publishing;
@@ -356,12 +373,19 @@ export class PartitionRunner {
           p.catch(() => undefined);
           acks.push(p);
         };
+        let flush = false;
         for (const [subject, msgID, json] of emits) {
           // Proof of the lease the output was produced under: readers can drop older epochs.
           const h = natsHeaders();
           h.set(EPOCH_HEADER, String(this.lease.epoch));
           h.set(PARTITION_HEADER, String(this.partition));
-          track(js.publish(subject, json, { msgID, headers: h }));
+          if (isWindowResult(subject)) {
+            // Window results go out like state changes: a core publish (the stream dedups by the
+            // id) and one flush, not an acknowledged publish each; see ARCHITECTURE.md, Event time.
+            h.set('Nats-Msg-Id', msgID);
+            nc.publish(subject, json, { headers: h });
+            flush = true;
+          } else track(js.publish(subject, json, { msgID, headers: h }));
         }
         for (const [seq, code, message, actor] of dead) {
           const m = await original(seq);
@@ -392,7 +416,7 @@ export class PartitionRunner {
           );
         }
         await Promise.all(acks);
-        if (changes.length > 0) await this.deps.flusher.flush();
+        if (changes.length > 0 || flush) await this.deps.flusher.flush();
         metrics.stateChanges.inc(changes.length);
         metrics.eventsOut.inc(emits.length);
         return true;

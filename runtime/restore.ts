@@ -3,6 +3,7 @@
 // state, not history. The caller then resumes at the old owner's acknowledged position; events
 // after it that some keys already reflect are skipped by the per-key sequence (`StateRecord.q`).
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { type Clock, maxClock, type Sys, wakeKey } from './event-time.js';
 import { lineageOfChange } from './lineage.js';
 import type { Logger } from './logger.js';
 import type { StateStore } from './state-store.js';
@@ -36,6 +37,10 @@ export async function restorePartitions(
   const info = await jsm.streams.info(stream);
   let read = 0;
   let restored = 0;
+  // Event time travels in each time-aware record (`sys`): its windows, timers and wake times go
+  // back into the record and the wake index, and the partition clock becomes the newest any of
+  // its records saw (at most a batch ahead of the acknowledged position: see ARCHITECTURE.md).
+  const clocks = new Map<number, Clock | undefined>();
   if (info.state.messages > 0) {
     const consumer = await js.consumers.get(stream, {
       filter_subjects: `$KV.${STATE_BUCKET}.>`,
@@ -57,14 +62,22 @@ export async function restorePartitions(
             seq: number;
             updatedAt: string;
             lineage?: unknown;
+            sys?: Sys;
           }>();
-          if (partitions.has(partitionOf(v.key, partitionCount))) {
+          const p = partitionOf(v.key, partitionCount);
+          if (partitions.has(p)) {
             pending = store.states.put([v.actor, v.key], {
               s: v.state,
               q: v.seq,
               t: Date.parse(v.updatedAt),
               ...lineageOfChange(v),
+              ...(v.sys ? { x: v.sys } : {}),
             });
+            for (const kind of [0, 1] as const) {
+              const t = v.sys?.k?.[kind];
+              if (t != null) pending = store.meta.put(wakeKey(p, v.actor, kind, t, v.key), 1);
+            }
+            if (v.sys?.c) clocks.set(p, maxClock(clocks.get(p), v.sys.c));
             restored++;
           }
         } catch (err) {
@@ -88,7 +101,13 @@ export async function restorePartitions(
   }
   for (const t of targets) {
     const acked = await acknowledgedSeq(jsm, t.partition);
-    await store.meta.put(['cp', t.partition], { seq: acked, at: Date.now(), epoch: t.epoch });
+    const clock = clocks.get(t.partition);
+    await store.meta.put(['cp', t.partition], {
+      seq: acked,
+      at: Date.now(),
+      epoch: t.epoch,
+      ...(clock ? { clock } : {}),
+    });
   }
   log.info(
     { partitions: [...partitions], entries: read, restored, ms: Math.round(performance.now() - started) },

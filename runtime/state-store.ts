@@ -2,6 +2,8 @@
 //   states: [actor, key]        -> StateRecord
 //   meta:   ['cp', partition]   -> Checkpoint  (input position, committed with the states)
 //           ['ob', partition, seq] -> Outbox  (what a commit must publish; deleted once published)
+//           ['wk' | 'wp', partition, actor, time, key] -> 1  (wake index of windows and timers, event /
+//           processing time; kept in step with the records' `x.k` in the same transactions)
 // Every batch writes its states, checkpoint and outbox in ONE transaction: that is the
 // exactly-once invariant (see ARCHITECTURE.md, "Checkpoint protocol").
 import {
@@ -37,6 +39,8 @@ export interface StateRecord {
   l?: number[];
   /** Lineage: the Nats-Msg-Id of the event at `q`, if it had one. */
   m?: string;
+  /** Runtime-owned part of time-aware actors: open windows, timers, wakes (see event-time.ts). */
+  x?: unknown;
 }
 
 export interface Checkpoint {
@@ -46,6 +50,8 @@ export interface Checkpoint {
   at: number;
   /** The lease epoch under which it was committed. */
   epoch?: number;
+  /** The partition clock (watermarks) at this position, when time-aware actors run. */
+  clock?: unknown;
 }
 
 /** What a commit has to publish; kept until the next commit of the partition overwrites it. */
@@ -163,7 +169,8 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
         await new Promise((r) => setImmediate(r));
       }
       for (const p of partitions) {
-        for (const k of meta.getKeys({ start: ['ob', p], end: ['ob', p + 1] })) last = meta.remove(k);
+        for (const tag of ['ob', 'wk', 'wp'])
+          for (const k of meta.getKeys({ start: [tag, p], end: [tag, p + 1] })) last = meta.remove(k);
       }
       await last;
     },

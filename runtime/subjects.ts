@@ -22,6 +22,10 @@ export function streamPartition(stream: string): number | null {
 }
 export const UNROUTED_STREAM = 'PARTITA_UNROUTED';
 export const DLQ_STREAM = 'PARTITA_DLQ';
+/** Late events' side output, on `partita.late.>`. */
+export const LATE_STREAM = 'PARTITA_LATE';
+/** Window results (aggregates), on `partita.agg.>`, kept for the aggregate retention. */
+export const AGG_STREAM = 'PARTITA_AGG';
 export const STATE_BUCKET = 'partita_state';
 export const META_BUCKET = 'partita_meta';
 export const NODES_BUCKET = 'partita_nodes';

@@ -14,12 +14,15 @@ import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { ensureAuditStream } from './audit.js';
 import { PartitaError } from './errors.js';
+import { AGG_PREFIX, LATE_PREFIX } from './event-time.js';
 import {
+  AGG_STREAM,
   DLQ_PREFIX,
   DLQ_STREAM,
   EVENTS_PREFIX,
   IN_PREFIX,
   inStream,
+  LATE_STREAM,
   LEASES_BUCKET,
   META_BUCKET,
   NODES_BUCKET,
@@ -28,6 +31,7 @@ import {
   STATE_PREFIX,
   UNROUTED_STREAM,
 } from './subjects.js';
+import { parseDuration } from './window.js';
 
 export interface TopologyOptions {
   /** Partition count; when omitted the deployment's recorded count (else 16) is used. */
@@ -38,6 +42,8 @@ export interface TopologyOptions {
   eventsMaxAgeMs?: number;
   /** Lease TTL for a new deployment (an existing one keeps its own). @default 2000 */
   leaseTtlMs?: number;
+  /** Max age of window results in PARTITA_AGG, in ms; 0 keeps them forever. @default 2 years */
+  aggregatesMaxAgeMs?: number;
 }
 
 export interface Topology {
@@ -57,9 +63,23 @@ export const DEFAULT_PARTITIONS = 16;
 const DAY_MS = 86_400_000;
 const nanos = (ms: number) => ms * 1_000_000;
 
-async function ensureStream(jsm: JetStreamManager, cfg: Partial<StreamConfig> & { name: string }) {
+/** A duration from the environment (`90d`, `2y`, or ms), if set. */
+function envMs(name: string): number | undefined {
+  const v = process.env[name];
+  return v ? parseDuration(/^\d+$/.test(v) ? Number(v) : v, name) : undefined;
+}
+
+async function ensureStream(
+  jsm: JetStreamManager,
+  cfg: Partial<StreamConfig> & { name: string },
+  /** An explicitly configured max age also applies to an existing stream. */
+  updateMaxAge = false,
+) {
   try {
-    await jsm.streams.info(cfg.name);
+    const info = await jsm.streams.info(cfg.name);
+    if (updateMaxAge && cfg.max_age !== undefined && info.config.max_age !== cfg.max_age) {
+      await jsm.streams.update(cfg.name, { ...info.config, max_age: cfg.max_age });
+    }
   } catch {
     try {
       await jsm.streams.add(cfg);
@@ -102,21 +122,30 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
       }
     }
   }
+  // Retention: options, else the environment, else the seed's 90 days of raw events and 2 years
+  // of aggregates. Only an explicit value changes an existing deployment's streams.
+  const eventsExplicit = opts.eventsMaxAgeMs ?? envMs('PARTITA_EVENTS_MAX_AGE');
+  const eventsMaxAge = eventsExplicit ?? 90 * DAY_MS;
+  const aggExplicit = opts.aggregatesMaxAgeMs ?? envMs('PARTITA_AGGREGATES_MAX_AGE');
   // One input stream per partition: on nats-server 2.9 a consumer filtered to one partition of a
   // shared stream scans every other partition's events too (measured: 43k/s for 16 filtered
   // consumers against 208k/s for 16 streams), and separate streams also spread over a cluster.
   await Promise.all(
     Array.from({ length: partitions }, (_, p) =>
-      ensureStream(jsm, {
-        name: inStream(p),
-        subjects: [`${IN_PREFIX}.${p}.>`],
-        storage: StorageType.File,
-        retention: RetentionPolicy.Limits,
-        discard: DiscardPolicy.Old,
-        max_age: nanos(opts.eventsMaxAgeMs ?? 90 * DAY_MS),
-        duplicate_window: nanos(120_000),
-        num_replicas: replicas,
-      }),
+      ensureStream(
+        jsm,
+        {
+          name: inStream(p),
+          subjects: [`${IN_PREFIX}.${p}.>`],
+          storage: StorageType.File,
+          retention: RetentionPolicy.Limits,
+          discard: DiscardPolicy.Old,
+          max_age: nanos(eventsMaxAge),
+          duplicate_window: nanos(120_000),
+          num_replicas: replicas,
+        },
+        eventsExplicit !== undefined,
+      ),
     ),
   );
   if (opts.eventsMaxAgeMs !== undefined) await setEventsMaxAge(jsm, partitions, opts.eventsMaxAgeMs);
@@ -138,6 +167,33 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     num_replicas: replicas,
   });
   await ensureAuditStream(nc, replicas);
+  // Event time: late events' side output, and every window result (the aggregates' history).
+  await ensureStream(
+    jsm,
+    {
+      name: LATE_STREAM,
+      subjects: [`${LATE_PREFIX}.>`],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      max_age: nanos(eventsMaxAge),
+      duplicate_window: nanos(120_000),
+      num_replicas: replicas,
+    },
+    eventsExplicit !== undefined,
+  );
+  await ensureStream(
+    jsm,
+    {
+      name: AGG_STREAM,
+      subjects: [`${AGG_PREFIX}.>`],
+      storage: StorageType.File,
+      retention: RetentionPolicy.Limits,
+      max_age: nanos(aggExplicit ?? 2 * 365 * DAY_MS),
+      duplicate_window: nanos(120_000),
+      num_replicas: replicas,
+    },
+    aggExplicit !== undefined,
+  );
   const state = await ensureStateBucket(nc, replicas);
   // On 2.9 a KV bucket's TTL is its stream's max age: an entry not rewritten within it vanishes.
   const ttl = opts.leaseTtlMs ?? 2000;

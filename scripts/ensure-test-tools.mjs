@@ -32,7 +32,10 @@ if (missing.length > 0) {
     console.error(`partita: installing Debian packages for the tests: ${pkgs}`);
     execFileSync(
       'sh',
-      ['-c', `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkgs} >/dev/null`],
+      [
+        '-c',
+        `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${pkgs} >/dev/null`,
+      ],
       { stdio: 'inherit' },
     );
     missing = tools.filter((t) => !works(t));
