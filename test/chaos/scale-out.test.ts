@@ -160,9 +160,16 @@ it('hands partitions over on SIGTERM without waiting for the leases to expire', 
   let stop = false;
   const load = work.publishPaced(6000, 2000, () => stop);
   await check(() => work.published > 2000, 10_000, 'load under way');
-  assert.equal(await nodes.get('p')!.kill('SIGTERM'), 0, 'a clean exit');
+  const p = nodes.get('p')!;
+  assert.equal(await p.kill('SIGTERM'), 0, 'a clean exit');
   nodes.delete('p');
-  await settled(['q'], 20_000);
+  await settled(['q'], 20_000).catch((err) => {
+    // What each side did, for the record of a failure.
+    console.log(
+      `status: ${JSON.stringify(status())}\n--- p:\n${p.stderr()}\n--- q:\n${nodes.get('q')!.stderr()}`,
+    );
+    throw err;
+  });
   await load;
   stop = true;
   await work.verify(PARTITIONS);
