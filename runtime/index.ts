@@ -25,6 +25,7 @@ export {
   IN_PREFIX,
   IN_STREAM_PREFIX,
   inStream,
+  kvToken,
   META_BUCKET,
   partitionMapping,
   partitionOf,
