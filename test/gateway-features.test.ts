@@ -7,23 +7,9 @@ import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { FastifyInstance } from 'fastify';
 import { buildGateway, requireScope } from '../gateway/index.js';
-import { STATE_BUCKET, stateKvKey } from '../runtime/index.js';
+import { STATE_BUCKET } from '../runtime/index.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
-
-/** Writes a state as a node's commit does: the record published on partita.state.<actor>.<key>. */
-export async function commitState(
-  kv: KV,
-  actor: string,
-  key: string,
-  state: unknown,
-  seq: number,
-  updatedAt = new Date(),
-): Promise<void> {
-  await kv.put(
-    stateKvKey(actor, key),
-    JSON.stringify({ actor, key, state, seq, updatedAt: updatedAt.toISOString(), partition: 0, epoch: 1 }),
-  );
-}
+import { commitState } from './helpers/state.js';
 
 const READ = 'read-token-0123456789';
 const ADMIN = 'admin-token-0123456789';
