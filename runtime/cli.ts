@@ -24,8 +24,9 @@ const USAGE = `usage: partita <command> [options]
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
        [--durability sync|process]
       one worker node
-  gateway --nats URL [--port N]
-      the HTTP gateway
+  gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N]
+      the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS
+      (name:secret:scope[+scope],...); without tokens it listens on loopback only
   status [--nats URL] [--json]
       partitions, owners, lag and checkpoint age
   audit [--nats URL] [--action NAME] [--limit N] [--json]
@@ -135,13 +136,26 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   gateway: {
-    options: { nats: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' } },
+    options: {
+      nats: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      tokens: { type: 'string' },
+      'rate-limit': { type: 'string' },
+    },
     async run(v) {
-      const { startGateway } = await import('../gateway/index.js');
+      const { startGateway, loadTokensFile, parseTokenList } = await import('../gateway/index.js');
+      const tokens = [
+        ...(v.tokens ? loadTokensFile(resolve(v.tokens as string)) : []),
+        ...parseTokenList(process.env.PARTITA_TOKENS ?? ''),
+      ];
+      const perSecond = int(v['rate-limit'] as string | undefined, 'rate-limit');
       const gw = await startGateway({
         natsUrl: v.nats as string | undefined,
         port: int(v.port as string | undefined, 'port') ?? 8080,
         host: v.host as string | undefined,
+        tokens,
+        rateLimit: perSecond === undefined ? undefined : { perSecond },
       });
       ready({ gateway: gw.url, nats: (v.nats as string | undefined) ?? defaultNatsUrl() });
       await untilSignal();
@@ -194,7 +208,7 @@ const COMMANDS: Record<string, Command> = {
         ready({ gateway: gw.url, nats: server.url, metrics: node.metricsUrl });
         if (v.demo) {
           process.stderr.write(
-            `demo: watch ${gw.url}/v1/actors/warehouse/ams-1 or ${gw.url}/v1/actors/campaign/cmp-1; Ctrl-C stops\n`,
+            `demo: open the dashboard at ${gw.url}/ or read ${gw.url}/v1/actors/warehouse/ams-1; Ctrl-C stops\n`,
           );
         }
         await untilSignal();

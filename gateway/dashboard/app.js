@@ -35,7 +35,13 @@
           { stroke: '#8a96a3', grid: { stroke: '#232d3a' } },
           { stroke: '#8a96a3', grid: { stroke: '#232d3a' } },
         ],
-        scales: { x: { time: true } },
+        // The last HISTORY seconds, even while there are only a few points.
+        scales: {
+          x: {
+            time: true,
+            range: (_u, _min, max) => [(max ?? Date.now() / 1000) - HISTORY, max ?? Date.now() / 1000],
+          },
+        },
       },
       [[], ...series.map(() => [])],
       el,
