@@ -26,8 +26,12 @@ export type FrameType = 'snapshot' | 'ready' | 'changes' | 'heartbeat' | 'status
 
 /** A transport: WebSocket or SSE. */
 export interface PushSink {
-  /** Sends one frame (JSON text); false when the transport's buffer is full. */
-  write(type: FrameType, json: string): boolean;
+  /** Names the wire form `encode` produces: sinks with the same one share encoded frames. */
+  readonly encoding: string;
+  /** One frame as this transport sends it (a WebSocket frame, an SSE event). */
+  encode(type: FrameType, json: string): Buffer | string;
+  /** Sends an encoded frame; false when the transport's buffer is full. */
+  send(frame: Buffer | string): boolean;
   /** Called once when the transport can take more after `write` returned false. */
   onDrain(cb: () => void): void;
   close(reason: 'overflow' | 'shutdown'): void;
@@ -51,6 +55,8 @@ export interface PushHubOptions {
 class StateMsg {
   private seqCache = -1;
   constructor(
+    /** Arrival order on the live subscription; 0 for snapshot entries. */
+    readonly id: number,
     /** `<actor>.<key>` as in the subject (KV-escaped). */
     readonly tail: string,
     readonly actorTok: string,
@@ -63,6 +69,12 @@ class StateMsg {
     if (this.seqCache < 0) this.seqCache = seqOf(this.raw);
     return this.seqCache;
   }
+}
+
+function changesFrame(batch: readonly StateMsg[]): string {
+  let out = '{"type":"changes","changes":[';
+  for (let i = 0; i < batch.length; i++) out += i === 0 ? batch[i]!.raw : `,${batch[i]!.raw}`;
+  return `${out}]}`;
 }
 
 export function seqOf(raw: string): number {
@@ -82,7 +94,9 @@ const SNAPSHOT_GUARD_MS = 5000;
 export class PushClient {
   private phase: 'snapshot' | 'live' | 'closed' = 'snapshot';
   private blocked = false;
-  private batch: string[] = [];
+  private batch: StateMsg[] = [];
+  /** The batch is a run of consecutive live messages, so clients with the same run share a frame. */
+  private contiguous = true;
   private pending = new Map<string, StateMsg>();
   private snapSeq: Map<string, number> | null = null;
   readonly actorTok: string | null;
@@ -125,8 +139,16 @@ export class PushClient {
         this.snapSeq.delete(m.tail);
       }
     }
-    this.batch.push(m.raw);
-    this.hub.markDirty(this);
+    this.append(m);
+  }
+
+  private append(m: StateMsg): void {
+    const last = this.batch.at(-1);
+    if (last === undefined) {
+      this.contiguous = m.id > 0;
+      this.hub.markDirty(this);
+    } else if (m.id !== last.id + 1) this.contiguous = false;
+    this.batch.push(m);
   }
 
   private hold(m: StateMsg): void {
@@ -144,11 +166,14 @@ export class PushClient {
   /** Sends the batch as one frame; called by the hub once per event-loop turn. */
   flush(): void {
     if (this.phase !== 'live' || this.blocked || this.batch.length === 0) return;
-    const frame = `{"type":"changes","changes":[${this.batch.join(',')}]}`;
-    this.sent += this.batch.length;
-    this.hub.metrics.sent.inc(this.batch.length);
+    const batch = this.batch;
     this.batch = [];
-    if (!this.sink.write('changes', frame)) this.block();
+    this.sent += batch.length;
+    this.hub.sentInRound += batch.length;
+    const frame = this.contiguous
+      ? this.hub.sharedFrame(batch, this.sink)
+      : this.sink.encode('changes', changesFrame(batch));
+    if (!this.sink.send(frame)) this.block();
   }
 
   private block(): void {
@@ -162,9 +187,8 @@ export class PushClient {
 
   private releasePending(): void {
     if (this.pending.size === 0) return;
-    for (const m of this.pending.values()) this.batch.push(m.raw);
+    for (const m of this.pending.values()) this.append(m);
     this.pending.clear();
-    this.hub.markDirty(this);
   }
 
   /** Sends the current state of every matching key, then lets live changes through. */
@@ -173,7 +197,7 @@ export class PushClient {
     let chunk: string[] = [];
     let count = 0;
     const send = async (type: FrameType, json: string) => {
-      if (this.sink.write(type, json)) return;
+      if (this.sink.send(this.sink.encode(type, json))) return;
       await new Promise<void>((r) => this.sink.onDrain(r));
     };
     for await (const m of read(this)) {
@@ -205,7 +229,7 @@ export class PushClient {
   /** Frames outside the change stream (heartbeat, status): skipped while the transport is full. */
   control(type: FrameType, json: string): void {
     if (this.phase === 'closed' || this.blocked) return;
-    if (!this.sink.write(type, json)) this.block();
+    if (!this.sink.send(this.sink.encode(type, json))) this.block();
   }
 
   close(reason: 'overflow' | 'shutdown'): void {
@@ -233,6 +257,7 @@ export interface PushMetrics {
   coalesced: Counter;
   overflows: Counter;
   commitToGateway: Histogram;
+  round: Histogram;
 }
 
 function pushMetrics(registry: Registry | undefined): PushMetrics {
@@ -269,6 +294,12 @@ function pushMetrics(registry: Registry | undefined): PushMetrics {
       buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
       registers,
     }),
+    round: new Histogram({
+      name: 'partita_gateway_push_round_seconds',
+      help: 'One fan-out round: the frames of one event-loop turn written to every client',
+      buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+      registers,
+    }),
   };
 }
 
@@ -300,6 +331,11 @@ export class PushHub {
   private readonly latency = new LatencyRing();
   private readonly decoder = new TextDecoder();
   private statusClients = 0;
+  private nextId = 1;
+  /** Frames built in this flush round, by their run of messages: one encoding for many clients. */
+  private readonly frames = new Map<string, Buffer | string>();
+  /** Changes handed to clients in this flush round (counted once per round). */
+  sentInRound = 0;
   readonly metrics: PushMetrics;
   readonly maxPendingKeys: number;
   readonly snapshotChunk: number;
@@ -340,7 +376,7 @@ export class PushHub {
           this.latency.add(lat);
           this.metrics.commitToGateway.observe(Math.max(0, lat) / 1000);
         }
-        const msg = new StateMsg(tail, tail.slice(0, dot), tail.slice(dot + 1), raw);
+        const msg = new StateMsg(this.nextId++, tail, tail.slice(0, dot), tail.slice(dot + 1), raw);
         const forActor = this.byActor.get(msg.actorTok);
         if (forActor) for (const c of forActor) c.offer(msg);
         const forAll = this.byActor.get(ALL);
@@ -410,11 +446,27 @@ export class PushHub {
     this.flushScheduled = true;
     // One frame per client per event-loop turn: the changes of one socket read travel together.
     setImmediate(() => {
+      const t0 = performance.now();
       this.flushScheduled = false;
       const cs = [...this.dirty];
       this.dirty.clear();
       for (const x of cs) x.flush();
+      this.frames.clear();
+      this.metrics.sent.inc(this.sentInRound);
+      this.sentInRound = 0;
+      this.metrics.round.observe((performance.now() - t0) / 1000);
     });
+  }
+
+  /** The frame of a run of consecutive messages, encoded once per flush round and transport. */
+  sharedFrame(batch: readonly StateMsg[], sink: PushSink): Buffer | string {
+    const id = `${sink.encoding}:${batch[0]!.id}:${batch.length}`;
+    let f = this.frames.get(id);
+    if (f === undefined) {
+      f = sink.encode('changes', changesFrame(batch));
+      this.frames.set(id, f);
+    }
+    return f;
   }
 
   /** The latest state of every key the client's filter matches, from the state bucket. */
@@ -425,7 +477,7 @@ export class PushHub {
       if (e?.operation === 'PUT' && e.length > 0) {
         const a = kvToken(actor);
         const k = kvToken(key);
-        yield new StateMsg(`${a}.${k}`, a, k, e.string());
+        yield new StateMsg(0, `${a}.${k}`, a, k, e.string());
       }
       return;
     }
@@ -451,7 +503,7 @@ export class PushHub {
           const tail = m.subject.slice(prefixLen);
           const dot = tail.indexOf('.');
           const keyTok = tail.slice(dot + 1);
-          if (c.matches(keyTok)) yield new StateMsg(tail, tail.slice(0, dot), keyTok, m.string());
+          if (c.matches(keyTok)) yield new StateMsg(0, tail, tail.slice(0, dot), keyTok, m.string());
         }
         if (i >= count || m.info.pending === 0 || c.closed) break;
       }

@@ -2,6 +2,7 @@
 // the same filter in the query string and send the same JSON frames (see PushHub):
 // `snapshot` (chunks of current states), `ready`, then `changes`, with `heartbeat` and, when asked
 // for, `status` frames in between.
+import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
 import { sendError } from './http-error.js';
@@ -42,6 +43,24 @@ function filterOf(q: FilterQuery): PushFilter | string {
   return { actor: q.actor, key: q.key, prefix: q.prefix, status: q.status === true };
 }
 
+/** An unmasked, final WebSocket text frame (RFC 6455 5.2), as a server sends it. */
+export function wsTextFrame(json: string): Buffer {
+  const len = Buffer.byteLength(json);
+  const head = len < 126 ? 2 : len < 65536 ? 4 : 10;
+  const buf = Buffer.allocUnsafe(head + len);
+  buf[0] = 0x81;
+  if (len < 126) buf[1] = len;
+  else if (len < 65536) {
+    buf[1] = 126;
+    buf.writeUInt16BE(len, 2);
+  } else {
+    buf[1] = 127;
+    buf.writeBigUInt64BE(BigInt(len), 2);
+  }
+  buf.write(json, head);
+  return buf;
+}
+
 export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): Promise<void> {
   const hwm = opts.wsHighWaterBytes ?? 256 * 1024;
 
@@ -74,7 +93,9 @@ export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): 
       res.socket?.setNoDelay(true);
       res.write(': partita\n\n');
       const sink: PushSink = {
-        write: (type, json) => res.write(`event: ${type}\ndata: ${json}\n\n`),
+        encoding: 'sse',
+        encode: (type, json) => `event: ${type}\ndata: ${json}\n\n`,
+        send: (frame) => res.write(frame),
         onDrain: (cb) => res.once('drain', cb),
         close: (reason) => {
           if (reason === 'overflow') {
@@ -114,6 +135,7 @@ export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): 
         socket.close(1008, filter);
         return;
       }
+      // The write callback of the last frame sent fires once it left user space.
       let waiting: (() => void)[] = [];
       const sent = () => {
         if (waiting.length > 0 && socket.bufferedAmount < hwm) {
@@ -122,21 +144,36 @@ export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): 
           for (const f of w) f();
         }
       };
-      const sink: PushSink = {
-        write: (_type, json) => {
-          if (socket.readyState !== socket.OPEN) return true;
-          socket.send(json, sent);
-          return socket.bufferedAmount < hwm;
-        },
-        // The callback of the last frame sent fires once it left user space.
-        onDrain: (cb) => waiting.push(cb),
-        close: (reason) => {
-          if (reason === 'overflow') {
-            socket.send('{"type":"overflow","error":"PARTITA_ERR_PUSH_OVERFLOW"}');
-            socket.close(4008, 'fell behind');
-          } else socket.close(1001, 'gateway stopping');
-        },
+      const close = (reason: 'overflow' | 'shutdown') => {
+        if (reason === 'overflow') {
+          socket.send('{"type":"overflow","error":"PARTITA_ERR_PUSH_OVERFLOW"}');
+          socket.close(4008, 'fell behind');
+        } else socket.close(1001, 'gateway stopping');
       };
+      // Frames go straight to the TCP socket, encoded once for every client of the same run of
+      // changes (server frames are unmasked, so they are the same bytes for everyone); ws's own
+      // sender would build and write a header per client.
+      const tcp = (socket as unknown as { _socket?: Socket })._socket;
+      const sink: PushSink = tcp
+        ? {
+            encoding: 'ws',
+            encode: (_type, json) => wsTextFrame(json),
+            // false once the socket holds its high-water mark (16 KB) beyond what the kernel took.
+            send: (frame) => socket.readyState !== socket.OPEN || tcp.write(frame),
+            onDrain: (cb) => tcp.once('drain', cb),
+            close,
+          }
+        : {
+            encoding: 'ws-json',
+            encode: (_type, json) => json,
+            send: (frame) => {
+              if (socket.readyState !== socket.OPEN) return true;
+              socket.send(frame, sent);
+              return socket.bufferedAmount < hwm;
+            },
+            onDrain: (cb) => waiting.push(cb),
+            close,
+          };
       const client = hub.add(sink, filter);
       socket.on('close', () => client.gone());
       socket.on('error', () => client.gone());
