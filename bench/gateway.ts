@@ -8,6 +8,7 @@
 //             change, so it is what the gateway's fan-out adds to what NATS already costs.
 //   features  p50/p99 of a 100-entity, 3-feature POST /get-online-features against the same child,
 //             next to its baseline: the same 100 reads as parallel KV gets from a nats.js client.
+import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Worker } from 'node:worker_threads';
 import { Kvm } from '@nats-io/kv';
@@ -65,6 +66,8 @@ export interface FanoutResult extends FanoutOptions {
   baselineLatencyMs: Percentiles;
   /** The gateway's own fan-out rounds (partita_gateway_push_round_seconds): upper bucket bounds. */
   gatewayRoundMs: { p50: number; p99: number; rounds: number };
+  /** The gateway process's CPU over the window: cores used, and µs per delivered change. */
+  gatewayCpu: { cores: number; usPerDelivery: number };
 }
 
 /** Upper bucket bounds of a Prometheus histogram's quantiles, from its text exposition. */
@@ -76,6 +79,17 @@ function histogramQuantiles(text: string, name: string, qs: number[]): { q: numb
   }
   const count = buckets.at(-1)?.[1] ?? 0;
   return { q: qs.map((q) => (buckets.find(([, c]) => c >= q * count)?.[0] ?? Number.NaN) * 1000), count };
+}
+
+/** CPU time (user + system) of a process, in ms; Linux clock ticks of 10 ms. */
+function cpuMs(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return Number.NaN;
+  }
 }
 
 const wall = () => performance.timeOrigin + performance.now();
@@ -157,15 +171,23 @@ export async function benchFanout(env: GatewayBenchEnv, opts: FanoutOptions): Pr
     await nc.flush();
     // Paced writes: change `seq` is due at start + seq / rate.
     const start = wall() + 50;
+    let cpuAtWindow = Number.NaN;
+    let wallAtWindow = 0;
     for (let seq = 1; seq <= total; seq++) {
       const due = start + ((seq - 1) * 1000) / opts.rate;
       const wait = due - wall();
       if (wait > 1) await sleep(wait);
+      if (seq === warm + 1) {
+        cpuAtWindow = cpuMs(gw.child.pid);
+        wallAtWindow = wall();
+      }
       const key = `k-${seq % opts.keys}`;
       writtenAt[seq] = wall();
       nc.publish(`$KV.${STATE_BUCKET}.${stateKvKey('fan', key)}`, stateRecord('fan', key, { v: seq }, seq));
     }
     await nc.flush();
+    const cpuWindow = cpuMs(gw.child.pid) - cpuAtWindow;
+    const wallWindow = wall() - wallAtWindow;
     // Let the last changes arrive everywhere.
     const deadline = Date.now() + 5000;
     while (baseAt[total] === 0 && Date.now() < deadline) await sleep(20);
@@ -202,6 +224,10 @@ export async function benchFanout(env: GatewayBenchEnv, opts: FanoutOptions): Pr
       addedLatencyMs: percentiles(added),
       baselineLatencyMs: percentiles(baseline),
       gatewayRoundMs: { p50: round.q[0]!, p99: round.q[1]!, rounds: round.count },
+      gatewayCpu: {
+        cores: cpuWindow / wallWindow,
+        usPerDelivery: (cpuWindow * 1000) / Math.max(1, delivered),
+      },
     };
   } finally {
     for (const w of workers) await w.terminate();

@@ -1899,6 +1899,12 @@ async function main() {
         `${fmt(f.gatewayRoundMs.p50, 2)} / ${fmt(f.gatewayRoundMs.p99, 2)} (${fmtInt(f.gatewayRoundMs.rounds)} rounds)`,
       ),
     );
+    rows.push(
+      info(
+        '  gateway process CPU: cores / µs per delivered change',
+        `${fmt(f.gatewayCpu.cores, 2)} / ${fmt(f.gatewayCpu.usPerDelivery, 1)}`,
+      ),
+    );
     rows.push({
       metric: '  delivered to clients, changes/s (all clients)',
       value: fmtInt(f.deliveredPerSecond),

@@ -297,7 +297,7 @@ function pushMetrics(registry: Registry | undefined): PushMetrics {
     round: new Histogram({
       name: 'partita_gateway_push_round_seconds',
       help: 'One fan-out round: the frames of one event-loop turn written to every client',
-      buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+      buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
       registers,
     }),
   };
