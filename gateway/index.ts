@@ -60,10 +60,10 @@ export async function startGateway(opts: GatewayOptions = {}): Promise<RunningGa
   });
   // The gateway may start before any node: make sure the bucket it reads exists.
   const state = await ensureStateBucket(nc);
-  const app = buildGateway({
+  const app: FastifyInstance = buildGateway({
     state,
     nc,
-    connected: () => !nc.isClosed(),
+    connected: () => !nc.isClosed() && (app.pushHub?.natsUp ?? true),
     tokens,
     rateLimit: opts.rateLimit,
     featureMaxAgeSeconds: opts.featureMaxAgeSeconds,

@@ -179,9 +179,9 @@ export class PushClient {
   private block(): void {
     this.blocked = true;
     this.sink.onDrain(() => {
-      if (this.phase === 'closed') return;
       this.blocked = false;
-      this.releasePending();
+      // During a snapshot the held changes wait for it to finish (it releases them).
+      if (this.phase === 'live') this.releasePending();
     });
   }
 
@@ -191,8 +191,19 @@ export class PushClient {
     this.pending.clear();
   }
 
-  /** Sends the current state of every matching key, then lets live changes through. */
+  /**
+   * Sends the current state of every matching key, then lets live changes through. Called again
+   * after the gateway reconnects to NATS (changes may have been missed): a second snapshot and
+   * `ready` then bring the client up to date.
+   */
   async start(read: (c: PushClient) => AsyncIterable<StateMsg>): Promise<void> {
+    if (this.closed) return;
+    this.phase = 'snapshot';
+    this.snapSeq = null;
+    // Unsent changes wait with the held ones, so the snapshot's sequences decide between them.
+    const unsent = this.batch;
+    this.batch = [];
+    for (const m of unsent) this.hold(m);
     const snap = new Map<string, number>();
     let chunk: string[] = [];
     let count = 0;
@@ -341,6 +352,8 @@ export class PushHub {
   readonly snapshotChunk: number;
   /** State changes received since start. */
   received = 0;
+  /** False while the NATS connection is down (between disconnect and reconnect). */
+  natsUp = true;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -383,8 +396,9 @@ export class PushHub {
         if (forAll) for (const c of forAll) c.offer(msg);
       },
     });
+    void this.watchConnection();
     const hb = setInterval(() => {
-      const frame = `{"type":"heartbeat","at":${Date.now()},"nats":${!this.nc.isClosed()}}`;
+      const frame = `{"type":"heartbeat","at":${Date.now()},"nats":${this.natsUp && !this.nc.isClosed()}}`;
       for (const set of this.byActor.values()) for (const c of set) c.control('heartbeat', frame);
     }, this.opts.heartbeatMs ?? 5000);
     hb.unref();
@@ -406,7 +420,7 @@ export class PushHub {
           changesTotal: this.received,
           clients: this.clientCount,
           commitToGatewayMs: this.latency.percentiles(),
-          nats: !this.nc.isClosed(),
+          nats: this.natsUp && !this.nc.isClosed(),
         },
         cluster,
       });
@@ -416,6 +430,20 @@ export class PushHub {
     }, this.opts.statusMs ?? 2000);
     st.unref();
     this.timers.push(st);
+  }
+
+  /** Changes published while the connection was down never reach the subscription: resync. */
+  private async watchConnection(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      if (s.type === 'disconnect') this.natsUp = false;
+      else if (s.type === 'reconnect') {
+        this.natsUp = true;
+        for (const set of this.byActor.values()) {
+          for (const c of set)
+            c.start((client) => this.readSnapshot(client)).catch(() => c.close('shutdown'));
+        }
+      }
+    }
   }
 
   /** Adds a client: its snapshot is read and sent, then its live changes. */

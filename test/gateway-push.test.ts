@@ -2,12 +2,13 @@
 // change, filtered per client; a client that stops reading is coalesced and never delays others.
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { WebSocket } from 'ws';
 import { type RunningGateway, startGateway } from '../gateway/index.js';
-import { STATE_BUCKET } from '../runtime/index.js';
+import { STATE_BUCKET, startNatsServer } from '../runtime/index.js';
 import { check } from './helpers/check.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 import { commitState } from './helpers/state.js';
@@ -106,7 +107,7 @@ describe('gateway push (WebSocket, SSE)', () => {
   });
   after(async () => {
     for (const c of clients) c.close();
-    await gw?.stop();
+    await gw?.stop().catch(() => undefined);
     await nats?.stop();
   });
 
@@ -274,5 +275,35 @@ describe('gateway push (WebSocket, SSE)', () => {
     });
     assert.equal(status, 400);
     c.terminate();
+  });
+  it('sends a fresh snapshot after the gateway reconnects to NATS', async () => {
+    const c = await open('?actor=warehouse&key=ams-1');
+    const readies = () => c.frames.filter((f) => f.type === 'ready').length;
+    assert.equal(readies(), 1);
+    await nats.server.stop('SIGTERM');
+    await check(
+      () => c.frames.some((f) => f.type === 'heartbeat' && (f as { nats?: boolean }).nats === false),
+      10_000,
+      'a heartbeat saying NATS is down',
+    );
+    const again = await startNatsServer({
+      port: nats.server.port,
+      dataDir: join(nats.dir, 'nats'),
+      partitions: 4,
+    });
+    try {
+      await check(() => readies() === 2, 20_000, 'a second snapshot and ready after the reconnect');
+      assert.equal(c.latest('warehouse', 'ams-1')!.state.exceptions, 2);
+      await check(
+        () => c.frames.at(-1)?.type === 'heartbeat' && (c.frames.at(-1) as { nats?: boolean }).nats === true,
+        10_000,
+        'NATS up again',
+      );
+    } finally {
+      for (const x of clients) x.close();
+      clients.length = 0;
+      await gw.stop();
+      await again.stop('SIGKILL');
+    }
   });
 });
