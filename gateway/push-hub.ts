@@ -181,7 +181,9 @@ export class PushClient {
     this.sink.onDrain(() => {
       this.blocked = false;
       // During a snapshot the held changes wait for it to finish (it releases them).
-      if (this.phase === 'live') this.releasePending();
+      if (this.phase !== 'live') return;
+      this.releasePending();
+      if (this.batch.length > 0) this.hub.markDirty(this);
     });
   }
 
@@ -235,6 +237,7 @@ export class PushClient {
     }, SNAPSHOT_GUARD_MS).unref();
     this.phase = 'live';
     this.releasePending();
+    if (this.batch.length > 0) this.hub.markDirty(this);
   }
 
   /** Frames outside the change stream (heartbeat, status): skipped while the transport is full. */

@@ -24,7 +24,7 @@ const USAGE = `usage: partita <command> [options]
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
        [--durability sync|process]
       one worker node
-  gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N]
+  gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N] [--feature-max-age S]
       the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS
       (name:secret:scope[+scope],...); without tokens it listens on loopback only
   status [--nats URL] [--json]
@@ -142,6 +142,7 @@ const COMMANDS: Record<string, Command> = {
       host: { type: 'string' },
       tokens: { type: 'string' },
       'rate-limit': { type: 'string' },
+      'feature-max-age': { type: 'string' },
     },
     async run(v) {
       const { startGateway, loadTokensFile, parseTokenList } = await import('../gateway/index.js');
@@ -156,6 +157,7 @@ const COMMANDS: Record<string, Command> = {
         host: v.host as string | undefined,
         tokens,
         rateLimit: perSecond === undefined ? undefined : { perSecond },
+        featureMaxAgeSeconds: int(v['feature-max-age'] as string | undefined, 'feature-max-age'),
       });
       ready({ gateway: gw.url, nats: (v.nats as string | undefined) ?? defaultNatsUrl() });
       await untilSignal();

@@ -7,6 +7,7 @@ import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import type { FastifyInstance } from 'fastify';
 import { buildGateway, requireScope } from '../gateway/index.js';
+import { wsTextFrame } from '../gateway/push.js';
 import { STATE_BUCKET } from '../runtime/index.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 import { commitState } from './helpers/state.js';
@@ -350,5 +351,21 @@ describe('gateway: Feast features, auth, validation', () => {
     );
     assert.ok(doc.paths['/v1/ws'].get.responses['101']);
     assert.ok(doc.paths['/v1/subscribe'].get.parameters.some((p: { name: string }) => p.name === 'prefix'));
+  });
+});
+
+describe('WebSocket frames written by the push hub', () => {
+  it('encodes the three payload-length forms of RFC 6455', () => {
+    for (const len of [0, 125, 126, 65_535, 65_536, 70_000]) {
+      const f = wsTextFrame('x'.repeat(len));
+      assert.equal(f[0], 0x81, 'FIN, text');
+      const [head, coded] =
+        len < 126 ? [2, f[1]] : len < 65_536 ? [4, f.readUInt16BE(2)] : [10, Number(f.readBigUInt64BE(2))];
+      assert.equal(f[1]! & 0x80, 0, 'unmasked');
+      assert.equal(coded, len);
+      assert.equal(f.length, head + len);
+    }
+    assert.equal(wsTextFrame('ü').subarray(2).toString(), 'ü');
+    assert.equal(wsTextFrame('ü')[1], 2, 'length in bytes');
   });
 });
