@@ -150,7 +150,7 @@ describe('gateway push (WebSocket, SSE)', () => {
     assert.deepEqual(keys(byKey, 'changes'), ['warehouse/ber-1']);
     assert.deepEqual(keys(orders, 'changes'), ['order/o-1']);
     assert.equal(all.latest('warehouse', 'ams-1')!.state.exceptions, 2);
-    assert.ok(all.frames.some((f) => f.type === 'heartbeat'));
+    await check(() => all.frames.some((f) => f.type === 'heartbeat'), 5000, 'a heartbeat frame');
   });
 
   it('streams the same frames over Server-Sent Events', async () => {
