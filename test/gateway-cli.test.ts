@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { WebSocket } from 'ws';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 import { spawnPartita } from './helpers/node-process.js';
 
@@ -51,6 +52,20 @@ describe('partita gateway (command)', () => {
       assert.equal((await get('/v1/status', fromFile)).status, 200);
       assert.equal((await get('/v1/status', fromEnv)).status, 200);
       assert.equal((await get('/v1/status', 'wrong-token-0123456789abcdef')).status, 401);
+      // Browsers cannot set headers on a WebSocket: the token rides in the query.
+      const upgrade = (query: string) =>
+        new Promise<number | 'open'>((res) => {
+          const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/v1/ws${query}`);
+          ws.on('unexpected-response', (_req, r) => res(r.statusCode ?? 0));
+          ws.on('open', () => {
+            res('open');
+            ws.terminate();
+          });
+          ws.on('error', () => undefined);
+        });
+      assert.equal(await upgrade(''), 401);
+      assert.equal(await upgrade('?access_token=wrong-token-0123456789abcdef'), 401);
+      assert.equal(await upgrade(`?access_token=${fromFile}`), 'open');
     } finally {
       assert.equal(await gw.kill('SIGTERM'), 0);
     }
