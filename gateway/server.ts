@@ -70,6 +70,9 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
     registers: [registry],
   });
   app.addHook('onResponse', async (req, reply) => {
+    // A WebSocket upgrade refused over HTTP (401, 403, 429) before @fastify/websocket's own hooks
+    // saw it: nothing else ends its socket, and a lingering one would hold up close().
+    if (req.headers.upgrade && !req.ws) req.raw.socket.destroy();
     const route = req.routeOptions.url ?? 'unknown';
     requests.inc({ route, status: String(reply.statusCode) });
     duration.observe({ route }, reply.elapsedTime / 1000);

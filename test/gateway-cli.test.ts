@@ -56,7 +56,10 @@ describe('partita gateway (command)', () => {
       const upgrade = (query: string) =>
         new Promise<number | 'open'>((res) => {
           const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/v1/ws${query}`);
-          ws.on('unexpected-response', (_req, r) => res(r.statusCode ?? 0));
+          ws.on('unexpected-response', (req, r) => {
+            res(r.statusCode ?? 0);
+            req.destroy();
+          });
           ws.on('open', () => {
             res('open');
             ws.terminate();
