@@ -22,7 +22,9 @@
 // Flags: --events N --keys N --kv-seconds S --kv-events N --rates 5000,50000 --seconds S --warmup S
 //        --live-keys N --partitions N --backlog-runs N --threads N --quick --out FILE
 //        --move-rate N --move-keys N --repeats N --restore-keys N
-//        --only raw,kv,backlog,live,restart,failover,restore,windowed
+//        --only raw,kv,backlog,live,restart,failover,restore,windowed,fanout,features
+//   8. fanout, features   the gateway (bench/gateway.ts): --fanout-clients N --fanout-rate N
+//        --fanout-seconds S --features-requests N
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, tmpdir } from 'node:os';
@@ -48,6 +50,7 @@ import {
   startNode,
 } from '../runtime/index.js';
 import { type NodeProcess, spawnPartita } from '../test/helpers/node-process.js';
+import { benchFanout, benchFeatures } from './gateway.js';
 import { type LoadgenConfig, type PubResult, type SubResult, totalEvents, wallNow } from './loadgen.js';
 import { benchWindowed } from './windowed.js';
 
@@ -75,6 +78,10 @@ const { values: flags } = parseArgs({
     'move-keys': { type: 'string' },
     repeats: { type: 'string' },
     'restore-keys': { type: 'string' },
+    'fanout-clients': { type: 'string' },
+    'fanout-rate': { type: 'string' },
+    'fanout-seconds': { type: 'string' },
+    'features-requests': { type: 'string' },
     help: { type: 'boolean', default: false },
   },
 });
@@ -86,7 +93,8 @@ if (flags.help) {
       '                       [--partitions 16] [--backlog-runs 2] [--threads <node default>] [--out bench-results.json]\n' +
       '                       [--durability sync,process]\n' +
       '                       [--move-rate 2000] [--move-keys 10000] [--repeats 3] [--restore-keys 1000000]\n' +
-      '                       [--only raw,kv,backlog,live,restart,failover,restore,windowed]',
+      '                       [--fanout-clients 1000] [--fanout-rate 100] [--fanout-seconds 10] [--features-requests 300]\n' +
+      '                       [--only raw,kv,backlog,live,restart,failover,restore,windowed,fanout,features]',
   );
   process.exit(0);
 }
@@ -123,8 +131,13 @@ const opts = {
   repeats: Math.round(num(flags.repeats, 3)),
   /** restore: keys of state in the bucket. */
   restoreKeys: Math.round(num(flags['restore-keys'], quick ? 200_000 : 1_000_000)),
-  /** Phases to run (raw, kv, backlog, live, restart, failover, restore); all when omitted. */
+  /** Phases to run (raw, kv, backlog, live, restart, failover, restore, fanout, features); all when omitted. */
   only: flags.only === undefined ? undefined : new Set(flags.only.split(',')),
+  /** fanout: WebSocket clients of one gateway, and the state changes per second they all watch. */
+  fanoutClients: Math.round(num(flags['fanout-clients'], 1000)),
+  fanoutRate: num(flags['fanout-rate'], 100),
+  fanoutSeconds: num(flags['fanout-seconds'], quick ? 4 : 10),
+  featuresRequests: Math.round(num(flags['features-requests'], quick ? 100 : 300)),
 };
 
 process.env.PARTITA_LOG_LEVEL ??= 'warn';
@@ -1668,6 +1681,29 @@ async function main() {
       event: backlogEvent,
     }),
   );
+  const withEnv = async <T>(fn: (env: Env) => Promise<T>): Promise<T> => {
+    const env = await freshEnv();
+    try {
+      return await fn(env);
+    } finally {
+      await env.stop();
+    }
+  };
+  const fanout = await attempt('fanout', () =>
+    withEnv((env) =>
+      benchFanout(env, {
+        clients: opts.fanoutClients,
+        rate: opts.fanoutRate,
+        seconds: opts.fanoutSeconds,
+        warmupSeconds: opts.warmup,
+        keys: 100,
+        workers: 2,
+      }),
+    ),
+  );
+  const features = await attempt('features', () =>
+    withEnv((env) => benchFeatures(env, { keys: 10_000, entities: 100, requests: opts.featuresRequests })),
+  );
 
   const rows: Row[] = [];
   const info = (metric: string, value: string): Row => ({
@@ -1883,6 +1919,59 @@ async function main() {
       );
     }
   }
+  if (fanout) {
+    const f = fanout;
+    rows.push({
+      metric: `fan-out ${fmtInt(f.clients)} WS clients × ${fmtInt(f.rate)} changes/s: added latency p99, ms`,
+      value: fmt(f.addedLatencyMs.p99, 2),
+      target: '≤ 50 ms',
+      baseline: `NATS p99 ${fmt(f.baselineLatencyMs.p99, 2)} ms`,
+      ratio: '-',
+      met: f.addedLatencyMs.p99 <= 50 && f.delivered === f.expected ? 'yes' : 'no',
+    });
+    rows.push(
+      info(
+        '  added latency p50 / p95 / max, ms',
+        `${fmt(f.addedLatencyMs.p50, 2)} / ${fmt(f.addedLatencyMs.p95, 2)} / ${fmt(f.addedLatencyMs.max, 1)}`,
+      ),
+    );
+    rows.push(
+      info(
+        '  gateway fan-out round p50 / p99, ms (≤ bucket bound)',
+        `${fmt(f.gatewayRoundMs.p50, 2)} / ${fmt(f.gatewayRoundMs.p99, 2)} (${fmtInt(f.gatewayRoundMs.rounds)} rounds)`,
+      ),
+    );
+    rows.push(
+      info(
+        '  gateway process CPU: cores / µs per delivered change',
+        `${fmt(f.gatewayCpu.cores, 2)} / ${fmt(f.gatewayCpu.usPerDelivery, 1)}`,
+      ),
+    );
+    rows.push({
+      metric: '  delivered to clients, changes/s (all clients)',
+      value: fmtInt(f.deliveredPerSecond),
+      target: fmtInt(f.rate * f.clients),
+      baseline: '-',
+      ratio: `${fmt((f.delivered / Math.max(1, f.expected)) * 100, 2)}% seen`,
+      met: f.delivered === f.expected ? 'yes' : 'no',
+    });
+  }
+  if (features) {
+    rows.push({
+      metric: `/get-online-features, ${features.entities} entities × 3 features: p99, ms`,
+      value: fmt(features.requestMs.p99, 2),
+      target: '-',
+      baseline: `KV gets p99 ${fmt(features.kvBaselineMs.p99, 2)} ms`,
+      ratio: `${fmt(features.requestMs.p99 / features.kvBaselineMs.p99, 2)}×`,
+      met: features.allPresent ? '-' : 'no (not all PRESENT)',
+    });
+    rows.push(
+      info(
+        '  p50 request / KV gets, ms',
+        `${fmt(features.requestMs.p50, 2)} / ${fmt(features.kvBaselineMs.p50, 2)}`,
+      ),
+    );
+  }
   for (const phase of failed) rows.push({ ...info(`${phase}`, 'FAILED (see above)'), met: 'no' });
   console.log('');
   printTable(rows);
@@ -1905,6 +1994,8 @@ async function main() {
     restart,
     failover,
     restore,
+    fanout,
+    features,
     failed,
     table: rows,
     seconds: totalSeconds,

@@ -19,24 +19,16 @@ export interface GovernanceRoutesOptions {
   state: KV;
 }
 
-export type RouteScope = 'read' | 'admin';
-declare module 'fastify' {
-  interface FastifyContextConfig {
-    /** The token scope a route needs once the gateway has tokens. */
-    scope?: RouteScope;
-  }
-}
-
 interface SchemaBody {
   schema?: unknown;
   compat?: string;
   format?: string;
 }
 
-/** Who made an admin request, for the audit trail: the token's principal when auth set one. */
+/** Who made an admin request, for the audit trail: the token's name (auth.ts), and the address. */
 function who(req: FastifyRequest): string {
-  const principal = (req as FastifyRequest & { principal?: unknown }).principal;
-  return typeof principal === 'string' && principal ? principal : `gateway:${req.ip}`;
+  const name = req.principal?.name;
+  return name && name !== 'anonymous' ? `token:${name}@${req.ip}` : `gateway:${req.ip}`;
 }
 
 function fail(reply: FastifyReply, err: unknown) {

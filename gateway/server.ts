@@ -1,23 +1,63 @@
-// The gateway as an app: `buildGateway` wires routes onto fastify; only `startGateway` listens,
-// so tests use `inject()`. The gateway never writes state: it reads the state KV bucket.
+// The gateway as an app: `buildGateway` wires plugins onto fastify; only `startGateway` listens,
+// so tests use `inject()`. The gateway never writes state: it reads the state KV bucket and
+// subscribes to `partita.state.>`.
+//
+// One plugin per concept: auth (auth.ts, rate-limit.ts), state reads (state.ts), Feast features
+// (features.ts), push (push.ts over push-hub.ts), the dashboard (dashboard.ts), the OpenAPI document
+// (openapi.ts). A new route file is one `app.register(...)` line below; its routes get auth, rate
+// limiting, validation errors and an OpenAPI entry by declaring `schema` and `config: { scope }`.
+
+import websocket from '@fastify/websocket';
+import { jetstream } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
-import { stateKvKey } from '../runtime/index.js';
+import { readStatus } from '../runtime/status.js';
+import { installAuth, type TokenSpec, TokenTable } from './auth.js';
+import { dashboardRoutes } from './dashboard.js';
+import { featureRoutes } from './features.js';
 import { governanceRoutes } from './governance.js';
+import { installErrorHandler } from './http-error.js';
+import { installOpenApi } from './openapi.js';
+import { pushRoutes } from './push.js';
+import { PushHub, type PushHubOptions } from './push-hub.js';
+import { installRateLimit, type RateLimitOptions } from './rate-limit.js';
+import { stateRoutes } from './state.js';
 
 export interface GatewayDeps {
   state: KV;
   /** True while the NATS connection is up. */
   connected: () => boolean;
-  registry?: Registry;
-  /** For the governance routes (schemas, lineage); without it they are not served. */
+  /**
+   * Push and `/v1/status` need the connection (without it they answer 503), and so do the
+   * governance routes (schemas, lineage; without it they are not served).
+   */
   nc?: NatsConnection;
+  registry?: Registry;
+  /** Bearer tokens; none means every route is open (and `startGateway` listens on loopback only). */
+  tokens?: readonly TokenSpec[];
+  rateLimit?: RateLimitOptions;
+  /** Feature values committed longer ago than this are served as OUTSIDE_MAX_AGE. */
+  featureMaxAgeSeconds?: number;
+  push?: PushHubOptions & { wsHighWaterBytes?: number };
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The push fan-out, when the gateway has a NATS connection. */
+    pushHub: PushHub | null;
+  }
 }
 
 export function buildGateway(deps: GatewayDeps): FastifyInstance {
-  const app = Fastify({ logger: false });
+  const app = Fastify({
+    logger: false,
+    bodyLimit: 4 * 1024 * 1024,
+    // No array coercion (a string where a list belongs is a 400, not a list of one), and an unknown
+    // property is an error, not silently dropped.
+    ajv: { customOptions: { allowUnionTypes: true, coerceTypes: true, removeAdditional: false } },
+  });
   const registry = deps.registry ?? new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'partita_gateway_' });
   const requests = new Counter({
@@ -34,31 +74,63 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
     registers: [registry],
   });
   app.addHook('onResponse', async (req, reply) => {
+    // A WebSocket upgrade refused over HTTP (401, 403, 429) before @fastify/websocket's own hooks
+    // saw it: nothing else ends its socket, and a lingering one would hold up close().
+    if (req.headers.upgrade && !req.ws) req.raw.socket.destroy();
     const route = req.routeOptions.url ?? 'unknown';
     requests.inc({ route, status: String(reply.statusCode) });
     duration.observe({ route }, reply.elapsedTime / 1000);
   });
 
-  if (deps.nc) app.register(governanceRoutes, { nc: deps.nc, state: deps.state });
-  app.get('/healthz', async () => ({ status: 'ok' }));
-  app.get('/readyz', async (_req, reply) => {
-    if (deps.connected()) return { status: 'ready' };
-    return reply.code(503).send({ status: 'not ready', reason: 'no NATS connection' });
+  // Order matters: hooks on the root instance apply to every plugin registered after them.
+  installErrorHandler(app);
+  installOpenApi(app, { title: 'Partita gateway', version: '0.1.0' });
+  installAuth(app, new TokenTable(deps.tokens ?? []));
+  installRateLimit(app, deps.rateLimit);
+
+  const nc = deps.nc;
+  const status = nc ? () => readStatus(nc) : undefined;
+  const hub = nc
+    ? new PushHub(nc, jetstream(nc), deps.state, { readStatus: status, registry, ...deps.push })
+    : null;
+  app.decorate('pushHub', hub);
+  if (hub) {
+    app.addHook('onReady', async () => hub.start());
+    app.addHook('preClose', async () => hub.stop());
+  }
+
+  app.register(websocket, { options: { maxPayload: 64 * 1024 } });
+  app.register(async (core) => {
+    core.get(
+      '/healthz',
+      { config: { scope: 'public' }, schema: { summary: 'Liveness', tags: ['meta'] } },
+      async () => ({ status: 'ok' }),
+    );
+    core.get(
+      '/readyz',
+      { schema: { summary: 'Ready while NATS is connected', tags: ['meta'] } },
+      async (_req, reply) => {
+        if (deps.connected()) return { status: 'ready' };
+        return reply.code(503).send({ status: 'not ready', reason: 'no NATS connection' });
+      },
+    );
+    core.get(
+      '/metrics',
+      { schema: { summary: 'Prometheus metrics', tags: ['meta'] } },
+      async (_req, reply) => {
+        reply.header('content-type', registry.contentType);
+        return registry.metrics();
+      },
+    );
   });
-  app.get('/metrics', async (_req, reply) => {
-    reply.header('content-type', registry.contentType);
-    return registry.metrics();
+  app.register(stateRoutes, { state: deps.state, readStatus: status });
+  app.register(featureRoutes, {
+    state: deps.state,
+    connected: deps.connected,
+    maxAgeSeconds: deps.featureMaxAgeSeconds,
   });
-  app.get<{ Params: { actor: string; key: string } }>('/v1/actors/:actor/:key', async (req, reply) => {
-    const { actor, key } = req.params;
-    const entry = await deps.state.get(stateKvKey(actor, key));
-    if (entry?.operation !== 'PUT') {
-      return reply
-        .code(404)
-        .send({ error: 'PARTITA_ERR_NOT_FOUND', message: `no state for ${actor}/${key}` });
-    }
-    reply.header('content-type', 'application/json; charset=utf-8');
-    return entry.string();
-  });
+  app.register(pushRoutes, { hub, wsHighWaterBytes: deps.push?.wsHighWaterBytes });
+  app.register(dashboardRoutes);
+  if (nc) app.register(governanceRoutes, { nc, state: deps.state });
   return app;
 }

@@ -46,8 +46,9 @@ const USAGE = `usage: partita <command> [options]
       retention of raw events (default 90d) and of window results (default 2y), as 90d, 12h, 2y
       or ms (also $PARTITA_EVENTS_MAX_AGE, $PARTITA_AGGREGATES_MAX_AGE); --allow-drills (or
       PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
-  gateway --nats URL [--port N]
-      the HTTP gateway
+  gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N] [--feature-max-age S]
+      the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS
+      (name:secret:scope[+scope],...); without tokens it listens on loopback only
   status [--nats URL] [--json]
       partitions, owners, lag and checkpoint age
   drill [--nats URL] [--faults crash,stall,handoff] [--count N] [--seed S] [--stall-ms MS]
@@ -220,13 +221,28 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   gateway: {
-    options: { nats: { type: 'string' }, port: { type: 'string' }, host: { type: 'string' } },
+    options: {
+      nats: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      tokens: { type: 'string' },
+      'rate-limit': { type: 'string' },
+      'feature-max-age': { type: 'string' },
+    },
     async run(v) {
-      const { startGateway } = await import('../gateway/index.js');
+      const { startGateway, loadTokensFile, parseTokenList } = await import('../gateway/index.js');
+      const tokens = [
+        ...(v.tokens ? loadTokensFile(resolve(v.tokens as string)) : []),
+        ...parseTokenList(process.env.PARTITA_TOKENS ?? ''),
+      ];
+      const perSecond = int(v['rate-limit'] as string | undefined, 'rate-limit');
       const gw = await startGateway({
         natsUrl: v.nats as string | undefined,
         port: int(v.port as string | undefined, 'port') ?? 8080,
         host: v.host as string | undefined,
+        tokens,
+        rateLimit: perSecond === undefined ? undefined : { perSecond },
+        featureMaxAgeSeconds: int(v['feature-max-age'] as string | undefined, 'feature-max-age'),
       });
       ready({ gateway: gw.url, nats: (v.nats as string | undefined) ?? defaultNatsUrl() });
       await untilSignal();
@@ -290,7 +306,7 @@ const COMMANDS: Record<string, Command> = {
         ready({ gateway: gw.url, nats: server.url, metrics: node.metricsUrl });
         if (v.demo) {
           process.stderr.write(
-            `demo: watch ${gw.url}/v1/actors/warehouse/ams-1 (exceptions and SLA breaches per minute) or ${gw.url}/v1/actors/campaign/cmp-3 (CTR at 1m/5m/1h, anomaly flag); Ctrl-C stops\n`,
+            `demo: open the dashboard at ${gw.url}/, or read ${gw.url}/v1/actors/warehouse/ams-1 (exceptions and SLA breaches per minute) or ${gw.url}/v1/actors/campaign/cmp-3 (CTR at 1m/5m/1h, anomaly flag); Ctrl-C stops\n`,
           );
         }
         await untilSignal();

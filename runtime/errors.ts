@@ -57,6 +57,15 @@ export const ERRORS = {
   },
   PARTITA_ERR_NOT_OWNER: { message: 'no running node owns the partition', status: 503 },
   PARTITA_ERR_REPLAY: { message: 'the replay could not run', status: 500 },
+  PARTITA_ERR_UNAUTHORIZED: { message: 'missing or unknown bearer token', status: 401 },
+  PARTITA_ERR_FORBIDDEN: { message: "the token's scopes do not allow this route", status: 403 },
+  PARTITA_ERR_RATE_LIMITED: { message: 'too many requests', status: 429 },
+  PARTITA_ERR_NO_NATS: { message: 'the gateway has no NATS connection', status: 503 },
+  PARTITA_ERR_GATEWAY_CONFIG: { message: 'invalid gateway configuration', status: 500 },
+  PARTITA_ERR_PUSH_OVERFLOW: {
+    message: 'a push client fell too far behind and was disconnected',
+    status: 503,
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -55,6 +55,7 @@ export {
   IN_PREFIX,
   IN_STREAM_PREFIX,
   inStream,
+  kvToken,
   LATE_STREAM,
   META_BUCKET,
   partitionMapping,

@@ -104,6 +104,15 @@ it('every documented metric is on /metrics under load, and moves', async () => {
       await new Promise((r) => setTimeout(r, 30));
     }
   })();
+  // A push subscriber (SSE), so the gateway's fan-out metrics move too.
+  const sse = new AbortController();
+  const subscriber = fetch(`${gw.url}/v1/subscribe?actor=account`, { signal: sse.signal })
+    .then(async (res) => {
+      for await (const _ of res.body!) {
+        // read on, so the gateway keeps sending
+      }
+    })
+    .catch(() => undefined);
   const samples: Map<string, Family>[] = [];
   const gwSamples: Map<string, Family>[] = [];
   try {
@@ -124,6 +133,8 @@ it('every documented metric is on /metrics under load, and moves', async () => {
   } finally {
     running = false;
     await load;
+    sse.abort();
+    await subscriber;
   }
 
   const problems: string[] = [];

@@ -1,0 +1,553 @@
+// Push fan-out. One NATS subscription to `partita.state.>` per gateway; every message is decoded
+// once and handed to the clients whose filter matches. Nothing here ever waits for a client: a
+// client whose transport is full stops receiving frames and keeps only the latest change per key
+// (coalescing) until its transport drains, so a slow client costs memory bounded by the keys it
+// watches, never time of the runtime or of other clients.
+import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
+import type { KV } from '@nats-io/kv';
+import type { NatsConnection, Subscription } from '@nats-io/transport-node';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { kvToken, STATE_BUCKET, STATE_PREFIX, stateKvKey } from '../runtime/index.js';
+
+/** What a client watches; all given parts must match. */
+export interface PushFilter {
+  /** One actor type; every actor when absent. */
+  actor?: string;
+  /** One key (exact). */
+  key?: string;
+  /** Keys starting with this. */
+  prefix?: string;
+  /** Also send a `status` frame (partitions, owners, lag, throughput) every status interval. */
+  status?: boolean;
+}
+
+/** The frame types a client receives (the `type` field of each JSON frame). */
+export type FrameType = 'snapshot' | 'ready' | 'changes' | 'heartbeat' | 'status' | 'overflow';
+
+/** A transport: WebSocket or SSE. */
+export interface PushSink {
+  /** Names the wire form `encode` produces: sinks with the same one share encoded frames. */
+  readonly encoding: string;
+  /** One frame as this transport sends it (a WebSocket frame, an SSE event). */
+  encode(type: FrameType, json: string): Buffer | string;
+  /** Sends an encoded frame; false when the transport's buffer is full. */
+  send(frame: Buffer | string): boolean;
+  /** Called once when the transport can take more after `write` returned false. */
+  onDrain(cb: () => void): void;
+  close(reason: 'overflow' | 'shutdown'): void;
+}
+
+export interface PushHubOptions {
+  /** Distinct keys a blocked client may hold before it is disconnected. @default 10000 */
+  maxPendingKeys?: number;
+  /** @default 5000 */
+  heartbeatMs?: number;
+  /** @default 2000 */
+  statusMs?: number;
+  /** Changes per snapshot frame. @default 500 */
+  snapshotChunk?: number;
+  /** Reads the cluster status for `status` frames (partitions, owners, lag). */
+  readStatus?: () => Promise<unknown>;
+  registry?: Registry;
+}
+
+/** One state change as received, decoded once for every client. */
+class StateMsg {
+  private seqCache = -1;
+  constructor(
+    /** Arrival order on the live subscription; 0 for snapshot entries. */
+    readonly id: number,
+    /** `<actor>.<key>` as in the subject (KV-escaped). */
+    readonly tail: string,
+    readonly actorTok: string,
+    readonly keyTok: string,
+    readonly raw: string,
+  ) {}
+
+  /** The change's `seq`: the outermost `"seq":` is the last one (the state comes before it). */
+  get seq(): number {
+    if (this.seqCache < 0) this.seqCache = seqOf(this.raw);
+    return this.seqCache;
+  }
+}
+
+function changesFrame(batch: readonly StateMsg[]): string {
+  let out = '{"type":"changes","changes":[';
+  for (let i = 0; i < batch.length; i++) out += i === 0 ? batch[i]!.raw : `,${batch[i]!.raw}`;
+  return `${out}]}`;
+}
+
+export function seqOf(raw: string): number {
+  const i = raw.lastIndexOf('"seq":');
+  return i < 0 ? 0 : Number.parseInt(raw.slice(i + 6, i + 30), 10) || 0;
+}
+
+export function updatedAtOf(raw: string): number {
+  const i = raw.lastIndexOf('"updatedAt":"');
+  return i < 0 ? Number.NaN : Date.parse(raw.slice(i + 13, i + 37));
+}
+
+const ALL = '\u0000all';
+/** A snapshot's sequences guard against an in-flight older change for this long after it. */
+const SNAPSHOT_GUARD_MS = 5000;
+
+export class PushClient {
+  private phase: 'snapshot' | 'live' | 'closed' = 'snapshot';
+  private blocked = false;
+  private batch: StateMsg[] = [];
+  /** The batch is a run of consecutive live messages, so clients with the same run share a frame. */
+  private contiguous = true;
+  private pending = new Map<string, StateMsg>();
+  private snapSeq: Map<string, number> | null = null;
+  readonly actorTok: string | null;
+  private readonly keyTok: string | null;
+  private readonly prefixTok: string | null;
+  /** Changes replaced by a newer one of the same key before they were sent. */
+  coalesced = 0;
+  sent = 0;
+
+  constructor(
+    private readonly hub: PushHub,
+    readonly sink: PushSink,
+    readonly filter: PushFilter,
+  ) {
+    this.actorTok = filter.actor !== undefined ? kvToken(filter.actor) : null;
+    this.keyTok = filter.key !== undefined ? kvToken(filter.key) : null;
+    this.prefixTok = filter.prefix !== undefined && filter.prefix !== '' ? kvToken(filter.prefix) : null;
+  }
+
+  get closed(): boolean {
+    return this.phase === 'closed';
+  }
+
+  matches(keyTok: string): boolean {
+    if (this.keyTok !== null && keyTok !== this.keyTok) return false;
+    if (this.prefixTok !== null && !keyTok.startsWith(this.prefixTok)) return false;
+    return true;
+  }
+
+  offer(m: StateMsg): void {
+    if (this.phase === 'closed' || !this.matches(m.keyTok)) return;
+    if (this.phase === 'snapshot' || this.blocked) {
+      this.hold(m);
+      return;
+    }
+    if (this.snapSeq) {
+      const s = this.snapSeq.get(m.tail);
+      if (s !== undefined) {
+        if (m.seq < s) return; // older than what the snapshot already sent
+        this.snapSeq.delete(m.tail);
+      }
+    }
+    this.append(m);
+  }
+
+  private append(m: StateMsg): void {
+    const last = this.batch.at(-1);
+    if (last === undefined) {
+      this.contiguous = m.id > 0;
+      this.hub.markDirty(this);
+    } else if (m.id !== last.id + 1) this.contiguous = false;
+    this.batch.push(m);
+  }
+
+  private hold(m: StateMsg): void {
+    const prev = this.pending.get(m.tail);
+    if (prev) {
+      this.coalesced++;
+      this.hub.metrics.coalesced.inc();
+      if (prev.seq > m.seq) return;
+      this.pending.delete(m.tail);
+    }
+    this.pending.set(m.tail, m);
+    if (this.pending.size > this.hub.maxPendingKeys) this.close('overflow');
+  }
+
+  /** Sends the batch as one frame; called by the hub once per event-loop turn. */
+  flush(): void {
+    if (this.phase !== 'live' || this.blocked || this.batch.length === 0) return;
+    const batch = this.batch;
+    this.batch = [];
+    this.sent += batch.length;
+    this.hub.sentInRound += batch.length;
+    const frame = this.contiguous
+      ? this.hub.sharedFrame(batch, this.sink)
+      : this.sink.encode('changes', changesFrame(batch));
+    if (!this.sink.send(frame)) this.block();
+  }
+
+  private block(): void {
+    this.blocked = true;
+    this.sink.onDrain(() => {
+      this.blocked = false;
+      // During a snapshot the held changes wait for it to finish (it releases them).
+      if (this.phase !== 'live') return;
+      this.releasePending();
+      if (this.batch.length > 0) this.hub.markDirty(this);
+    });
+  }
+
+  private releasePending(): void {
+    if (this.pending.size === 0) return;
+    for (const m of this.pending.values()) this.append(m);
+    this.pending.clear();
+  }
+
+  /**
+   * Sends the current state of every matching key, then lets live changes through. Called again
+   * after the gateway reconnects to NATS (changes may have been missed): a second snapshot and
+   * `ready` then bring the client up to date.
+   */
+  async start(read: (c: PushClient) => AsyncIterable<StateMsg>): Promise<void> {
+    if (this.closed) return;
+    this.phase = 'snapshot';
+    this.snapSeq = null;
+    // Unsent changes wait with the held ones, so the snapshot's sequences decide between them.
+    const unsent = this.batch;
+    this.batch = [];
+    for (const m of unsent) this.hold(m);
+    const snap = new Map<string, number>();
+    let chunk: string[] = [];
+    let count = 0;
+    const send = async (type: FrameType, json: string) => {
+      if (this.sink.send(this.sink.encode(type, json))) return;
+      await new Promise<void>((r) => this.sink.onDrain(r));
+    };
+    for await (const m of read(this)) {
+      if (this.closed) return;
+      const live = this.pending.get(m.tail);
+      if (live && live.seq >= m.seq) continue; // a newer change arrived meanwhile: it goes out next
+      if (live) this.pending.delete(m.tail);
+      snap.set(m.tail, m.seq);
+      chunk.push(m.raw);
+      count++;
+      if (chunk.length >= this.hub.snapshotChunk) {
+        const c = chunk;
+        chunk = [];
+        await send('snapshot', `{"type":"snapshot","changes":[${c.join(',')}]}`);
+      }
+    }
+    if (this.closed) return;
+    if (chunk.length > 0) await send('snapshot', `{"type":"snapshot","changes":[${chunk.join(',')}]}`);
+    await send('ready', `{"type":"ready","snapshot":${count}}`);
+    if (this.closed) return;
+    this.snapSeq = snap;
+    setTimeout(() => {
+      this.snapSeq = null;
+    }, SNAPSHOT_GUARD_MS).unref();
+    this.phase = 'live';
+    this.releasePending();
+    if (this.batch.length > 0) this.hub.markDirty(this);
+  }
+
+  /** Frames outside the change stream (heartbeat, status): skipped while the transport is full. */
+  control(type: FrameType, json: string): void {
+    if (this.phase === 'closed' || this.blocked) return;
+    if (!this.sink.send(this.sink.encode(type, json))) this.block();
+  }
+
+  close(reason: 'overflow' | 'shutdown'): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    this.pending.clear();
+    this.batch = [];
+    if (reason === 'overflow') this.hub.metrics.overflows.inc();
+    this.sink.close(reason);
+    this.hub.remove(this);
+  }
+
+  /** The transport went away. */
+  gone(): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    this.hub.remove(this);
+  }
+}
+
+export interface PushMetrics {
+  clients: Gauge;
+  received: Counter;
+  sent: Counter;
+  coalesced: Counter;
+  overflows: Counter;
+  commitToGateway: Histogram;
+  round: Histogram;
+}
+
+function pushMetrics(registry: Registry | undefined): PushMetrics {
+  const registers = registry ? [registry] : [];
+  return {
+    clients: new Gauge({
+      name: 'partita_gateway_push_clients',
+      help: 'Open WebSocket and SSE subscriptions',
+      registers,
+    }),
+    received: new Counter({
+      name: 'partita_gateway_state_changes_total',
+      help: 'State changes received on partita.state.>',
+      registers,
+    }),
+    sent: new Counter({
+      name: 'partita_gateway_push_changes_sent_total',
+      help: 'State changes sent to push clients (one per client)',
+      registers,
+    }),
+    coalesced: new Counter({
+      name: 'partita_gateway_push_coalesced_total',
+      help: 'Changes replaced by a newer change of the same key before a slow client could take them',
+      registers,
+    }),
+    overflows: new Counter({
+      name: 'partita_gateway_push_overflows_total',
+      help: 'Clients disconnected because they fell behind by more than the pending-key bound',
+      registers,
+    }),
+    commitToGateway: new Histogram({
+      name: 'partita_gateway_commit_to_push_seconds',
+      help: "From a change's commit (its updatedAt) to its receipt by the gateway",
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers,
+    }),
+    round: new Histogram({
+      name: 'partita_gateway_push_round_seconds',
+      help: 'One fan-out round: the frames of one event-loop turn written to every client',
+      buckets: [0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers,
+    }),
+  };
+}
+
+/** A ring of recent latencies for the dashboard's percentiles. */
+class LatencyRing {
+  private readonly xs = new Float64Array(4096);
+  private n = 0;
+  add(v: number) {
+    this.xs[this.n++ % this.xs.length] = v;
+  }
+  percentiles(): { p50: number; p95: number; p99: number; samples: number } | null {
+    const len = Math.min(this.n, this.xs.length);
+    if (len === 0) return null;
+    const s = Array.from(this.xs.subarray(0, len)).sort((a, b) => a - b);
+    const at = (q: number) => s[Math.min(len - 1, Math.floor(q * len))]!;
+    return { p50: at(0.5), p95: at(0.95), p99: at(0.99), samples: len };
+  }
+  reset() {
+    this.n = 0;
+  }
+}
+
+export class PushHub {
+  private readonly byActor = new Map<string, Set<PushClient>>();
+  private readonly dirty = new Set<PushClient>();
+  private flushScheduled = false;
+  private sub: Subscription | null = null;
+  private timers: NodeJS.Timeout[] = [];
+  private readonly latency = new LatencyRing();
+  private readonly decoder = new TextDecoder();
+  private statusClients = 0;
+  private nextId = 1;
+  /** Frames built in this flush round, by their run of messages: one encoding for many clients. */
+  private readonly frames = new Map<string, Buffer | string>();
+  /** Changes handed to clients in this flush round (counted once per round). */
+  sentInRound = 0;
+  readonly metrics: PushMetrics;
+  readonly maxPendingKeys: number;
+  readonly snapshotChunk: number;
+  /** State changes received since start. */
+  received = 0;
+  /** False while the NATS connection is down (between disconnect and reconnect). */
+  natsUp = true;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly js: JetStreamClient,
+    private readonly kv: KV,
+    private readonly opts: PushHubOptions = {},
+  ) {
+    this.metrics = pushMetrics(opts.registry);
+    this.maxPendingKeys = opts.maxPendingKeys ?? 10_000;
+    this.snapshotChunk = opts.snapshotChunk ?? 500;
+  }
+
+  get clientCount(): number {
+    let n = 0;
+    for (const s of this.byActor.values()) n += s.size;
+    return n;
+  }
+
+  start(): void {
+    if (this.sub) return;
+    const prefixLen = STATE_PREFIX.length + 1;
+    this.sub = this.nc.subscribe(`${STATE_PREFIX}.>`, {
+      callback: (err, m) => {
+        if (err) return;
+        const tail = m.subject.slice(prefixLen);
+        const dot = tail.indexOf('.');
+        if (dot < 0) return;
+        const raw = this.decoder.decode(m.data);
+        this.received++;
+        this.metrics.received.inc();
+        const lat = Date.now() - updatedAtOf(raw);
+        if (Number.isFinite(lat)) {
+          this.latency.add(lat);
+          this.metrics.commitToGateway.observe(Math.max(0, lat) / 1000);
+        }
+        const msg = new StateMsg(this.nextId++, tail, tail.slice(0, dot), tail.slice(dot + 1), raw);
+        const forActor = this.byActor.get(msg.actorTok);
+        if (forActor) for (const c of forActor) c.offer(msg);
+        const forAll = this.byActor.get(ALL);
+        if (forAll) for (const c of forAll) c.offer(msg);
+      },
+    });
+    void this.watchConnection();
+    const hb = setInterval(() => {
+      const frame = `{"type":"heartbeat","at":${Date.now()},"nats":${this.natsUp && !this.nc.isClosed()}}`;
+      for (const set of this.byActor.values()) for (const c of set) c.control('heartbeat', frame);
+    }, this.opts.heartbeatMs ?? 5000);
+    hb.unref();
+    this.timers.push(hb);
+    let lastReceived = 0;
+    let lastAt = Date.now();
+    const st = setInterval(async () => {
+      if (this.statusClients === 0) return;
+      const now = Date.now();
+      const rate = ((this.received - lastReceived) * 1000) / Math.max(1, now - lastAt);
+      lastReceived = this.received;
+      lastAt = now;
+      const cluster = this.opts.readStatus ? await this.opts.readStatus().catch(() => null) : null;
+      const frame = JSON.stringify({
+        type: 'status',
+        at: now,
+        gateway: {
+          changesPerSecond: rate,
+          changesTotal: this.received,
+          clients: this.clientCount,
+          commitToGatewayMs: this.latency.percentiles(),
+          nats: this.natsUp && !this.nc.isClosed(),
+        },
+        cluster,
+      });
+      this.latency.reset();
+      for (const set of this.byActor.values())
+        for (const c of set) if (c.filter.status) c.control('status', frame);
+    }, this.opts.statusMs ?? 2000);
+    st.unref();
+    this.timers.push(st);
+  }
+
+  /** Changes published while the connection was down never reach the subscription: resync. */
+  private async watchConnection(): Promise<void> {
+    for await (const s of this.nc.status()) {
+      if (s.type === 'disconnect') this.natsUp = false;
+      else if (s.type === 'reconnect') {
+        this.natsUp = true;
+        for (const set of this.byActor.values()) {
+          for (const c of set)
+            c.start((client) => this.readSnapshot(client)).catch(() => c.close('shutdown'));
+        }
+      }
+    }
+  }
+
+  /** Adds a client: its snapshot is read and sent, then its live changes. */
+  add(sink: PushSink, filter: PushFilter): PushClient {
+    const c = new PushClient(this, sink, filter);
+    const k = c.actorTok ?? ALL;
+    const set = this.byActor.get(k) ?? new Set<PushClient>();
+    this.byActor.set(k, set);
+    set.add(c);
+    if (filter.status) this.statusClients++;
+    this.metrics.clients.inc();
+    c.start((client) => this.readSnapshot(client)).catch(() => c.close('shutdown'));
+    return c;
+  }
+
+  remove(c: PushClient): void {
+    const set = this.byActor.get(c.actorTok ?? ALL);
+    if (set?.delete(c)) {
+      this.metrics.clients.dec();
+      if (c.filter.status) this.statusClients--;
+    }
+    this.dirty.delete(c);
+  }
+
+  markDirty(c: PushClient): void {
+    this.dirty.add(c);
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // One frame per client per event-loop turn: the changes of one socket read travel together.
+    setImmediate(() => {
+      const t0 = performance.now();
+      this.flushScheduled = false;
+      const cs = [...this.dirty];
+      this.dirty.clear();
+      for (const x of cs) x.flush();
+      this.frames.clear();
+      this.metrics.sent.inc(this.sentInRound);
+      this.sentInRound = 0;
+      this.metrics.round.observe((performance.now() - t0) / 1000);
+    });
+  }
+
+  /** The frame of a run of consecutive messages, encoded once per flush round and transport. */
+  sharedFrame(batch: readonly StateMsg[], sink: PushSink): Buffer | string {
+    const id = `${sink.encoding}:${batch[0]!.id}:${batch.length}`;
+    let f = this.frames.get(id);
+    if (f === undefined) {
+      f = sink.encode('changes', changesFrame(batch));
+      this.frames.set(id, f);
+    }
+    return f;
+  }
+
+  /** The latest state of every key the client's filter matches, from the state bucket. */
+  private async *readSnapshot(c: PushClient): AsyncIterable<StateMsg> {
+    const { actor, key } = c.filter;
+    if (actor !== undefined && key !== undefined) {
+      const e = await this.kv.get(stateKvKey(actor, key));
+      if (e?.operation === 'PUT' && e.length > 0) {
+        const a = kvToken(actor);
+        const k = kvToken(key);
+        yield new StateMsg(0, `${a}.${k}`, a, k, e.string());
+      }
+      return;
+    }
+    const filterSubject = `$KV.${STATE_BUCKET}.${c.actorTok ?? '*'}.>`;
+    const consumer = await this.js.consumers.getPushConsumer(`KV_${STATE_BUCKET}`, {
+      filter_subjects: filterSubject,
+      // The bucket keeps one entry per key, so All is the latest per key (and quick to set up on 2.9).
+      deliver_policy: DeliverPolicy.All,
+    });
+    const count = (await consumer.info(true)).num_pending;
+    if (count === 0) {
+      await consumer.delete().catch(() => undefined);
+      return;
+    }
+    const msgs = await consumer.consume();
+    const prefixLen = `$KV.${STATE_BUCKET}.`.length;
+    let i = 0;
+    try {
+      for await (const m of msgs) {
+        i++;
+        const op = m.headers?.get('KV-Operation');
+        if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
+          const tail = m.subject.slice(prefixLen);
+          const dot = tail.indexOf('.');
+          const keyTok = tail.slice(dot + 1);
+          if (c.matches(keyTok)) yield new StateMsg(0, tail, tail.slice(0, dot), keyTok, m.string());
+        }
+        if (i >= count || m.info.pending === 0 || c.closed) break;
+      }
+    } finally {
+      msgs.stop();
+    }
+  }
+
+  stop(): void {
+    this.sub?.unsubscribe();
+    this.sub = null;
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    for (const set of [...this.byActor.values()]) for (const c of [...set]) c.close('shutdown');
+  }
+}

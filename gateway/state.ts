@@ -1,0 +1,78 @@
+// State reads: one actor's latest state, and the cluster's status (partitions, owners, lag).
+import type { KV } from '@nats-io/kv';
+import type { FastifyInstance } from 'fastify';
+import { stateKvKey } from '../runtime/index.js';
+import { ERROR_SCHEMA, sendError } from './http-error.js';
+
+export interface StateRouteOptions {
+  state: KV;
+  /** `partita status --json`'s object; absent without a NATS connection. */
+  readStatus?: () => Promise<unknown>;
+}
+
+const stateChangeSchema = {
+  type: 'object',
+  description: 'the latest committed state change of the key, as published on partita.state.<actor>.<key>',
+  additionalProperties: true,
+  properties: {
+    actor: { type: 'string' },
+    key: { type: 'string' },
+    state: {},
+    seq: { type: 'integer', description: 'input-stream sequence of the last event applied' },
+    updatedAt: { type: 'string', format: 'date-time', description: 'commit time' },
+    partition: { type: 'integer' },
+    epoch: { type: 'integer' },
+  },
+} as const;
+
+export async function stateRoutes(app: FastifyInstance, opts: StateRouteOptions): Promise<void> {
+  app.get<{ Params: { actor: string; key: string } }>(
+    '/v1/actors/:actor/:key',
+    {
+      schema: {
+        summary: "An actor's latest state",
+        tags: ['state'],
+        params: {
+          type: 'object',
+          required: ['actor', 'key'],
+          properties: { actor: { type: 'string', minLength: 1 }, key: { type: 'string', minLength: 1 } },
+        },
+        response: { 200: stateChangeSchema, 404: ERROR_SCHEMA },
+      },
+    },
+    async (req, reply) => {
+      const { actor, key } = req.params;
+      const entry = await opts.state.get(stateKvKey(actor, key));
+      if (entry?.operation !== 'PUT' || entry.length === 0) {
+        return sendError(reply, 'PARTITA_ERR_NOT_FOUND', `no state for ${actor}/${key}`);
+      }
+      reply.header('content-type', 'application/json; charset=utf-8');
+      return entry.string();
+    },
+  );
+
+  app.get(
+    '/v1/status',
+    {
+      schema: {
+        summary: 'Nodes, partitions with their owners, lag and checkpoint age (as `partita status --json`)',
+        tags: ['state'],
+        response: {
+          200: {
+            type: 'object',
+            additionalProperties: true,
+            properties: {
+              nodes: { type: 'array', items: { type: 'string' } },
+              partitions: { type: 'array' },
+            },
+          },
+        },
+      },
+    },
+    async (_req, reply) => {
+      if (!opts.readStatus) return sendError(reply, 'PARTITA_ERR_NO_NATS', 'status needs it');
+      reply.header('content-type', 'application/json; charset=utf-8');
+      return JSON.stringify(await opts.readStatus());
+    },
+  );
+}
