@@ -448,10 +448,12 @@ export class PartitionRunner {
           partition: this.partition,
           epoch: this.lease.epoch,
           ...lineageOfRecord(this.partition, rec),
+          // Open windows and timers travel with the state, as in the worker's JSON.
+          ...(rec.x ? { sys: rec.x } : {}),
         }),
       ]);
     }
-    await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
+    const published = await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
       try {
         const sm = await jsm.streams.getMessage(this.stream, { seq });
         return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
@@ -459,5 +461,8 @@ export class PartitionRunner {
         return undefined;
       }
     });
+    // Not published (the lease lapsed meanwhile): keep the outbox for the next owner run; deleting
+    // it would lose these state changes downstream.
+    if (!published) throw new Error(`partition ${this.partition}: lease lapsed while publishing its outbox`);
   }
 }
