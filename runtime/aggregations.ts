@@ -1,6 +1,7 @@
 // The built-in window aggregations and the custom-reducer contract. Every accumulator is plain
 // JSON data (it lives in actor state, goes through LMDB and the state bucket) and every
 // aggregation can merge two accumulators (session windows merge when an event bridges them).
+import { hash32 } from './hash.js';
 import type { AggregationSpec, Reducer } from './types.js';
 
 /** A compiled aggregation: pure functions over a JSON accumulator. */
@@ -69,21 +70,6 @@ const mean: Omit<Aggregation, 'name'> = {
 const HLL_P = 10;
 const HLL_M = 1 << HLL_P;
 const SPARSE_MAX = 96;
-
-/** murmur3's 32-bit finaliser over FNV-1a: FNV alone mixes its high bits poorly for HLL. */
-export function hash32(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
 
 type Hll = Record<string, number> | number[];
 

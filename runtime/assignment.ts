@@ -2,21 +2,11 @@
 // nodes, so no coordinator is needed. Rendezvous hashing ranks the nodes for each partition; a cap
 // of ceil(partitions / nodes) per node keeps the load balanced. A node joining or leaving moves
 // few partitions: only those whose ranking or whose cap changed.
+import { hash32 } from './hash.js';
 
-/** FNV-1a 32-bit, then a finaliser so that near-equal inputs spread. */
+/** A node's score for a partition: the higher, the more the partition wants the node. */
 function score(node: string, partition: number): number {
-  let h = 0x811c9dc5;
-  const s = `${node}/${partition}`;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
+  return hash32(`${node}/${partition}`);
 }
 
 /** Maps each partition to a node id; empty when there are no nodes. */

@@ -115,6 +115,37 @@ export function recoveryOf(faults: readonly FaultRecord[]): DrillReport['recover
   return { ...statsOf(faults.map((f) => f.recoveryMs)), byKind };
 }
 
+/** Assembles a report; `ok` also needs every fault recovered and nothing mismatched. */
+export function buildReport(r: {
+  kind: DrillReport['kind'];
+  seed: number;
+  reproduce: string;
+  started: number;
+  faults: FaultRecord[];
+  events: DrillReport['events'];
+  mismatches: Mismatch[];
+  notes: string[];
+  /** Anything else that fails the run. @default true */
+  ok?: boolean;
+}): DrillReport {
+  const recovery = recoveryOf(r.faults);
+  const finished = Date.now();
+  return {
+    kind: r.kind,
+    seed: r.seed,
+    reproduce: r.reproduce,
+    startedAt: new Date(r.started).toISOString(),
+    finishedAt: new Date(finished).toISOString(),
+    durationMs: finished - r.started,
+    faults: r.faults,
+    recovery,
+    events: r.events,
+    mismatches: r.mismatches,
+    ok: (r.ok ?? true) && r.mismatches.length === 0 && recovery.unrecovered === 0,
+    notes: r.notes,
+  };
+}
+
 const ms = (v: number | null | undefined) => (v === null || v === undefined ? 'none' : `${v} ms`);
 
 /** The readable summary: what was done, how fast it recovered, what was verified, what broke. */

@@ -264,31 +264,9 @@ export class PartitionRunner {
     }
   }
 
-  private toRaw(m: JsMsg): RawEvent {
-    let headers: Record<string, string> | null = null;
-    let msgpack = false;
-    if (m.headers) {
-      headers = {};
-      for (const k of m.headers.keys()) headers[k] = m.headers.get(k);
-      msgpack = m.headers.get('Content-Type') === MSGPACK;
-    }
-    const parsed = parseInSubject(m.subject);
-    const raw: RawEvent = {
-      seq: m.seq,
-      type: parsed?.type ?? '',
-      key: parsed?.key ?? '',
-      data: m.data,
-      msgpack,
-      publishMs: Math.floor(m.info.timestampNanos / 1_000_000),
-      headers,
-    };
-    if (!parsed || parsed.partition !== this.partition) raw.badSubject = m.subject;
-    return raw;
-  }
-
   private async process(batch: JsMsg[]): Promise<void> {
     const { metrics } = this.deps;
-    const events = batch.map((m) => this.toRaw(m));
+    const events = batch.map((m) => rawEventOf(m, this.partition));
     metrics.eventsIn.inc(this.label, batch.length);
     metrics.batchSize.observe(batch.length);
     let result: BatchResult | undefined;
@@ -465,4 +443,25 @@ export class PartitionRunner {
     // it would lose these state changes downstream.
     if (!published) throw new Error(`partition ${this.partition}: lease lapsed while publishing its outbox`);
   }
+}
+
+/** An input stream message as a batch event (as the partition runner hands it to workers). */
+export function rawEventOf(m: JsMsg, partition: number): RawEvent {
+  let headers: Record<string, string> | null = null;
+  if (m.headers) {
+    headers = {};
+    for (const k of m.headers.keys()) headers[k] = m.headers.get(k);
+  }
+  const parsed = parseInSubject(m.subject);
+  const raw: RawEvent = {
+    seq: m.seq,
+    type: parsed?.type ?? '',
+    key: parsed?.key ?? '',
+    data: m.data,
+    msgpack: m.headers?.get('Content-Type') === MSGPACK,
+    publishMs: Math.floor(m.info.timestampNanos / 1_000_000),
+    headers,
+  };
+  if (!parsed || parsed.partition !== partition) raw.badSubject = m.subject;
+  return raw;
 }

@@ -7,7 +7,7 @@
 // an outbox of the keys it changed, and resumes the partition, whose start publishes the outbox
 // (the rebuilt states go to the state bucket and `partita.state.*`). See ARCHITECTURE.md, "Replay".
 
-import { DeliverPolicy, type JetStreamManager, type JsMsg, jetstream } from '@nats-io/jetstream';
+import { DeliverPolicy, type JetStreamManager, jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { pack, unpack } from 'msgpackr';
@@ -19,15 +19,9 @@ import { GovernanceCache } from './governance.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
+import { rawEventOf } from './partition-runner.js';
 import type { Outbox, StateRecord, StateStore } from './state-store.js';
-import {
-  inStream,
-  LEASES_BUCKET,
-  META_BUCKET,
-  parseInSubject,
-  STATE_BUCKET,
-  stateKvKey,
-} from './subjects.js';
+import { inStream, LEASES_BUCKET, META_BUCKET, STATE_BUCKET, stateKvKey } from './subjects.js';
 
 export const REPLAY_SUBJECT_PREFIX = 'partita.control.replay';
 
@@ -91,7 +85,6 @@ export interface ReplayHost {
 const CHUNK = 2000;
 /** Longest stretch of handler calls between two yields of the main thread. */
 const SLICE_MS = 20;
-const MSGPACK = 'application/msgpack';
 
 /** Answers replay requests sent to this node. */
 export function serveReplays(host: ReplayHost): { stop(): Promise<void> } {
@@ -135,27 +128,6 @@ export function serveReplays(host: ReplayHost): { stop(): Promise<void> } {
       await Promise.allSettled([...running]);
     },
   };
-}
-
-/** An input stream message as a batch event (as the partition runner hands it to workers). */
-export function rawEventOf(m: JsMsg, partition: number): RawEvent {
-  let headers: Record<string, string> | null = null;
-  if (m.headers) {
-    headers = {};
-    for (const k of m.headers.keys()) headers[k] = m.headers.get(k);
-  }
-  const parsed = parseInSubject(m.subject);
-  const raw: RawEvent = {
-    seq: m.seq,
-    type: parsed?.type ?? '',
-    key: parsed?.key ?? '',
-    data: m.data,
-    msgpack: m.headers?.get('Content-Type') === MSGPACK,
-    publishMs: Math.floor(m.info.timestampNanos / 1_000_000),
-    headers,
-  };
-  if (!parsed || parsed.partition !== partition) raw.badSubject = m.subject;
-  return raw;
 }
 
 /** The replay itself; runs on the owner, inside `exclusive`. */

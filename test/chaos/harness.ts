@@ -9,12 +9,12 @@ import { type JetStreamClient, jetstream, jetstreamManager } from '@nats-io/jets
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
+  buildReport,
   type DrillReport,
   type FaultRecord,
   type Mismatch,
   Prober,
   planFaults,
-  recoveryOf,
   seededRandom,
 } from '../../runtime/drill.js';
 import { DLQ_HEADERS, DLQ_STREAM, inStream, STATE_BUCKET, stateKvKey } from '../../runtime/index.js';
@@ -335,17 +335,12 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
       ...verified.mismatches,
       ...(await prober.verify(o.verifyTimeoutMs ?? 30_000)),
     ];
-    const recovery = recoveryOf(faults);
-    const finished = Date.now();
-    return {
+    return buildReport({
       kind: 'chaos',
       seed: o.seed,
       reproduce: o.reproduce,
-      startedAt: new Date(started).toISOString(),
-      finishedAt: new Date(finished).toISOString(),
-      durationMs: finished - started,
+      started,
       faults,
-      recovery,
       events: {
         published: work.published,
         verified: verified.verified,
@@ -354,9 +349,8 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
         probes: prober.probes,
       },
       mismatches,
-      ok: mismatches.length === 0 && recovery.unrecovered === 0,
       notes,
-    };
+    });
   } finally {
     for (const n of [...nodes.values(), ...stopped]) {
       stopped.add(n);

@@ -22,17 +22,8 @@ export async function check<T>(
   }
 }
 
-/** A small seeded PRNG (mulberry32) for reproducible randomized tests. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A small seeded PRNG (mulberry32) for reproducible randomized tests; the drills' own. */
+export { seededRandom } from '../../runtime/drill.js';
 
 export function testSeed(): number {
   const s = process.env.PARTITA_TEST_SEED
