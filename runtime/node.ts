@@ -33,6 +33,7 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
+import { StoredPublisher } from './stored-publisher.js';
 import { LEASES_BUCKET, NODES_BUCKET } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
@@ -194,6 +195,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     jsm: topology.jsm,
     dispatcher,
     flusher: new Flusher(nc),
+    stored: new StoredPublisher(nc),
     store,
     metrics,
     log,
