@@ -33,7 +33,6 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
-import { StoredPublisher } from './stored-publisher.js';
 import { LEASES_BUCKET, NODES_BUCKET } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
@@ -195,7 +194,6 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     jsm: topology.jsm,
     dispatcher,
     flusher: new Flusher(nc),
-    stored: new StoredPublisher(nc),
     store,
     metrics,
     log,

@@ -22,7 +22,6 @@ import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
 import { isWindowResult, PartitionTicker } from './partition-ticker.js';
 import type { Outbox, StateStore } from './state-store.js';
-import type { StoredPublisher } from './stored-publisher.js';
 import { consumerPrefix, inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
 
 export interface PartitionDeps {
@@ -31,8 +30,6 @@ export interface PartitionDeps {
   jsm: JetStreamManager;
   dispatcher: BatchDispatcher;
   flusher: Flusher;
-  /** Publishes state changes and waits until the bucket has stored them. */
-  stored: StoredPublisher;
   store: StateStore;
   metrics: NodeMetrics;
   log: Logger;
@@ -144,7 +141,6 @@ export class PartitionRunner {
   }
 
   /** Stops the partition for good on a gap in its events, holding the lease so nobody skips it. */
-
   private failClosed(why: string): void {
     const err = new PartitaError('PARTITA_ERR_RETENTION_GAP', `partition ${this.partition}: ${why}`);
     this.log.error({ code: err.code }, err.message);
@@ -232,9 +228,6 @@ export class PartitionRunner {
     // Redeliveries and duplicates below what is queued are already handled.
     if (m.seq <= this.lastQueuedSeq) return;
     if (m.seq !== this.lastQueuedSeq + 1) {
-      // Fail closed. After a NATS server dies mid-delivery this also fires for events the stream
-      // still holds (a lost pull); restarting the consume in place, or the partition from its
-      // checkpoint, lost events in chaos runs, so the partition stays stopped until it moves.
       this.failClosed(`events ${this.lastQueuedSeq + 1}..${m.seq - 1} are gone from the stream`);
       return;
     }
@@ -330,15 +323,7 @@ export class PartitionRunner {
         this.label,
         pending > 0 ? (now - events[events.length - 1]!.publishMs) / 1000 : 0,
       );
-      // Publishing may have taken long (an election): acknowledge only while the lease still holds,
-      // since a new owner starts after the acknowledged position.
-      if (!this.lease.valid()) {
-        this.fence();
-        this.unpublished--;
-        return;
-      }
-      // AckAll: one ack covers the batch. On this node the checkpoint is the truth; a node that takes
-      // the partition over starts after the acknowledged position (restore.ts).
+      // AckAll: one ack covers the batch. Only for retention, lag and flow control: the checkpoint is the truth.
       last.ack();
       this.unpublished--;
     })();
@@ -357,6 +342,8 @@ export class PartitionRunner {
     for (let attempt = 1; ; attempt++) {
       if (this.fenced || !this.lease.valid()) return false;
       try {
+        // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
+        for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);
         const acks: Promise<unknown>[] = [];
         // Handled at once: a publish that fails while a later step is awaited (or after one threw)
         // must not become an unhandled rejection, which ends the process. Promise.all still sees it.
@@ -407,19 +394,7 @@ export class PartitionRunner {
           );
         }
         await Promise.all(acks);
-        if (flush) await this.deps.flusher.flush();
-        // The states last, once every emit and dead letter is stored: a node that takes the
-        // partition over restores these states and skips the events they cover, so a state in the
-        // bucket must never be ahead of the outputs of its events (emitting again is harmless: the
-        // ids make the streams drop the copies).
-        // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
-        // Acknowledged by JetStream, not only flushed: while the bucket's stream has no leader (a
-        // server died, an election runs) the server takes a plain publish and drops it, and the
-        // batch's ack would then move the position a new owner starts from past a state the bucket
-        // never stored.
-        await this.deps.stored.publishAll(
-          changes.map(([kvKey, json]) => [`${KV_STATE_PREFIX}${kvKey}`, json]),
-        );
+        if (changes.length > 0 || flush) await this.deps.flusher.flush();
         metrics.stateChanges.inc(changes.length);
         metrics.eventsOut.inc(emits.length);
         return true;

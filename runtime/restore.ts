@@ -33,13 +33,6 @@ export async function restorePartitions(
   const partitions = new Set(targets.map((t) => t.partition));
   const started = performance.now();
   await store.clearPartitions(partitions, (key) => partitionOf(key, partitionCount));
-  // The acknowledged positions first, the states after: every state up to a position was stored
-  // before it was acknowledged, so states read later cover at least that much, and newer ones only
-  // make the per-key sequence skip more. Read the other way round, a former owner still finishing
-  // a batch could store states after the read and acknowledge them before the position is read:
-  // the new owner would start past events whose states it never restored.
-  const ackedBy = new Map<number, number>();
-  for (const t of targets) ackedBy.set(t.partition, await acknowledgedSeq(jsm, t.partition));
   const stream = `KV_${STATE_BUCKET}`;
   const info = await jsm.streams.info(stream);
   let read = 0;
@@ -107,7 +100,7 @@ export async function restorePartitions(
     await pending;
   }
   for (const t of targets) {
-    const acked = ackedBy.get(t.partition) ?? 0;
+    const acked = await acknowledgedSeq(jsm, t.partition);
     const clock = clocks.get(t.partition);
     await store.meta.put(['cp', t.partition], {
       seq: acked,
