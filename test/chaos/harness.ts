@@ -318,12 +318,12 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
     stop = true;
     await load;
     // Settle: every partition owned by a live node, then verify.
-    const settleDeadline = Date.now() + 60_000;
+    const settleDeadline = Date.now() + (o.verifyTimeoutMs ?? 60_000);
     for (;;) {
       const s = await readStatus(nc).catch(() => null);
       if (s?.partitions.every((p) => p.owner && nodes.has(p.owner))) break;
       if (Date.now() > settleDeadline) {
-        notes.push('partitions were not all owned by live nodes 60 s after the last fault');
+        notes.push('partitions were not all owned by live nodes after the last fault');
         break;
       }
       await sleep(200);
