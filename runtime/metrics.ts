@@ -23,6 +23,7 @@ export interface NodeMetrics {
   readonly leaseLosses: Counter<'partition'>;
   readonly restoreSeconds: Histogram<string>;
   readonly retentionGaps: Counter<'partition'>;
+  readonly deliveryResumes: Counter<'partition'>;
   /** The deployment's partition count, so `sum(owned) < max(partitions)` finds unowned ones. */
   readonly partitions: Gauge<string>;
   /** 1, labelled with the node id: maps a scrape target to a node of `partita status`. */
@@ -136,6 +137,12 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
     retentionGaps: new Counter({
       name: 'partita_retention_gaps_total',
       help: 'Partitions stopped because the stream no longer holds events their state needs (PARTITA_ERR_RETENTION_GAP)',
+      labelNames: ['partition'],
+      registers: r,
+    }),
+    deliveryResumes: new Counter({
+      name: 'partita_delivery_resumes_total',
+      help: 'Times a partition consumed again from its checkpoint after a delivery gap or an ended consume',
       labelNames: ['partition'],
       registers: r,
     }),

@@ -8,6 +8,7 @@ import { jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Piscina } from 'piscina';
+import { AckedPublisher } from './acked-publisher.js';
 import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 import type { WorkerConfig } from './batch-worker.js';
 import { Coordinator } from './coordinator.js';
@@ -15,7 +16,6 @@ import { BatchDispatcher } from './dispatcher.js';
 import { type InjectedDefect, serveDrillFaults } from './drill-faults.js';
 import { PartitaError } from './errors.js';
 import { timeFeaturesOf } from './event-time.js';
-import { Flusher } from './flusher.js';
 import { startSchemaSync } from './governance.js';
 import { LagMonitor } from './lag-monitor.js';
 import { createLogger, type Logger } from './logger.js';
@@ -193,7 +193,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     js,
     jsm: topology.jsm,
     dispatcher,
-    flusher: new Flusher(nc),
+    publisher: new AckedPublisher(nc),
     store,
     metrics,
     log,

@@ -10,17 +10,17 @@ import {
   type JsMsg,
 } from '@nats-io/jetstream';
 import { type NatsConnection, headers as natsHeaders } from '@nats-io/transport-node';
+import type { AckedPublisher, Outgoing } from './acked-publisher.js';
 import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
 import { EPOCH_HEADER, PARTITION_HEADER, producerSubject, publishDeadLetter } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
-import type { Flusher } from './flusher.js';
 import { lineageOfRecord } from './lineage.js';
 import { actorLogger, type Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
-import { isWindowResult, PartitionTicker } from './partition-ticker.js';
+import { PartitionTicker } from './partition-ticker.js';
 import type { Outbox, StateStore } from './state-store.js';
 import { consumerPrefix, inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
 
@@ -29,7 +29,8 @@ export interface PartitionDeps {
   js: JetStreamClient;
   jsm: JetStreamManager;
   dispatcher: BatchDispatcher;
-  flusher: Flusher;
+  /** Stored publishing of outputs (acknowledged by their streams). */
+  publisher: AckedPublisher;
   store: StateStore;
   metrics: NodeMetrics;
   log: Logger;
@@ -49,12 +50,14 @@ export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 
 const MSGPACK = 'application/msgpack';
 const KV_STATE_PREFIX = `$KV.${STATE_BUCKET}.`;
 const nanos = (ms: number) => ms * 1_000_000;
+/** How long one attempt waits for the streams to acknowledge a batch's outputs. */
+const PUBLISH_TIMEOUT_MS = 5000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A partition's consumer is named after the lease epoch that created it: acks a former owner
  * still sends go to its own, deleted, consumer and cannot move the new owner's ack floor. */
-export function consumerName(partition: number, epoch: number): string {
-  return `${consumerPrefix(partition)}${epoch}`;
+export function consumerName(partition: number, epoch: number, serial = 0): string {
+  return `${consumerPrefix(partition)}${epoch}${serial > 0 ? `-r${serial}` : ''}`;
 }
 
 export class PartitionRunner {
@@ -67,6 +70,11 @@ export class PartitionRunner {
   private busy: Promise<void> | null = null;
   private scheduled = false;
   private messages: ConsumerMessages | null = null;
+  /** The consumer being read, and how many this run has created (each resume makes a fresh one). */
+  private consumer = '';
+  private consumers = 0;
+  /** Delivery stopped until the queue is published and a fresh consumer starts at the checkpoint. */
+  private resuming = false;
   /** Publishing of committed batches, in commit order, off the compute path. */
   private publishing: Promise<void> = Promise.resolve();
   private unpublished = 0;
@@ -119,6 +127,10 @@ export class PartitionRunner {
       this.lastQueuedSeq = first - 1;
     }
     await this.createConsumer(this.lastQueuedSeq + 1);
+    this.log.info(
+      { epoch: this.lease.epoch, checkpoint: this.committedSeq, from: this.lastQueuedSeq + 1 },
+      'partition running',
+    );
     this.status = 'RUNNING';
     this.ticker?.start();
     await this.consume();
@@ -133,7 +145,10 @@ export class PartitionRunner {
   private fence(): void {
     if (this.fenced) return;
     this.fenced = true;
-    this.log.warn('lease not provably held: stopping the partition until it is taken again');
+    this.log.warn(
+      { epoch: this.lease.epoch, checkpoint: this.committedSeq, queued: this.lastQueuedSeq },
+      'lease not provably held: stopping the partition until it is taken again',
+    );
     this.status = 'STOPPING';
     this.queue = [];
     this.messages?.stop();
@@ -167,19 +182,18 @@ export class PartitionRunner {
     await this.busy;
     await this.publishing;
     this.status = 'STOPPED';
+    this.log.info({ epoch: this.lease.epoch, checkpoint: this.committedSeq }, 'partition stopped');
   }
 
   private async createConsumer(startSeq: number): Promise<void> {
     const { jsm } = this.deps;
     if (!this.lease.valid()) throw new Error(`lease of partition ${this.partition} lost`);
-    const name = consumerName(this.partition, this.lease.epoch);
+    const name = consumerName(this.partition, this.lease.epoch, this.consumers++);
     // The consumer's position is not the truth (the LMDB checkpoint is): recreate it at the
-    // checkpoint so nothing waits for an ack timeout after a crash. Former owners' consumers go.
-    for await (const ci of jsm.consumers.list(this.stream)) {
-      if (ci.name.startsWith(consumerPrefix(this.partition)) || ci.name === name) {
-        await jsm.consumers.delete(this.stream, ci.name).catch(() => undefined);
-      }
-    }
+    // checkpoint so nothing waits for an ack timeout after a crash. The new consumer comes first
+    // and the former ones (earlier owners', earlier runs') go after: a new owner resumes at the
+    // highest acknowledged position over the partition's consumers, so there is never a moment
+    // with none, which would send it back to the start of the stream.
     await jsm.consumers.add(this.stream, {
       durable_name: name,
       ack_policy: AckPolicy.All,
@@ -192,13 +206,16 @@ export class PartitionRunner {
         ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }
         : { deliver_policy: DeliverPolicy.All }),
     });
+    this.consumer = name;
+    for await (const ci of jsm.consumers.list(this.stream)) {
+      if (ci.name.startsWith(consumerPrefix(this.partition)) && ci.name !== name) {
+        await jsm.consumers.delete(this.stream, ci.name).catch(() => undefined);
+      }
+    }
   }
 
   private async consume(): Promise<void> {
-    const consumer = await this.deps.js.consumers.get(
-      this.stream,
-      consumerName(this.partition, this.lease.epoch),
-    );
+    const consumer = await this.deps.js.consumers.get(this.stream, this.consumer);
     const messages = await consumer.consume({
       max_messages: this.deps.maxBatch,
       expires: 5000,
@@ -206,29 +223,80 @@ export class PartitionRunner {
     });
     this.messages = messages;
     // nats.js re-pulls after timeouts and missed heartbeats itself; if the consume ends for another
-    // reason (the consumer was deleted), start again from what is queued.
-    void messages.closed().then(async (err) => {
-      if (this.status !== 'RUNNING') return;
-      this.log.warn({ err: err ? (err as Error).message : undefined }, 'consume ended; resuming');
-      for (let attempt = 1; this.status === 'RUNNING' && this.lease.valid(); attempt++) {
-        try {
-          await this.createConsumer(this.lastQueuedSeq + 1);
-          await this.consume();
-          return;
-        } catch (e) {
-          this.log.warn({ err: (e as Error).message, attempt }, 'resuming consume failed; retrying');
-          await sleep(Math.min(2000, 50 * 2 ** attempt));
-        }
-      }
+    // reason (the consumer was deleted), start again from the checkpoint.
+    void messages.closed().then((err) => {
+      if (this.messages !== messages) return;
+      this.resume(`consume ended${err ? `: ${(err as Error).message}` : ''}`);
     });
   }
 
+  /**
+   * Consumes again from the checkpoint, with a fresh consumer: after a delivery gap (a pull whose
+   * events were lost with a NATS server: the stream still holds them, but the consumer would
+   * redeliver them only after its ack wait), or when the consume ended. What is queued is committed
+   * and published first, so the new consumer, whose acknowledged position starts just below where
+   * it starts, never claims work that is not published. A gap the stream no longer holds fails
+   * closed instead.
+   */
+  private resume(why: string, gap?: [number, number]): void {
+    if (this.resuming || this.status !== 'RUNNING') return;
+    this.resuming = true;
+    this.deps.metrics.deliveryResumes.inc(this.label);
+    this.log.warn(
+      { why, checkpoint: this.committedSeq, queued: this.lastQueuedSeq },
+      'resuming delivery from the checkpoint',
+    );
+    this.messages?.stop();
+    void (async () => {
+      for (let attempt = 1; this.status === 'RUNNING'; attempt++) {
+        try {
+          while (this.busy || this.scheduled) await (this.busy ?? sleep(1));
+          await this.publishing;
+          if (this.status !== 'RUNNING') return;
+          this.lastQueuedSeq = this.committedSeq;
+          const first = (await this.deps.jsm.streams.info(this.stream)).state.first_seq;
+          if (this.committedSeq + 1 < first) {
+            this.failClosed(`checkpoint at ${this.committedSeq}, the stream starts at ${first}`);
+            return;
+          }
+          if (gap && !(await this.stillStored(gap[0]))) {
+            this.failClosed(`events ${gap[0]}..${gap[1]} are gone from the stream`);
+            return;
+          }
+          if (!this.lease.valid()) {
+            this.fence();
+            return;
+          }
+          await this.createConsumer(this.committedSeq + 1);
+          this.resuming = false;
+          await this.consume();
+          return;
+        } catch (e) {
+          this.resuming = true;
+          this.log.warn({ err: (e as Error).message, attempt }, 'resuming delivery failed; retrying');
+          await sleep(Math.min(2000, 50 * 2 ** attempt));
+        }
+      }
+    })();
+  }
+
+  /** Whether the stream still holds event `seq` (false only when the server says it has none). */
+  private async stillStored(seq: number): Promise<boolean> {
+    try {
+      return (await this.deps.jsm.streams.getMessage(this.stream, { seq })) != null;
+    } catch (err) {
+      if (/no message found|not found/i.test((err as Error).message)) return false;
+      throw err;
+    }
+  }
+
   private onMessage(m: JsMsg): void {
-    if (this.status !== 'RUNNING') return;
+    if (this.status !== 'RUNNING' || this.resuming) return;
     // Redeliveries and duplicates below what is queued are already handled.
     if (m.seq <= this.lastQueuedSeq) return;
     if (m.seq !== this.lastQueuedSeq + 1) {
-      this.failClosed(`events ${this.lastQueuedSeq + 1}..${m.seq - 1} are gone from the stream`);
+      const gap: [number, number] = [this.lastQueuedSeq + 1, m.seq - 1];
+      this.resume(`events ${gap[0]}..${gap[1]} were not delivered`, gap);
       return;
     }
     this.lastQueuedSeq = m.seq;
@@ -329,7 +397,13 @@ export class PartitionRunner {
     })();
   }
 
-  /** Publishes what a commit produced; retried until NATS takes it, since the state is committed. */
+  /**
+   * Publishes what a commit produced, retried until the streams have stored it, since the state is
+   * committed. Emits and dead letters are stored before the state changes: a new owner restores the
+   * states and resumes at the acknowledged position, so an event whose state change is stored is
+   * never processed again, and its emits and dead letters must be stored already. The input is
+   * acknowledged only after both (the caller does that).
+   */
   private async publishOutputs(
     changes: [string, Uint8Array | string][],
     emits: Outbox['emits'],
@@ -338,69 +412,83 @@ export class PartitionRunner {
       seq: number,
     ) => Promise<{ subject: string; data: Uint8Array; headers?: JsMsg['headers'] } | undefined>,
   ): Promise<boolean> {
-    const { nc, js, metrics } = this.deps;
+    const { js, metrics, publisher } = this.deps;
+    const first: Outgoing[] = [];
+    for (const [subject, msgID, json] of emits) {
+      // Proof of the lease the output was produced under: readers can drop older epochs.
+      const h = natsHeaders();
+      h.set(EPOCH_HEADER, String(this.lease.epoch));
+      h.set(PARTITION_HEADER, String(this.partition));
+      h.set('Nats-Msg-Id', msgID);
+      first.push({ subject, data: json, headers: h });
+    }
+    const second: Outgoing[] = changes.map(([kvKey, json]) => ({
+      subject: `${KV_STATE_PREFIX}${kvKey}`,
+      data: json,
+    }));
+    // Dead letters still to store, by index into `dead`.
+    let deadLeft = dead.map((_, i) => i);
+    let pending = first;
+    let phase: 1 | 2 = 1;
     for (let attempt = 1; ; attempt++) {
       if (this.fenced || !this.lease.valid()) return false;
       try {
-        // One publish per change: the KV bucket stores it and republishes it on partita.state.>.
-        for (const [kvKey, json] of changes) nc.publish(`${KV_STATE_PREFIX}${kvKey}`, json);
-        const acks: Promise<unknown>[] = [];
-        // Handled at once: a publish that fails while a later step is awaited (or after one threw)
-        // must not become an unhandled rejection, which ends the process. Promise.all still sees it.
-        const track = (p: Promise<unknown>) => {
-          p.catch(() => undefined);
-          acks.push(p);
-        };
-        let flush = false;
-        for (const [subject, msgID, json] of emits) {
-          // Proof of the lease the output was produced under: readers can drop older epochs.
-          const h = natsHeaders();
-          h.set(EPOCH_HEADER, String(this.lease.epoch));
-          h.set(PARTITION_HEADER, String(this.partition));
-          if (isWindowResult(subject)) {
-            // Window results go out like state changes: a core publish (the stream dedups by the
-            // id) and one flush, not an acknowledged publish each; see ARCHITECTURE.md, Event time.
-            h.set('Nats-Msg-Id', msgID);
-            nc.publish(subject, json, { headers: h });
-            flush = true;
-          } else track(js.publish(subject, json, { msgID, headers: h }));
-        }
-        for (const [seq, code, message, actor] of dead) {
-          const m = await original(seq);
-          if (!m) {
-            this.log.error(
-              { seq, code },
-              'dead letter lost its original event: the stream no longer holds it',
-            );
-            continue;
-          }
-          track(
-            publishDeadLetter(js, {
-              subject: m.subject,
-              originalSubject: producerSubject(m.subject),
-              data: m.data,
-              headers: m.headers,
-              stream: this.stream,
-              seq,
-              code,
-              message,
-              actor,
-              epoch: this.lease.epoch,
-            }).then((written) => {
-              if (!written) return;
-              metrics.deadLetters.inc({ code });
-              actorLogger(this.log, actor).warn({ seq, code, err: message }, 'event dead-lettered');
+        const storing = publisher.publish(pending, PUBLISH_TIMEOUT_MS);
+        const failedDead: number[] = [];
+        if (phase === 1 && deadLeft.length > 0) {
+          await Promise.all(
+            deadLeft.map(async (i) => {
+              const [seq, code, message, actor] = dead[i]!;
+              try {
+                const m = await original(seq);
+                if (!m) {
+                  this.log.error(
+                    { seq, code },
+                    'dead letter lost its original event: the stream no longer holds it',
+                  );
+                  return;
+                }
+                const written = await publishDeadLetter(js, {
+                  subject: m.subject,
+                  originalSubject: producerSubject(m.subject),
+                  data: m.data,
+                  headers: m.headers,
+                  stream: this.stream,
+                  seq,
+                  code,
+                  message,
+                  actor,
+                  epoch: this.lease.epoch,
+                });
+                if (!written) return;
+                metrics.deadLetters.inc({ code });
+                actorLogger(this.log, actor).warn({ seq, code, err: message }, 'event dead-lettered');
+              } catch {
+                failedDead.push(i);
+              }
             }),
           );
         }
-        await Promise.all(acks);
-        if (changes.length > 0 || flush) await this.deps.flusher.flush();
+        const stored = await storing;
+        pending = stored.failed.map((i) => pending[i]!);
+        deadLeft = failedDead;
+        if (pending.length > 0 || deadLeft.length > 0) {
+          throw new Error(
+            `${pending.length + deadLeft.length} not stored${stored.error ? `: ${stored.error}` : ''}`,
+          );
+        }
+        if (phase === 1) {
+          phase = 2;
+          pending = second;
+          attempt = 0;
+          continue;
+        }
         metrics.stateChanges.inc(changes.length);
         metrics.eventsOut.inc(emits.length);
         return true;
       } catch (err) {
         this.log.warn(
-          { err: (err as Error).message, attempt },
+          { err: (err as Error).message, attempt, phase },
           'publishing committed outputs failed; retrying',
         );
         await sleep(Math.min(2000, 50 * 2 ** attempt));

@@ -32,6 +32,12 @@ export async function restorePartitions(
 ): Promise<{ entries: number; restored: number }> {
   const partitions = new Set(targets.map((t) => t.partition));
   const started = performance.now();
+  // Where the previous owners got to, read before the states: every state change of an event at
+  // or below it was stored before it was acknowledged, so the scan below sees all of them. Read
+  // after, it could take in the ack of a batch (a paused former owner's, resuming) whose states
+  // the scan already went past.
+  const positions: Record<number, number> = {};
+  for (const t of targets) positions[t.partition] = await acknowledgedSeq(jsm, t.partition);
   await store.clearPartitions(partitions, (key) => partitionOf(key, partitionCount));
   const stream = `KV_${STATE_BUCKET}`;
   const info = await jsm.streams.info(stream);
@@ -100,7 +106,7 @@ export async function restorePartitions(
     await pending;
   }
   for (const t of targets) {
-    const acked = await acknowledgedSeq(jsm, t.partition);
+    const acked = positions[t.partition]!;
     const clock = clocks.get(t.partition);
     await store.meta.put(['cp', t.partition], {
       seq: acked,
@@ -110,7 +116,7 @@ export async function restorePartitions(
     });
   }
   log.info(
-    { partitions: [...partitions], entries: read, restored, ms: Math.round(performance.now() - started) },
+    { positions, entries: read, restored, ms: Math.round(performance.now() - started) },
     'state restored from the state bucket',
   );
   return { entries: read, restored };
@@ -118,7 +124,8 @@ export async function restorePartitions(
 
 /**
  * Where the previous owner got to: the highest acknowledged sequence over the partition's
- * consumers (acks follow commit and publish, so every state up to it is in the bucket).
+ * consumers (acks follow the stored publishing of every output, so every state up to it is in the
+ * bucket).
  */
 export async function acknowledgedSeq(jsm: JetStreamManager, partition: number): Promise<number> {
   let seq = 0;

@@ -17,7 +17,14 @@ import {
   planFaults,
   seededRandom,
 } from '../../runtime/drill.js';
-import { DLQ_HEADERS, DLQ_STREAM, inStream, STATE_BUCKET, stateKvKey } from '../../runtime/index.js';
+import {
+  DLQ_HEADERS,
+  DLQ_STREAM,
+  inStream,
+  partitionOf,
+  STATE_BUCKET,
+  stateKvKey,
+} from '../../runtime/index.js';
 import { readStatus } from '../../runtime/status.js';
 import { type Account, chainStep } from '../fixtures/actors/account.js';
 import { startTestNatsCluster, type TestNatsCluster } from '../helpers/nats-cluster.js';
@@ -389,6 +396,7 @@ async function verifyChaos(
     }
   };
   let verified = 0;
+  const lost: { key: string; ids: number[] }[] = [];
   for (const [key, want] of work.accounts) {
     const got = await waitFor<Account>('account', key, (s) => (s?.count ?? 0) >= want.count);
     verified += want.count;
@@ -411,6 +419,7 @@ async function verifyChaos(
         actual: `${missing.length} missing`,
         reason: 'at-least-once events missing',
       });
+      lost.push({ key, ids: missing });
     }
   }
   for (const [key, want] of work.flaky) {
@@ -438,6 +447,7 @@ async function verifyChaos(
       });
     }
   }
+  if (lost.length > 0) mismatches.push(...(await whereLost(nc, kv, lost, partitions)));
   // Every event that reached NATS is in the input streams or was dead-lettered as unroutable.
   let stored = 0;
   for (let p = 0; p < partitions; p++) stored += (await jsm.streams.info(inStream(p))).state.messages;
@@ -501,4 +511,51 @@ async function verifyChaos(
     });
   }
   return { mismatches, verified, deadLettered };
+}
+
+/**
+ * For keys with missing events: where the missing events sit in their partition's stream, and
+ * what the state bucket's entry says (its sequence, epoch and last sequences), so a report tells
+ * which owner and which stretch of the stream lost them.
+ */
+async function whereLost(
+  nc: NatsConnection,
+  kv: Awaited<ReturnType<Kvm['open']>>,
+  lost: { key: string; ids: number[] }[],
+  partitions: number,
+): Promise<Mismatch[]> {
+  const out: Mismatch[] = [];
+  const byPartition = new Map<number, { key: string; ids: number[] }[]>();
+  for (const l of lost) {
+    const p = partitionOf(l.key, partitions);
+    byPartition.set(p, [...(byPartition.get(p) ?? []), l]);
+  }
+  const jsm = await jetstreamManager(nc);
+  for (const [p, list] of byPartition) {
+    const wanted = new Map<number, string>();
+    for (const l of list) for (const id of l.ids) wanted.set(id, l.key);
+    const seqs = new Map<string, number[]>();
+    const info = await jsm.streams.info(inStream(p));
+    const consumer = await jetstream(nc).consumers.get(inStream(p));
+    const msgs = await consumer.consume();
+    for await (const m of msgs) {
+      const id = Number(/"id":(\d+)/.exec(new TextDecoder().decode(m.data))?.[1]);
+      const key = wanted.get(id);
+      if (key !== undefined) seqs.set(key, [...(seqs.get(key) ?? []), m.seq]);
+      if (m.seq >= info.state.last_seq) break;
+    }
+    await msgs.close();
+    for (const l of list) {
+      const e = await kv.get(stateKvKey('seen', l.key)).catch(() => null);
+      const v = e?.operation === 'PUT' ? e.json<Record<string, unknown>>() : null;
+      out.push({
+        actor: '(forensics)',
+        key: l.key,
+        expected: `partition ${p}: missing at stream sequences ${(seqs.get(l.key) ?? []).join(',')}`,
+        actual: v ? { seq: v.seq, epoch: v.epoch, lineage: v.lineage, revision: e?.revision } : null,
+        reason: 'where the missing events sit',
+      });
+    }
+  }
+  return out;
 }
