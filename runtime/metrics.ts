@@ -24,6 +24,7 @@ export interface NodeMetrics {
   readonly restoreSeconds: Histogram<string>;
   readonly retentionGaps: Counter<'partition'>;
   readonly deliveryResumes: Counter<'partition'>;
+  readonly zombieStates: Counter;
   /** The deployment's partition count, so `sum(owned) < max(partitions)` finds unowned ones. */
   readonly partitions: Gauge<string>;
   /** 1, labelled with the node id: maps a scrape target to a node of `partita status`. */
@@ -144,6 +145,11 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       name: 'partita_delivery_resumes_total',
       help: 'Times a partition consumed again from its checkpoint after a delivery gap or an ended consume',
       labelNames: ['partition'],
+      registers: r,
+    }),
+    zombieStates: new Counter({
+      name: 'partita_zombie_states_total',
+      help: 'States found in a restore that a former owner stored after losing its lease; the partition resumed after each',
       registers: r,
     }),
     restoreSeconds: new Histogram({

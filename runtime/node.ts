@@ -25,7 +25,7 @@ import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
 import { PROBE_ACTOR_FILE } from './probe-actor.js';
 import { serveReplays } from './replay.js';
-import { restorePartitions } from './restore.js';
+import { type OwnerFence, type OwnerRecord, type RestoreTarget, restorePartitions } from './restore.js';
 import {
   type Durability,
   markStateDirClean,
@@ -33,7 +33,7 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
-import { LEASES_BUCKET, NODES_BUCKET } from './subjects.js';
+import { LEASES_BUCKET, NODES_BUCKET, STATE_BUCKET } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
@@ -209,33 +209,47 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   // Starts partitions whose leases were just taken: from local state when this node was their
   // last owner, else from the state bucket and the previous owner's acknowledged position.
   const startPartitions = async (leases: PartitionLease[]) => {
-    const restore: PartitionLease[] = [];
+    const restore: RestoreTarget[] = [];
     const owned = new Set<number>();
+    const fences = new Map<number, OwnerFence>();
+    // The state bucket's position before this node writes anything for these partitions: a state
+    // written after it under an older epoch is a paused former owner's (see restore.ts).
+    const stateRev = (await topology.jsm.streams.info(`KV_${STATE_BUCKET}`)).state.last_seq;
     for (const l of leases) {
-      const owner = await topology.meta.get(ownerKey(l.partition));
-      const last = owner?.operation === 'PUT' ? owner.json<{ node: string }>().node : undefined;
+      const entry = await topology.meta.get(ownerKey(l.partition));
+      const last = entry?.operation === 'PUT' ? entry.json<OwnerRecord>() : undefined;
       if (last !== undefined) owned.add(l.partition);
-      if (!(last === id && store.checkpoint(l.partition))) restore.push(l);
+      if (last?.node === id && store.checkpoint(l.partition)) {
+        // Still the same stretch of ownership: states written since it began stay legitimate.
+        fences.set(l.partition, last.fence ?? { epoch: l.epoch, stateRev });
+      } else {
+        fences.set(l.partition, { epoch: l.epoch, stateRev });
+        restore.push({ partition: l.partition, epoch: l.epoch, previous: last?.fence });
+      }
     }
     if (restore.length > 0) {
       const t0 = performance.now();
-      await restorePartitions(
+      const { zombieStates } = await restorePartitions(
         js,
         topology.jsm,
         store,
-        restore.map((l) => ({ partition: l.partition, epoch: l.epoch })),
+        restore,
         topology.partitions,
         log,
       );
       metrics.restoreSeconds.observe((performance.now() - t0) / 1000);
+      if (zombieStates > 0) metrics.zombieStates.inc(zombieStates);
     }
     metrics.actors.set(store.states.getCount());
     await Promise.all(
       leases.map(async (l) => {
-        await topology.meta.put(
-          ownerKey(l.partition),
-          JSON.stringify({ node: id, epoch: l.epoch, at: Date.now() }),
-        );
+        const record: OwnerRecord = {
+          node: id,
+          epoch: l.epoch,
+          at: Date.now(),
+          fence: fences.get(l.partition)!,
+        };
+        await topology.meta.put(ownerKey(l.partition), JSON.stringify(record));
         const runner = new PartitionRunner(l.partition, deps, l, owned.has(l.partition));
         runners.set(l.partition, runner);
         await runner.start();

@@ -12,6 +12,27 @@ import { consumerPrefix, inStream, partitionOf, STATE_BUCKET } from './subjects.
 export interface RestoreTarget {
   partition: number;
   epoch: number;
+  /** Where the previous owner's stretch of ownership began, from its owner record. */
+  previous?: OwnerFence;
+}
+
+/**
+ * The start of an owner's stretch of ownership of a partition: its lease epoch then, and the state
+ * bucket's last sequence before it wrote anything. A state of the partition stored after
+ * `stateRev` under an older epoch can only come from a former owner that was paused past its
+ * lease and woke up mid-publish (a zombie): it may have replaced a newer state.
+ */
+export interface OwnerFence {
+  epoch: number;
+  stateRev: number;
+}
+
+/** `owner.p<N>` in the meta bucket: who ran the partition last. */
+export interface OwnerRecord {
+  node: string;
+  epoch: number;
+  at: number;
+  fence?: OwnerFence;
 }
 
 /**
@@ -29,7 +50,7 @@ export async function restorePartitions(
   log: Logger,
   /** Entries read per second at most, so a large restart does not saturate NATS. @default 200000 */
   ratePerSecond = 200_000,
-): Promise<{ entries: number; restored: number }> {
+): Promise<{ entries: number; restored: number; zombieStates: number }> {
   const partitions = new Set(targets.map((t) => t.partition));
   const started = performance.now();
   // Where the previous owners got to, read before the states: every state change of an event at
@@ -47,6 +68,11 @@ export async function restorePartitions(
   // back into the record and the wake index, and the partition clock becomes the newest any of
   // its records saw (at most a batch ahead of the acknowledged position: see ARCHITECTURE.md).
   const clocks = new Map<number, Clock | undefined>();
+  // A zombie's state (see OwnerFence) is a true fold of the events up to its sequence, but it may
+  // have replaced a newer one: the partition then resumes just after it instead of at the
+  // acknowledged position, and every key newer than that skips what it already reflects.
+  const fenceOf = new Map(targets.flatMap((t) => (t.previous ? [[t.partition, t.previous] as const] : [])));
+  let zombieStates = 0;
   if (info.state.messages > 0) {
     const consumer = await js.consumers.get(stream, {
       filter_subjects: `$KV.${STATE_BUCKET}.>`,
@@ -69,6 +95,7 @@ export async function restorePartitions(
             updatedAt: string;
             lineage?: unknown;
             sys?: Sys;
+            epoch?: number;
           }>();
           const p = partitionOf(v.key, partitionCount);
           if (partitions.has(p)) {
@@ -84,6 +111,11 @@ export async function restorePartitions(
               if (t != null) pending = store.meta.put(wakeKey(p, v.actor, kind, t, v.key), 1);
             }
             if (v.sys?.c) clocks.set(p, maxClock(clocks.get(p), v.sys.c));
+            const fence = fenceOf.get(p);
+            if (fence && m.seq > fence.stateRev && (v.epoch ?? 0) < fence.epoch && v.seq < positions[p]!) {
+              zombieStates++;
+              positions[p] = v.seq;
+            }
             restored++;
           }
         } catch (err) {
@@ -115,11 +147,16 @@ export async function restorePartitions(
       ...(clock ? { clock } : {}),
     });
   }
+  if (zombieStates > 0)
+    log.warn(
+      { zombieStates, positions },
+      'former owners stored states after losing their leases: resuming those partitions after them',
+    );
   log.info(
-    { positions, entries: read, restored, ms: Math.round(performance.now() - started) },
+    { positions, entries: read, restored, zombieStates, ms: Math.round(performance.now() - started) },
     'state restored from the state bucket',
   );
-  return { entries: read, restored };
+  return { entries: read, restored, zombieStates };
 }
 
 /**
@@ -130,7 +167,11 @@ export async function restorePartitions(
 export async function acknowledgedSeq(jsm: JetStreamManager, partition: number): Promise<number> {
   let seq = 0;
   for await (const ci of jsm.consumers.list(inStream(partition))) {
-    if (ci.name.startsWith(consumerPrefix(partition))) seq = Math.max(seq, ci.ack_floor.stream_seq);
+    if (!ci.name.startsWith(consumerPrefix(partition))) continue;
+    // Until its first ack a consumer reports a floor of 0, not the one below where it starts (the
+    // checkpoint it was created at), which would send a new owner back to the stream's start.
+    const start = ci.config.opt_start_seq ? ci.config.opt_start_seq - 1 : 0;
+    seq = Math.max(seq, ci.ack_floor.consumer_seq > 0 ? ci.ack_floor.stream_seq : start);
   }
   return seq;
 }

@@ -1,0 +1,87 @@
+// A restore resumes a moved partition at its previous owner's acknowledged position, except where a
+// former owner, paused past its lease, stored a state after the next owner took over: that state
+// may have replaced a newer one, so the partition resumes just after it.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { it } from 'node:test';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { Kvm } from '@nats-io/kv';
+import { createLogger, inStream, partitionOf, STATE_BUCKET, stateKvKey } from '../runtime/index.js';
+import { acknowledgedSeq, restorePartitions } from '../runtime/restore.js';
+import { openStateStore } from '../runtime/state-store.js';
+import { startTestNats } from './helpers/nats.js';
+
+const PARTITIONS = 2;
+
+/** Keys of partition 0, found by the partitioner. */
+function keysOf(partition: number, n: number): string[] {
+  const keys: string[] = [];
+  for (let i = 0; keys.length < n; i++)
+    if (partitionOf(`z${i}`, PARTITIONS) === partition) keys.push(`z${i}`);
+  return keys;
+}
+
+it('resumes after a state a paused former owner stored once the next owner had taken over', async () => {
+  const nats = await startTestNats({ partitions: PARTITIONS });
+  const store = openStateStore(join(nats.dir, 'restorer'));
+  try {
+    const nc = await nats.connect();
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+    const kv = await new Kvm(nc).open(STATE_BUCKET);
+    const [k, older, mine] = keysOf(0, 3) as [string, string, string];
+    const put = (key: string, seq: number, epoch: number) =>
+      kv.put(
+        stateKvKey('account', key),
+        JSON.stringify({
+          actor: 'account',
+          key,
+          state: { count: seq },
+          seq,
+          epoch,
+          partition: 0,
+          updatedAt: new Date().toISOString(),
+        }),
+      );
+    // 30 events in partition 0's stream; the previous owner (epoch 6) acknowledged up to 25.
+    for (let i = 0; i < 30; i++) await js.publish(`events.tx.${k}`, JSON.stringify({ id: i, amount: 1 }));
+    await jsm.consumers.add(inStream(0), {
+      durable_name: 'partita-p0-6',
+      ack_policy: AckPolicy.All,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: 26,
+    });
+    assert.equal(await acknowledgedSeq(jsm, 0), 25);
+
+    // Epoch 5 owned it first; epoch 6 took over when the bucket was at `stateRev`.
+    await put(older, 12, 5);
+    await put(k, 10, 5);
+    const stateRev = (await jsm.streams.info(`KV_${STATE_BUCKET}`)).state.last_seq;
+    await put(k, 20, 6);
+    await put(mine, 24, 6);
+    // Epoch 5, paused past its lease, wakes up mid-publish and replaces k's newer state.
+    await put(k, 15, 5);
+
+    const log = createLogger({ test: 'restore' });
+    const plain = await restorePartitions(js, jsm, store, [{ partition: 0, epoch: 7 }], PARTITIONS, log);
+    assert.equal(plain.zombieStates, 0, 'without the owner record nothing is told apart');
+    assert.equal(store.checkpoint(0)?.seq, 25);
+
+    const fenced = await restorePartitions(
+      js,
+      jsm,
+      store,
+      [{ partition: 0, epoch: 7, previous: { epoch: 6, stateRev } }],
+      PARTITIONS,
+      log,
+    );
+    assert.equal(fenced.zombieStates, 1, 'only the state stored under epoch 5 after the takeover');
+    assert.equal(store.checkpoint(0)?.seq, 15, 'resumes just after the zombie state');
+    assert.equal(store.states.get(['account', k])?.q, 15);
+    assert.equal(store.states.get(['account', older])?.q, 12);
+    assert.equal(store.states.get(['account', mine])?.q, 24);
+  } finally {
+    await store.close();
+    await nats.stop();
+  }
+});
