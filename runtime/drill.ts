@@ -2,9 +2,9 @@
 // and the report (JSON for machines and auditors, a readable summary for people).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { jetstream } from '@nats-io/jetstream';
-import { Kvm } from '@nats-io/kv';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { readKvLatest } from './kv-latest.js';
 import { PROBE_ACTOR, type ProbeState } from './probe-actor.js';
 import { EVENTS_PREFIX, partitionOf, STATE_BUCKET, stateKvKey } from './subjects.js';
 
@@ -253,13 +253,13 @@ export class Prober {
         }
       }),
     ).catch(() => undefined);
-    const kv = await new Kvm(this.nc).open(STATE_BUCKET);
+    const jsm = await jetstreamManager(this.nc);
     const waiting = new Set(this.keys);
     while (waiting.size > 0) {
       if (performance.now() > deadline) return null;
       for (const key of [...waiting]) {
-        const e = await kv.get(stateKvKey(PROBE_ACTOR, key)).catch(() => null);
-        const s = e?.operation === 'PUT' ? e.json<{ state: ProbeState }>().state : null;
+        const e = await readKvLatest(jsm, STATE_BUCKET, stateKvKey(PROBE_ACTOR, key)).catch(() => null);
+        const s = e ? e.json<{ state: ProbeState }>().state : null;
         if (s && s.n >= (this.sent.get(key) ?? 0)) waiting.delete(key);
       }
       if (waiting.size > 0) await sleep(50);
@@ -269,15 +269,15 @@ export class Prober {
 
   /** Every probe applied exactly once, in order. */
   async verify(timeoutMs = 30_000): Promise<Mismatch[]> {
-    const kv = await new Kvm(this.nc).open(STATE_BUCKET);
+    const jsm = await jetstreamManager(this.nc);
     const deadline = performance.now() + timeoutMs;
     const out: Mismatch[] = [];
     for (const key of this.keys) {
       const want = this.sent.get(key) ?? 0;
       let got: ProbeState | null = null;
       do {
-        const e = await kv.get(stateKvKey(PROBE_ACTOR, key)).catch(() => null);
-        got = e?.operation === 'PUT' ? e.json<{ state: ProbeState }>().state : null;
+        const e = await readKvLatest(jsm, STATE_BUCKET, stateKvKey(PROBE_ACTOR, key)).catch(() => null);
+        got = e ? e.json<{ state: ProbeState }>().state : null;
         if (got && got.n >= want) break;
         await sleep(100);
       } while (performance.now() < deadline);

@@ -25,7 +25,14 @@ import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
 import { PROBE_ACTOR_FILE } from './probe-actor.js';
 import { serveReplays } from './replay.js';
-import { type OwnerFence, type OwnerRecord, type RestoreTarget, restorePartitions } from './restore.js';
+import {
+  type OwnerFence,
+  type OwnerRecord,
+  ownerKey,
+  type RestoreTarget,
+  readOwnerRecord,
+  restorePartitions,
+} from './restore.js';
 import {
   type Durability,
   markStateDirClean,
@@ -204,7 +211,6 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     onFenced: (p: number) => coordinator?.fenced(p),
   };
   const runners = new Map<number, PartitionRunner>();
-  const ownerKey = (p: number) => `owner.p${p}`;
 
   // Starts partitions whose leases were just taken: from local state when this node was their
   // last owner, else from the state bucket and the previous owner's acknowledged position.
@@ -216,8 +222,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     // written after it under an older epoch is a paused former owner's (see restore.ts).
     const stateRev = (await topology.jsm.streams.info(`KV_${STATE_BUCKET}`)).state.last_seq;
     for (const l of leases) {
-      const entry = await topology.meta.get(ownerKey(l.partition));
-      const last = entry?.operation === 'PUT' ? entry.json<OwnerRecord>() : undefined;
+      const last = await readOwnerRecord(topology.jsm, l.partition);
       if (last !== undefined) owned.add(l.partition);
       if (last?.node === id && store.checkpoint(l.partition)) {
         // Still the same stretch of ownership: states written since it began stay legitimate.

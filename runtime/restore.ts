@@ -2,12 +2,16 @@
 // which holds the latest committed state of every key (a compacted changelog), so a restore reads
 // state, not history. The caller then resumes at the old owner's acknowledged position; events
 // after it that some keys already reflect are skipped by the per-key sequence (`StateRecord.q`).
-import { DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
 import { type Clock, maxClock, type Sys, wakeKey } from './event-time.js';
+import { readKvLatest } from './kv-latest.js';
 import { lineageOfChange } from './lineage.js';
 import type { Logger } from './logger.js';
 import type { StateStore } from './state-store.js';
-import { consumerPrefix, inStream, partitionOf, STATE_BUCKET } from './subjects.js';
+import { consumerPrefix, inStream, META_BUCKET, partitionOf, STATE_BUCKET } from './subjects.js';
+
+/** A restore whose bucket replica shows nothing new for this long fails. */
+const STALL_MS = 20_000;
 
 export interface RestoreTarget {
   partition: number;
@@ -74,15 +78,25 @@ export async function restorePartitions(
   const fenceOf = new Map(targets.flatMap((t) => (t.previous ? [[t.partition, t.previous] as const] : [])));
   let zombieStates = 0;
   if (info.state.messages > 0) {
-    const consumer = await js.consumers.get(stream, {
-      filter_subjects: `$KV.${STATE_BUCKET}.>`,
-      // The bucket keeps one entry per key (history 1), so All reads the same entries as
-      // LastPerSubject, which 2.9 is slow to set up over a million subjects.
-      deliver_policy: DeliverPolicy.All,
-    });
+    // The scan reads the replica its consumer sits on, and nats-server places an ephemeral consumer
+    // on any of the stream's peers. A follower can be behind, or (2.9, after a server was killed)
+    // miss messages for good, and serve a key's older state: a restore from it loses events. So the
+    // consumer is placed on the stream's leader (created again until it lands there), and the scan
+    // reads up to the leader's last sequence.
+    const name = await consumerOnLeader(jsm, stream, info.cluster?.leader);
+    const consumer = await js.consumers.get(stream, name);
     const msgs = await consumer.consume({ max_messages: 5000 });
     let pending: Promise<boolean> | undefined;
+    let lastSeen = performance.now();
+    let stalled = false;
+    const watchdog = setInterval(() => {
+      if (performance.now() - lastSeen < STALL_MS) return;
+      stalled = true;
+      msgs.stop();
+    }, 1000);
+    let reached = false;
     for await (const m of msgs) {
+      lastSeen = performance.now();
       read++;
       const op = m.headers?.get('KV-Operation');
       if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
@@ -132,9 +146,27 @@ export async function restorePartitions(
         if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
       }
       // Done when caught up with what the bucket held at the start (later puts are fresher anyway).
-      if (m.info.pending === 0 || m.seq >= info.state.last_seq) break;
+      if (m.seq >= info.state.last_seq) {
+        reached = true;
+        break;
+      }
     }
+    clearInterval(watchdog);
     msgs.stop();
+    await jsm.consumers.delete(stream, name).catch(() => undefined);
+    const after = (await jsm.streams.info(stream)).cluster?.leader;
+    if (reached && after !== info.cluster?.leader) {
+      await pending;
+      throw new Error(
+        `the state bucket's leader changed during the restore (${info.cluster?.leader} → ${after})`,
+      );
+    }
+    if (!reached) {
+      await pending;
+      throw new Error(
+        `restore read the state bucket up to ${read} entries but not to its last sequence ${info.state.last_seq}${stalled ? ` (nothing new for ${STALL_MS} ms)` : ''}`,
+      );
+    }
     await pending;
   }
   for (const t of targets) {
@@ -174,4 +206,45 @@ export async function acknowledgedSeq(jsm: JetStreamManager, partition: number):
     seq = Math.max(seq, ci.ack_floor.consumer_seq > 0 ? ci.ack_floor.stream_seq : start);
   }
   return seq;
+}
+
+/**
+ * The partition's owner record, read from the meta bucket's stream leader: a follower still catching
+ * up would name a former owner, and a node could take itself for the last owner and start from a
+ * stale checkpoint.
+ */
+export async function readOwnerRecord(
+  jsm: JetStreamManager,
+  partition: number,
+): Promise<OwnerRecord | undefined> {
+  return (await readKvLatest(jsm, META_BUCKET, ownerKey(partition)))?.json<OwnerRecord>();
+}
+
+/** The key of a partition's owner record in the meta bucket. */
+export function ownerKey(partition: number): string {
+  return `owner.p${partition}`;
+}
+
+/**
+ * Creates an ephemeral consumer of the whole stream on the server that leads it (`leader`; any
+ * server when the stream is not clustered), deleting the ones that land elsewhere.
+ */
+async function consumerOnLeader(
+  jsm: JetStreamManager,
+  stream: string,
+  leader: string | undefined,
+): Promise<string> {
+  for (let attempt = 1; attempt <= 30; attempt++) {
+    const ci = await jsm.consumers.add(stream, {
+      ack_policy: AckPolicy.None,
+      // The bucket keeps one entry per key (history 1), so All reads the same entries as
+      // LastPerSubject, which 2.9 is slow to set up over a million subjects.
+      deliver_policy: DeliverPolicy.All,
+      inactive_threshold: 30_000_000_000,
+      mem_storage: true,
+    });
+    if (!leader || !ci.cluster?.leader || ci.cluster.leader === leader) return ci.name;
+    await jsm.consumers.delete(stream, ci.name).catch(() => undefined);
+  }
+  throw new Error(`could not place a consumer of ${stream} on its leader ${leader}`);
 }

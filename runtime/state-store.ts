@@ -74,8 +74,8 @@ export interface StateStore {
   outboxes(partition: number): Outbox[];
   deleteOutbox(partition: number, seq: number): Promise<boolean>;
   /**
-   * Deletes the states and outboxes of `partitions` (they moved here from another node, whose
-   * state replaces this node's old copy). Scans the keys in slices, yielding between them.
+   * Deletes the checkpoints, states and outboxes of `partitions` (they moved here from another
+   * node, whose state replaces this node's old copy). Scans the keys in slices, yielding between them.
    */
   clearPartitions(partitions: ReadonlySet<number>, partitionOf: (key: string) => number): Promise<void>;
   close(): Promise<void>;
@@ -154,6 +154,10 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
     clearPartitions: async (partitions, partitionOf) => {
       let start: [string, string] | undefined;
       let last: Promise<boolean> | undefined;
+      // The checkpoints go first: a restore that fails halfway leaves no checkpoint behind, so the
+      // next start restores again rather than resume from cleared states.
+      for (const p of partitions) last = meta.remove(['cp', p]);
+      await last;
       for (;;) {
         let n = 0;
         let next: [string, string] | undefined;

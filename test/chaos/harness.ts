@@ -6,7 +6,6 @@ import { appendFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type JetStreamClient, jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   buildReport,
@@ -25,6 +24,7 @@ import {
   STATE_BUCKET,
   stateKvKey,
 } from '../../runtime/index.js';
+import { readKvLatest } from '../../runtime/kv-latest.js';
 import { readStatus } from '../../runtime/status.js';
 import { type Account, chainStep } from '../fixtures/actors/account.js';
 import { startTestNatsCluster, type TestNatsCluster } from '../helpers/nats-cluster.js';
@@ -214,6 +214,8 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
     const n = await spawnPartita(args, env, 60_000);
     if (o.logDir) {
       mkdirSync(o.logDir, { recursive: true });
+      // What it logged while starting (the last 20k characters), then everything after.
+      appendFileSync(join(o.logDir, `${id}.log`), n.stderr());
       n.child.stderr!.on('data', (d: Buffer) => appendFileSync(join(o.logDir!, `${id}.log`), d));
     }
     nodes.set(id, n);
@@ -377,10 +379,10 @@ async function verifyChaos(
 ): Promise<{ mismatches: Mismatch[]; verified: number; deadLettered: number }> {
   const mismatches: Mismatch[] = [];
   const jsm = await jetstreamManager(nc);
-  const kv = await new Kvm(nc).open(STATE_BUCKET);
+  // Read from the leader: a follower catching up would make a verdict out of an old value.
   const get = async <T>(actor: string, key: string): Promise<T | null> => {
-    const e = await kv.get(stateKvKey(actor, key)).catch(() => null);
-    return e?.operation === 'PUT' ? e.json<{ state: T }>().state : null;
+    const e = await readKvLatest(jsm, STATE_BUCKET, stateKvKey(actor, key)).catch(() => undefined);
+    return e ? e.json<{ state: T }>().state : null;
   };
   // Wait (bounded) for the last events to be applied: the fold's counts are the finish line.
   const deadline = Date.now() + timeoutMs;
@@ -447,7 +449,7 @@ async function verifyChaos(
       });
     }
   }
-  if (lost.length > 0) mismatches.push(...(await whereLost(nc, kv, lost, partitions)));
+  if (lost.length > 0) mismatches.push(...(await whereLost(nc, lost, partitions)));
   // Every event that reached NATS is in the input streams or was dead-lettered as unroutable.
   let stored = 0;
   for (let p = 0; p < partitions; p++) stored += (await jsm.streams.info(inStream(p))).state.messages;
@@ -520,7 +522,6 @@ async function verifyChaos(
  */
 async function whereLost(
   nc: NatsConnection,
-  kv: Awaited<ReturnType<Kvm['open']>>,
   lost: { key: string; ids: number[] }[],
   partitions: number,
 ): Promise<Mismatch[]> {
@@ -546,8 +547,8 @@ async function whereLost(
     }
     await msgs.close();
     for (const l of list) {
-      const e = await kv.get(stateKvKey('seen', l.key)).catch(() => null);
-      const v = e?.operation === 'PUT' ? e.json<Record<string, unknown>>() : null;
+      const e = await readKvLatest(jsm, STATE_BUCKET, stateKvKey('seen', l.key)).catch(() => undefined);
+      const v = e ? e.json<Record<string, unknown>>() : null;
       out.push({
         actor: '(forensics)',
         key: l.key,
