@@ -520,11 +520,14 @@ export class PartitionRunner {
       ]);
     }
     const published = await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
+      // Only the server saying it has no such message means the event is gone; a timeout or a
+      // stream without a leader (a NATS server just died) throws, and the dead letter is retried.
       try {
         const sm = await jsm.streams.getMessage(this.stream, { seq });
         return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
-      } catch {
-        return undefined;
+      } catch (err) {
+        if (/no message found|not found/i.test((err as Error).message)) return undefined;
+        throw err;
       }
     });
     // Not published (the lease lapsed meanwhile): keep the outbox for the next owner run; deleting
