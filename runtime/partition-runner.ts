@@ -219,6 +219,9 @@ export class PartitionRunner {
     const messages = await consumer.consume({
       max_messages: this.deps.maxBatch,
       expires: 5000,
+      // A deleted consumer ends the consume (and the partition resumes with a fresh one) instead
+      // of retrying it forever.
+      abort_on_missing_resource: true,
       callback: (m) => this.onMessage(m),
     });
     this.messages = messages;
