@@ -95,6 +95,8 @@ export async function restorePartitions(
       msgs.stop();
     }, 1000);
     let reached = false;
+    let target = info.state.last_seq;
+    let extended = false;
     for await (const m of msgs) {
       lastSeen = performance.now();
       read++;
@@ -145,10 +147,22 @@ export async function restorePartitions(
         const ahead = (read / ratePerSecond) * 1000 - (performance.now() - started);
         if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
       }
-      // Done when caught up with what the bucket held at the start (later puts are fresher anyway).
-      if (m.seq >= info.state.last_seq) {
-        reached = true;
-        break;
+      // Done at the leader's last sequence at the start, extended once: a key rewritten during the
+      // scan (a paused former owner waking up mid-publish) loses its older entry before the scan
+      // reaches it, and its newer one lies past that sequence. Such a rewrite of an entry not yet
+      // read happens before the scan gets to the first target, so it lies below the bucket's last
+      // sequence then. (The server's pending count is no help: on 2.9 it counts deleted entries.)
+      if (m.seq >= target) {
+        if (extended) {
+          reached = true;
+          break;
+        }
+        extended = true;
+        target = (await jsm.streams.info(stream)).state.last_seq;
+        if (m.seq >= target) {
+          reached = true;
+          break;
+        }
       }
     }
     clearInterval(watchdog);

@@ -13,7 +13,7 @@ import { startTestNats } from './helpers/nats.js';
 
 const PARTITIONS = 2;
 
-/** Keys of partition 0, found by the partitioner. */
+/** The first `n` keys of `partition`, found by the partitioner. */
 function keysOf(partition: number, n: number): string[] {
   const keys: string[] = [];
   for (let i = 0; keys.length < n; i++)
@@ -80,6 +80,68 @@ it('resumes after a state a paused former owner stored once the next owner had t
     assert.equal(store.states.get(['account', k])?.q, 15);
     assert.equal(store.states.get(['account', older])?.q, 12);
     assert.equal(store.states.get(['account', mine])?.q, 24);
+  } finally {
+    await store.close();
+    await nats.stop();
+  }
+});
+
+it('finds a key that a former owner rewrites while the restore is reading the bucket', async () => {
+  const nats = await startTestNats({ partitions: PARTITIONS });
+  const store = openStateStore(join(nats.dir, 'restorer'));
+  try {
+    const nc = await nats.connect();
+    const js = jetstream(nc);
+    const jsm = await jetstreamManager(nc);
+    const kv = await new Kvm(nc).open(STATE_BUCKET);
+    const [k] = keysOf(0, 1) as [string];
+    const state = (key: string, seq: number, epoch: number) =>
+      JSON.stringify({
+        actor: 'account',
+        key,
+        state: { count: seq },
+        seq,
+        epoch,
+        partition: 0,
+        updatedAt: new Date().toISOString(),
+      });
+    // 10,000 other keys, then k last: the scan reaches k's entry only at its end.
+    const others = keysOf(1, 10_000);
+    for (let i = 0; i < others.length; i += 500)
+      await Promise.all(
+        others.slice(i, i + 500).map((o) => kv.put(stateKvKey('account', o), state(o, 1, 5))),
+      );
+    // The previous owner (epoch 6) acknowledged up to 25.
+    for (let i = 0; i < 30; i++) await js.publish(`events.tx.${k}`, JSON.stringify({ id: i, amount: 1 }));
+    await jsm.consumers.add(inStream(0), {
+      durable_name: 'partita-p0-6',
+      ack_policy: AckPolicy.All,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: 26,
+    });
+    const stateRev = (await jsm.streams.info(`KV_${STATE_BUCKET}`)).state.last_seq;
+    await kv.put(stateKvKey('account', k), state(k, 20, 6));
+    // At 2,500 entries/s the scan pauses after 5,000 until 2 s have passed; k is rewritten (by a
+    // former owner, epoch 5, waking up) during that pause, so its old entry goes before the scan
+    // gets to it.
+    const restoring = restorePartitions(
+      js,
+      jsm,
+      store,
+      [{ partition: 0, epoch: 7, previous: { epoch: 6, stateRev } }],
+      PARTITIONS,
+      createLogger({ test: 'restore' }),
+      2500,
+    );
+    await new Promise((r) => setTimeout(r, 1000));
+    // Other partitions' owners keep writing meanwhile, so k's new entry is not the first past the
+    // bucket's last sequence at the start.
+    for (const o of others.slice(0, 5)) await kv.put(stateKvKey('account', o), state(o, 2, 5));
+    await kv.put(stateKvKey('account', k), state(k, 12, 5));
+    const { zombieStates } = await restoring;
+    assert.equal(store.states.get(['account', k])?.q, 12, 'the rewritten key is restored');
+    assert.equal(zombieStates, 1, 'and taken for what it is: a former owner’s state');
+    assert.equal(store.checkpoint(0)?.seq, 12, 'resuming after it, not at 25');
   } finally {
     await store.close();
     await nats.stop();

@@ -380,9 +380,18 @@ async function verifyChaos(
   const mismatches: Mismatch[] = [];
   const jsm = await jetstreamManager(nc, { checkAPI: false });
   // Read from the leader: a follower catching up would make a verdict out of an old value.
+  // A read that fails (a timeout while the bucket elects a leader) is tried again, not taken for
+  // an absent state.
   const get = async <T>(actor: string, key: string): Promise<T | null> => {
-    const e = await readKvLatest(jsm, STATE_BUCKET, stateKvKey(actor, key)).catch(() => undefined);
-    return e ? e.json<{ state: T }>().state : null;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const e = await readKvLatest(jsm, STATE_BUCKET, stateKvKey(actor, key));
+        return e ? e.json<{ state: T }>().state : null;
+      } catch (err) {
+        if (attempt >= 10) throw err;
+        await sleep(500);
+      }
+    }
   };
   // Wait (bounded) for the last events to be applied: the fold's counts are the finish line.
   const deadline = Date.now() + timeoutMs;
