@@ -219,9 +219,6 @@ export class PartitionRunner {
     const messages = await consumer.consume({
       max_messages: this.deps.maxBatch,
       expires: 5000,
-      // A deleted consumer ends the consume (and the partition resumes with a fresh one) instead
-      // of retrying it forever.
-      abort_on_missing_resource: true,
       callback: (m) => this.onMessage(m),
     });
     this.messages = messages;
@@ -231,6 +228,14 @@ export class PartitionRunner {
       if (this.messages !== messages) return;
       this.resume(`consume ended${err ? `: ${(err as Error).message}` : ''}`);
     });
+    // A deleted consumer is retried by nats.js forever: resume with a fresh one instead.
+    // (`abort_on_missing_resource` would do it too, but it also ends the consume when heartbeats
+    // are missed after the main thread froze, which left the node unresponsive for seconds.)
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (s.type === 'consumer_deleted' && this.messages === messages) this.resume('consumer deleted');
+      }
+    })().catch(() => undefined);
   }
 
   /**
@@ -253,7 +258,11 @@ export class PartitionRunner {
     void (async () => {
       for (let attempt = 1; this.status === 'RUNNING'; attempt++) {
         try {
-          while (this.busy || this.scheduled) await (this.busy ?? sleep(1));
+          // A macrotask between checks: never a microtask loop that starves the event loop.
+          while (this.busy || this.scheduled) {
+            await this.busy;
+            await sleep(1);
+          }
           await this.publishing;
           if (this.status !== 'RUNNING') return;
           this.lastQueuedSeq = this.committedSeq;
@@ -311,27 +320,34 @@ export class PartitionRunner {
       this.scheduled = true;
       setImmediate(() => {
         this.scheduled = false;
-        if (!this.busy) this.busy = this.drain();
+        if (!this.busy) this.startDrain();
       });
     }
   }
 
+  /** Starts draining the queue; `busy` is the drain in progress, cleared when it ends. */
+  private startDrain(): void {
+    // Cleared after the assignment, not inside drain(): a drain that ends without awaiting (the
+    // lease has lapsed) would otherwise clear `busy` before it is set, and leave it set for good.
+    const run = this.drain();
+    this.busy = run;
+    void run.finally(() => {
+      if (this.busy === run) this.busy = null;
+    });
+  }
+
   private async drain(): Promise<void> {
-    try {
-      while (this.queue.length > 0 && this.status === 'RUNNING') {
-        if (!this.lease.valid()) {
-          // Not provably ours: another node may own the partition by now. Stop, and let the
-          // coordinator start it again from its checkpoint if it is still ours.
-          this.fence();
-          break;
-        }
-        const batch = this.queue.splice(0, this.deps.maxBatch);
-        await this.process(batch);
-        // Let publishing fall at most two batches behind compute.
-        if (this.unpublished >= 2) await this.publishing;
+    while (this.queue.length > 0 && this.status === 'RUNNING') {
+      if (!this.lease.valid()) {
+        // Not provably ours: another node may own the partition by now. Stop, and let the
+        // coordinator start it again from its checkpoint if it is still ours.
+        this.fence();
+        break;
       }
-    } finally {
-      this.busy = null;
+      const batch = this.queue.splice(0, this.deps.maxBatch);
+      await this.process(batch);
+      // Let publishing fall at most two batches behind compute.
+      if (this.unpublished >= 2) await this.publishing;
     }
   }
 
