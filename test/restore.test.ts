@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { it } from 'node:test';
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { createLogger, inStream, partitionOf, STATE_BUCKET, stateKvKey } from '../runtime/index.js';
 import { acknowledgedSeq, restorePartitions } from '../runtime/restore.js';
 import { openStateStore } from '../runtime/state-store.js';
@@ -21,6 +22,32 @@ function keysOf(partition: number, n: number): string[] {
   return keys;
 }
 
+/** An `account` state change as a node publishes it, for partition 0. */
+function stateJson(key: string, seq: number, epoch: number): string {
+  return JSON.stringify({
+    actor: 'account',
+    key,
+    state: { count: seq },
+    seq,
+    epoch,
+    partition: 0,
+    updatedAt: new Date().toISOString(),
+  });
+}
+
+/** 30 events in partition 0's stream, acknowledged up to 25 by the previous owner (epoch 6). */
+async function previousOwnerAt25(nc: NatsConnection, key: string): Promise<void> {
+  const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
+  for (let i = 0; i < 30; i++) await js.publish(`events.tx.${key}`, JSON.stringify({ id: i, amount: 1 }));
+  await jsm.consumers.add(inStream(0), {
+    durable_name: 'partita-p0-6',
+    ack_policy: AckPolicy.All,
+    deliver_policy: DeliverPolicy.StartSequence,
+    opt_start_seq: 26,
+  });
+}
+
 it('resumes after a state a paused former owner stored once the next owner had taken over', async () => {
   const nats = await startTestNats({ partitions: PARTITIONS });
   const store = openStateStore(join(nats.dir, 'restorer'));
@@ -31,26 +58,8 @@ it('resumes after a state a paused former owner stored once the next owner had t
     const kv = await new Kvm(nc).open(STATE_BUCKET);
     const [k, older, mine] = keysOf(0, 3) as [string, string, string];
     const put = (key: string, seq: number, epoch: number) =>
-      kv.put(
-        stateKvKey('account', key),
-        JSON.stringify({
-          actor: 'account',
-          key,
-          state: { count: seq },
-          seq,
-          epoch,
-          partition: 0,
-          updatedAt: new Date().toISOString(),
-        }),
-      );
-    // 30 events in partition 0's stream; the previous owner (epoch 6) acknowledged up to 25.
-    for (let i = 0; i < 30; i++) await js.publish(`events.tx.${k}`, JSON.stringify({ id: i, amount: 1 }));
-    await jsm.consumers.add(inStream(0), {
-      durable_name: 'partita-p0-6',
-      ack_policy: AckPolicy.All,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: 26,
-    });
+      kv.put(stateKvKey('account', key), stateJson(key, seq, epoch));
+    await previousOwnerAt25(nc, k);
     assert.equal(await acknowledgedSeq(jsm, 0), 25);
 
     // Epoch 5 owned it first; epoch 6 took over when the bucket was at `stateRev`.
@@ -95,32 +104,15 @@ it('finds a key that a former owner rewrites while the restore is reading the bu
     const jsm = await jetstreamManager(nc);
     const kv = await new Kvm(nc).open(STATE_BUCKET);
     const [k] = keysOf(0, 1) as [string];
-    const state = (key: string, seq: number, epoch: number) =>
-      JSON.stringify({
-        actor: 'account',
-        key,
-        state: { count: seq },
-        seq,
-        epoch,
-        partition: 0,
-        updatedAt: new Date().toISOString(),
-      });
     // 10,000 other keys, then k last: the scan reaches k's entry only at its end.
     const others = keysOf(1, 10_000);
     for (let i = 0; i < others.length; i += 500)
       await Promise.all(
-        others.slice(i, i + 500).map((o) => kv.put(stateKvKey('account', o), state(o, 1, 5))),
+        others.slice(i, i + 500).map((o) => kv.put(stateKvKey('account', o), stateJson(o, 1, 5))),
       );
-    // The previous owner (epoch 6) acknowledged up to 25.
-    for (let i = 0; i < 30; i++) await js.publish(`events.tx.${k}`, JSON.stringify({ id: i, amount: 1 }));
-    await jsm.consumers.add(inStream(0), {
-      durable_name: 'partita-p0-6',
-      ack_policy: AckPolicy.All,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: 26,
-    });
+    await previousOwnerAt25(nc, k);
     const stateRev = (await jsm.streams.info(`KV_${STATE_BUCKET}`)).state.last_seq;
-    await kv.put(stateKvKey('account', k), state(k, 20, 6));
+    await kv.put(stateKvKey('account', k), stateJson(k, 20, 6));
     // At 2,500 entries/s the scan pauses after 5,000 until 2 s have passed; k is rewritten (by a
     // former owner, epoch 5, waking up) during that pause, so its old entry goes before the scan
     // gets to it.
@@ -136,8 +128,8 @@ it('finds a key that a former owner rewrites while the restore is reading the bu
     await new Promise((r) => setTimeout(r, 1000));
     // Other partitions' owners keep writing meanwhile, so k's new entry is not the first past the
     // bucket's last sequence at the start.
-    for (const o of others.slice(0, 5)) await kv.put(stateKvKey('account', o), state(o, 2, 5));
-    await kv.put(stateKvKey('account', k), state(k, 12, 5));
+    for (const o of others.slice(0, 5)) await kv.put(stateKvKey('account', o), stateJson(o, 2, 5));
+    await kv.put(stateKvKey('account', k), stateJson(k, 12, 5));
     const { zombieStates } = await restoring;
     assert.equal(store.states.get(['account', k])?.q, 12, 'the rewritten key is restored');
     assert.equal(zombieStates, 1, 'and taken for what it is: a former owner’s state');
