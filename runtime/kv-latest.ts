@@ -14,13 +14,8 @@ export async function readKvLatest(
   bucket: string,
   key: string,
 ): Promise<KvLatest | undefined> {
-  let m: Awaited<ReturnType<JetStreamManager['streams']['getMessage']>>;
-  try {
-    m = await jsm.streams.getMessage(`KV_${bucket}`, { last_by_subj: `$KV.${bucket}.${key}` });
-  } catch (err) {
-    if (/no message found|not found/i.test((err as Error).message)) return undefined;
-    throw err;
-  }
+  // nats.js answers null for "no message found"; anything else (a timeout, no leader) throws.
+  const m = await jsm.streams.getMessage(`KV_${bucket}`, { last_by_subj: `$KV.${bucket}.${key}` });
   const op = m?.header?.get('KV-Operation');
   if (!m || op === 'DEL' || op === 'PURGE' || m.data.length === 0) return undefined;
   const found = m;

@@ -292,14 +292,12 @@ export class PartitionRunner {
     })();
   }
 
-  /** Whether the stream still holds event `seq` (false only when the server says it has none). */
+  /**
+   * Whether the stream still holds event `seq`: nats.js answers null only when the server says it
+   * has none; a timeout or a stream without a leader throws (and the resume is retried).
+   */
   private async stillStored(seq: number): Promise<boolean> {
-    try {
-      return (await this.deps.jsm.streams.getMessage(this.stream, { seq })) != null;
-    } catch (err) {
-      if (/no message found|not found/i.test((err as Error).message)) return false;
-      throw err;
-    }
+    return (await this.deps.jsm.streams.getMessage(this.stream, { seq })) != null;
   }
 
   private onMessage(m: JsMsg): void {
@@ -539,15 +537,10 @@ export class PartitionRunner {
       ]);
     }
     const published = await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
-      // Only the server saying it has no such message means the event is gone; a timeout or a
-      // stream without a leader (a NATS server just died) throws, and the dead letter is retried.
-      try {
-        const sm = await jsm.streams.getMessage(this.stream, { seq });
-        return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
-      } catch (err) {
-        if (/no message found|not found/i.test((err as Error).message)) return undefined;
-        throw err;
-      }
+      // Only the server saying it has no such message (null) means the event is gone; a timeout or
+      // a stream without a leader (a NATS server just died) throws, and the dead letter is retried.
+      const sm = await jsm.streams.getMessage(this.stream, { seq });
+      return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
     });
     // Not published (the lease lapsed meanwhile): keep the outbox for the next owner run; deleting
     // it would lose these state changes downstream.

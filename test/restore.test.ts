@@ -4,12 +4,19 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { it } from 'node:test';
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
-import { Kvm } from '@nats-io/kv';
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+} from '@nats-io/jetstream';
+import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { createLogger, inStream, partitionOf, STATE_BUCKET, stateKvKey } from '../runtime/index.js';
 import { acknowledgedSeq, restorePartitions } from '../runtime/restore.js';
-import { openStateStore } from '../runtime/state-store.js';
+import { openStateStore, type StateStore } from '../runtime/state-store.js';
 import { startTestNats } from './helpers/nats.js';
 
 const PARTITIONS = 2;
@@ -48,14 +55,35 @@ async function previousOwnerAt25(nc: NatsConnection, key: string): Promise<void>
   });
 }
 
-it('resumes after a state a paused former owner stored once the next owner had taken over', async () => {
+/** A NATS server, a restorer's LMDB store and the clients a test needs; everything closed after. */
+async function withRestorer(
+  fn: (t: {
+    nc: NatsConnection;
+    js: JetStreamClient;
+    jsm: JetStreamManager;
+    kv: KV;
+    store: StateStore;
+  }) => Promise<void>,
+): Promise<void> {
   const nats = await startTestNats({ partitions: PARTITIONS });
   const store = openStateStore(join(nats.dir, 'restorer'));
   try {
     const nc = await nats.connect();
-    const js = jetstream(nc);
-    const jsm = await jetstreamManager(nc);
-    const kv = await new Kvm(nc).open(STATE_BUCKET);
+    await fn({
+      nc,
+      js: jetstream(nc),
+      jsm: await jetstreamManager(nc),
+      kv: await new Kvm(nc).open(STATE_BUCKET),
+      store,
+    });
+  } finally {
+    await store.close();
+    await nats.stop();
+  }
+}
+
+it('resumes after a state a paused former owner stored once the next owner had taken over', async () => {
+  await withRestorer(async ({ nc, js, jsm, kv, store }) => {
     const [k, older, mine] = keysOf(0, 3) as [string, string, string];
     const put = (key: string, seq: number, epoch: number) =>
       kv.put(stateKvKey('account', key), stateJson(key, seq, epoch));
@@ -89,20 +117,11 @@ it('resumes after a state a paused former owner stored once the next owner had t
     assert.equal(store.states.get(['account', k])?.q, 15);
     assert.equal(store.states.get(['account', older])?.q, 12);
     assert.equal(store.states.get(['account', mine])?.q, 24);
-  } finally {
-    await store.close();
-    await nats.stop();
-  }
+  });
 });
 
 it('finds a key that a former owner rewrites while the restore is reading the bucket', async () => {
-  const nats = await startTestNats({ partitions: PARTITIONS });
-  const store = openStateStore(join(nats.dir, 'restorer'));
-  try {
-    const nc = await nats.connect();
-    const js = jetstream(nc);
-    const jsm = await jetstreamManager(nc);
-    const kv = await new Kvm(nc).open(STATE_BUCKET);
+  await withRestorer(async ({ nc, js, jsm, kv, store }) => {
     const [k] = keysOf(0, 1) as [string];
     // 10,000 other keys, then k last: the scan reaches k's entry only at its end.
     const others = keysOf(1, 10_000);
@@ -134,8 +153,5 @@ it('finds a key that a former owner rewrites while the restore is reading the bu
     assert.equal(store.states.get(['account', k])?.q, 12, 'the rewritten key is restored');
     assert.equal(zombieStates, 1, 'and taken for what it is: a former owner’s state');
     assert.equal(store.checkpoint(0)?.seq, 12, 'resuming after it, not at 25');
-  } finally {
-    await store.close();
-    await nats.stop();
-  }
+  });
 });
