@@ -9,8 +9,14 @@ import { actorsByType, applyBatch, type RawEvent } from './batch.js';
 import { timeOptionsFor, type WorkerTime, workerTimeOf, writeTime } from './event-time-store.js';
 import { GovernanceCache } from './governance.js';
 import { lineageJson } from './lineage.js';
-import { type Durability, type Outbox, openStateStore, type StateStore } from './state-store.js';
-import { stateKvKey } from './subjects.js';
+import {
+  countPartitionKeys,
+  type Durability,
+  type Outbox,
+  openStateStore,
+  type StateStore,
+} from './state-store.js';
+import { partitionOf, stateKvKey } from './subjects.js';
 
 export interface WorkerConfig {
   actorFiles: string[];
@@ -91,6 +97,10 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
   const now = Date.now();
   const updatedAt = new Date(now).toISOString();
   const govern = governance.current(store);
+  // Each partition's key count (`Checkpoint.n`): keys are only ever added by batches, so the count
+  // after a batch is the one before plus the keys it created. It goes out with every state change,
+  // so a restore can tell when the bucket holds fewer keys than an owner had stored (see restore.ts).
+  const counts = new Map<number, number>();
   const outs = batches.map((b) => {
     const t0 = performance.now();
     const out = applyBatch(byType, b.events, (actor, key) => store.states.get([actor, key]), {
@@ -110,13 +120,22 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
   store.root.transactionSync(() => {
     for (const { b, out } of outs) {
       const keys: [string, string][] = [];
+      let n = keyCountOf(store, b.partition);
       for (const w of out.writes) {
         store.states.put([w.actor, w.key], w.record);
         keys.push([w.actor, w.key]);
+        if (w.created) n++;
       }
+      counts.set(b.partition, n);
       const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
-      const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead };
-      store.meta.put(['cp', b.partition], { seq: out.lastSeq, at: now, epoch: b.epoch, clock: out.clock });
+      const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead, n };
+      store.meta.put(['cp', b.partition], {
+        seq: out.lastSeq,
+        at: now,
+        epoch: b.epoch,
+        clock: out.clock,
+        n,
+      });
       store.meta.put(['ob', b.partition, out.lastSeq], outbox);
       writeTime(store, b.partition, out);
     }
@@ -125,12 +144,13 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
   const results: BatchResult[] = outs.map(({ b, out, handlerMs }) => {
     let created = 0;
     const changes: [string, Uint8Array][] = [];
+    const n = counts.get(b.partition)!;
     for (const w of out.writes) {
       if (w.created) created++;
       changes.push([
         stateKvKey(w.actor, w.key),
         Buffer.from(
-          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch}${lineageJson(b.partition, w.record)}${w.sysJson ? `,"sys":${w.sysJson}` : ''}}`,
+          `{"actor":${JSON.stringify(w.actor)},"key":${JSON.stringify(w.key)},"state":${w.json},"seq":${w.record.q},"updatedAt":"${updatedAt}","partition":${b.partition},"epoch":${b.epoch},"partitionKeys":${n}${lineageJson(b.partition, w.record)}${w.sysJson ? `,"sys":${w.sysJson}` : ''}}`,
         ),
       ]);
     }
@@ -148,4 +168,14 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
     };
   });
   return Piscina.move(ownBuffer(pack(results)));
+}
+
+/**
+ * The partition's key count from its checkpoint; a checkpoint written before counts were kept (or
+ * none) is counted once from the states.
+ */
+function keyCountOf(store: StateStore, partition: number): number {
+  const cp = store.checkpoint(partition);
+  if (cp?.n != null) return cp.n;
+  return countPartitionKeys(store, partition, (key) => partitionOf(key, cfg.partitions));
 }

@@ -25,6 +25,7 @@ export interface NodeMetrics {
   readonly retentionGaps: Counter<'partition'>;
   readonly deliveryResumes: Counter<'partition'>;
   readonly zombieStates: Counter;
+  readonly stateRebuilds: Counter;
   /** The deployment's partition count, so `sum(owned) < max(partitions)` finds unowned ones. */
   readonly partitions: Gauge<string>;
   /** 1, labelled with the node id: maps a scrape target to a node of `partita status`. */
@@ -150,6 +151,12 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
     zombieStates: new Counter({
       name: 'partita_zombie_states_total',
       help: 'States found in a restore that a former owner stored after losing its lease; the partition resumed after each',
+      registers: r,
+    }),
+    stateRebuilds: new Counter({
+      name: 'partita_state_rebuilds_total',
+      help: 'Restores that found keys missing from the state bucket (or an unfinished rebuild) and rebuilt the partition from its input stream',
+      labelNames: ['partition'],
       registers: r,
     }),
     restoreSeconds: new Histogram({

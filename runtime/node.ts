@@ -205,6 +205,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metrics,
     log,
     maxBatch: opts.maxBatch ?? 2000,
+    partitions: topology.partitions,
     tickMs: actors.some((a) => timeFeaturesOf(a.def)) ? (opts.tickMs ?? 1000) : 0,
     nodeId: id,
     ackBeforeCommit: opts.faults?.includes('ack-before-commit') ?? false,
@@ -229,12 +230,17 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         fences.set(l.partition, last.fence ?? { epoch: l.epoch, stateRev });
       } else {
         fences.set(l.partition, { epoch: l.epoch, stateRev });
-        restore.push({ partition: l.partition, epoch: l.epoch, previous: last?.fence });
+        restore.push({
+          partition: l.partition,
+          epoch: l.epoch,
+          previous: last?.fence,
+          rebuildTo: last?.rebuild?.to,
+        });
       }
     }
     if (restore.length > 0) {
       const t0 = performance.now();
-      const { zombieStates } = await restorePartitions(
+      const { zombieStates, rebuilds } = await restorePartitions(
         js,
         topology.jsm,
         store,
@@ -244,15 +250,19 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       );
       metrics.restoreSeconds.observe((performance.now() - t0) / 1000);
       if (zombieStates > 0) metrics.zombieStates.inc(zombieStates);
+      for (const r of rebuilds) metrics.stateRebuilds.inc({ partition: String(r.partition) });
     }
     metrics.actors.set(store.states.getCount());
     await Promise.all(
       leases.map(async (l) => {
+        // A rebuild in progress is recorded, so that whoever takes the partition next carries it on.
+        const rebuildTo = store.meta.get(['rb', l.partition]) as number | undefined;
         const record: OwnerRecord = {
           node: id,
           epoch: l.epoch,
           at: Date.now(),
           fence: fences.get(l.partition)!,
+          ...(rebuildTo !== undefined ? { rebuild: { to: rebuildTo } } : {}),
         };
         await topology.meta.put(ownerKey(l.partition), JSON.stringify(record));
         const runner = new PartitionRunner(l.partition, deps, l, owned.has(l.partition));

@@ -22,7 +22,14 @@ import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionTicker } from './partition-ticker.js';
 import type { Outbox, StateStore } from './state-store.js';
-import { consumerPrefix, inStream, parseInSubject, STATE_BUCKET, stateKvKey } from './subjects.js';
+import {
+  consumerPrefix,
+  inStream,
+  parseInSubject,
+  partitionOf,
+  STATE_BUCKET,
+  stateKvKey,
+} from './subjects.js';
 
 export interface PartitionDeps {
   nc: NatsConnection;
@@ -39,6 +46,8 @@ export interface PartitionDeps {
   onFenced: (partition: number) => void;
   /** Most events handed to a worker at once. */
   maxBatch: number;
+  /** Partitions of the deployment (the key → partition mapping). */
+  partitions: number;
   /** A deliberate defect (NodeOptions.faults): acknowledge on arrival, before the commit. */
   ackBeforeCommit?: boolean;
   /** Some actor uses event time: tick idle partitions every this many ms (0: never). */
@@ -79,6 +88,12 @@ export class PartitionRunner {
   private publishing: Promise<void> = Promise.resolve();
   private unpublished = 0;
   private fenced = false;
+  /**
+   * Rebuilding from the input stream (the state bucket lost keys; see restore.ts) up to this
+   * sequence: the outputs of events up to it were stored by earlier owners, so batches up to it
+   * publish nothing, and reaching it publishes the partition's states whole. 0: not rebuilding.
+   */
+  private rebuildTo = 0;
   private readonly label: { partition: string };
   private readonly log: Logger;
   /** The partition's input stream. */
@@ -111,16 +126,22 @@ export class PartitionRunner {
     this.committedSeq = cp?.seq ?? 0;
     this.lastCommitAt = cp?.at ?? 0;
     this.lastQueuedSeq = this.committedSeq;
+    this.rebuildTo = (this.deps.store.meta.get(['rb', this.partition]) as number | undefined) ?? 0;
     for (const ob of this.deps.store.outboxes(this.partition)) {
-      await this.recoverOutbox(ob);
+      // A rebuilding batch publishes nothing: its outputs are stored already.
+      if (ob.seq > this.rebuildTo) await this.recoverOutbox(ob);
       await this.deps.store.deleteOutbox(this.partition, ob.seq);
     }
+    if (this.rebuildTo > 0 && this.committedSeq >= this.rebuildTo && !(await this.finishRebuild()))
+      throw new Error(`partition ${this.partition}: lease lapsed while publishing its rebuilt states`);
     // A partition's stream holds only its own events, so sequences are contiguous: a checkpoint
     // below the stream's first sequence means retention dropped events the state never saw.
     const first = (await this.deps.jsm.streams.info(this.stream)).state.first_seq;
     if (this.committedSeq + 1 < first) {
       if (this.committedSeq > 0 || this.everOwned) {
-        this.failClosed(`checkpoint at ${this.committedSeq}, the stream starts at ${first}`);
+        this.failClosed(
+          `checkpoint at ${this.committedSeq}, the stream starts at ${first}${this.rebuildTo > 0 ? ' (a rebuild of lost state needs every event)' : ''}`,
+        );
         return;
       }
       // Never processed by anyone: start at the first event the stream still has.
@@ -342,7 +363,13 @@ export class PartitionRunner {
         this.fence();
         break;
       }
-      const batch = this.queue.splice(0, this.deps.maxBatch);
+      let size = this.deps.maxBatch;
+      if (this.rebuildTo > this.committedSeq) {
+        // A batch never straddles the end of a rebuild: it publishes all its outputs or none.
+        const through = this.rebuildTo - this.queue[0]!.seq + 1;
+        if (through > 0) size = Math.min(size, through);
+      }
+      const batch = this.queue.splice(0, size);
       await this.process(batch);
       // Let publishing fall at most two batches behind compute.
       if (this.unpublished >= 2) await this.publishing;
@@ -383,10 +410,13 @@ export class PartitionRunner {
       await previous;
       let bySeq: Map<number, JsMsg> | undefined;
       if (done.dead.length > 0) bySeq = new Map(batch.map((m) => [m.seq, m]));
-      const published = await this.publishOutputs(done.changes, done.emits, done.dead, async (seq) => {
-        const m = bySeq?.get(seq);
-        return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
-      });
+      const rebuilding = done.lastSeq <= this.rebuildTo;
+      const published = rebuilding
+        ? done.lastSeq < this.rebuildTo || (await this.finishRebuild())
+        : await this.publishOutputs(done.changes, done.emits, done.dead, async (seq) => {
+            const m = bySeq?.get(seq);
+            return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
+          });
       if (!published) {
         // Committed locally but fenced: publish and acknowledge nothing; the outbox stays. If the
         // partition is still ours, it restarts from its checkpoint and publishes the outbox; if
@@ -513,6 +543,54 @@ export class PartitionRunner {
     }
   }
 
+  /**
+   * The rebuild reached where the earlier owners had stored every output: publishes every state of
+   * the partition (the keys the bucket lost among them), then ends the rebuild.
+   */
+  private async finishRebuild(): Promise<boolean> {
+    const { store, partitions } = this.deps;
+    const n = store.checkpoint(this.partition)?.n;
+    const updatedAt = (t: number) => new Date(t).toISOString();
+    let changes: [string, string][] = [];
+    let states = 0;
+    const flush = async () => {
+      const ok = await this.publishOutputs(changes, [], [], async () => undefined);
+      changes = [];
+      return ok;
+    };
+    for (const {
+      key: [actor, key],
+      value: rec,
+    } of store.states.getRange()) {
+      if (partitionOf(key, partitions) !== this.partition) continue;
+      states++;
+      changes.push([
+        stateKvKey(actor, key),
+        JSON.stringify({
+          actor,
+          key,
+          state: rec.s,
+          seq: rec.q,
+          updatedAt: updatedAt(rec.t),
+          partition: this.partition,
+          epoch: this.lease.epoch,
+          ...(n != null ? { partitionKeys: n } : {}),
+          ...lineageOfRecord(this.partition, rec),
+          ...(rec.x ? { sys: rec.x } : {}),
+        }),
+      ]);
+      if (changes.length >= 5000 && !(await flush())) return false;
+    }
+    if (changes.length > 0 && !(await flush())) return false;
+    await store.meta.remove(['rb', this.partition]);
+    this.log.warn(
+      { through: this.rebuildTo, states, checkpoint: this.committedSeq },
+      'rebuild from the input stream finished: the partition states are published whole',
+    );
+    this.rebuildTo = 0;
+    return true;
+  }
+
   /** After a restart, publishes again what the last commit may not have published. */
   private async recoverOutbox(ob: Outbox): Promise<void> {
     const { store, jsm } = this.deps;
@@ -530,6 +608,7 @@ export class PartitionRunner {
           updatedAt: new Date(rec.t).toISOString(),
           partition: this.partition,
           epoch: this.lease.epoch,
+          ...(ob.n != null ? { partitionKeys: ob.n } : {}),
           ...lineageOfRecord(this.partition, rec),
           // Open windows and timers travel with the state, as in the worker's JSON.
           ...(rec.x ? { sys: rec.x } : {}),

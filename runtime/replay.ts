@@ -270,9 +270,11 @@ export async function replayPartition(
   const deleted: string[] = [];
   await host.store.root.transaction(() => {
     const keys: [string, string][] = [];
+    let created = 0;
     for (const key of touched) {
       const b = rebuilt.get(key);
       if (b) {
+        if (host.store.states.get([actor.name, key]) === undefined) created++;
         host.store.states.put([actor.name, key], unpack(b) as StateRecord);
         keys.push([actor.name, key]);
       } else if (host.store.states.get([actor.name, key]) !== undefined) {
@@ -280,6 +282,10 @@ export async function replayPartition(
         deleted.push(key);
       }
     }
+    // The partition's key count moves with the keys the replay created or removed.
+    const cp = host.store.checkpoint(p);
+    const n = cp?.n != null ? cp.n + created - deleted.length : undefined;
+    if (cp && n !== undefined) host.store.meta.put(['cp', p], { ...cp, n });
     const prev = host.store.meta.get(['ob', p, toSeq]) as Outbox | undefined;
     const have = new Set((prev?.keys ?? []).map(([a, k]) => `${a}\u0000${k}`));
     const outbox: Outbox = {
@@ -287,6 +293,7 @@ export async function replayPartition(
       keys: [...(prev?.keys ?? []), ...keys.filter(([a, k]) => !have.has(`${a}\u0000${k}`))],
       emits: prev?.emits ?? [],
       dead: [...(prev?.dead ?? []), ...dead],
+      ...(n !== undefined ? { n } : {}),
     };
     host.store.meta.put(['ob', p, toSeq], outbox);
   });

@@ -12,12 +12,25 @@ import { consumerPrefix, inStream, META_BUCKET, partitionOf, STATE_BUCKET } from
 
 /** A restore whose bucket replica shows nothing new for this long fails. */
 const STALL_MS = 20_000;
+/** A restore whose consumer delivers nothing for this long asks the server whether it is done. */
+const QUIET_MS = 1500;
 
 export interface RestoreTarget {
   partition: number;
   epoch: number;
   /** Where the previous owner's stretch of ownership began, from its owner record. */
   previous?: OwnerFence;
+  /** The previous owner was rebuilding the partition up to this sequence (its owner record). */
+  rebuildTo?: number;
+}
+
+/** A partition whose state the bucket no longer holds whole: rebuilt from its input stream. */
+export interface Rebuild {
+  partition: number;
+  /** Keys the bucket lacks (0 when an unfinished rebuild is taken over). */
+  missing: number;
+  /** Outputs of events up to here are stored already: the rebuild publishes none of them. */
+  to: number;
 }
 
 /**
@@ -37,6 +50,8 @@ export interface OwnerRecord {
   epoch: number;
   at: number;
   fence?: OwnerFence;
+  /** The owner is rebuilding the partition from its input stream, publishing nothing up to `to`. */
+  rebuild?: { to: number };
 }
 
 /**
@@ -54,7 +69,7 @@ export async function restorePartitions(
   log: Logger,
   /** Entries read per second at most, so a large restart does not saturate NATS. @default 200000 */
   ratePerSecond = 200_000,
-): Promise<{ entries: number; restored: number; zombieStates: number }> {
+): Promise<{ entries: number; restored: number; zombieStates: number; rebuilds: Rebuild[] }> {
   const partitions = new Set(targets.map((t) => t.partition));
   const started = performance.now();
   // Where the previous owners got to, read before the states: every state change of an event at
@@ -63,6 +78,7 @@ export async function restorePartitions(
   // the scan already went past.
   const positions: Record<number, number> = {};
   for (const t of targets) positions[t.partition] = await acknowledgedSeq(jsm, t.partition);
+  const acknowledged = { ...positions };
   await store.clearPartitions(partitions, (key) => partitionOf(key, partitionCount));
   const stream = `KV_${STATE_BUCKET}`;
   const info = await jsm.streams.info(stream);
@@ -77,6 +93,13 @@ export async function restorePartitions(
   // acknowledged position, and every key newer than that skips what it already reflects.
   const fenceOf = new Map(targets.flatMap((t) => (t.previous ? [[t.partition, t.previous] as const] : [])));
   let zombieStates = 0;
+  // Whether the bucket still holds every key: each state change carries its partition's key count
+  // after its batch (`partitionKeys`). Take the newest entry (by bucket sequence) of an
+  // acknowledged batch: every key counted in it was created at or before that batch, and every
+  // acknowledged state put was stored, so each of those keys has an entry (its last put's). Fewer
+  // entries than that count means the bucket lost some.
+  const found = new Map<number, number>();
+  const counted = new Map<number, { seq: number; n: number }>();
   if (info.state.messages > 0) {
     // The scan reads the replica its consumer sits on, and nats-server places an ephemeral consumer
     // on any of the stream's peers. A follower can be behind, or (2.9, after a server was killed)
@@ -89,11 +112,31 @@ export async function restorePartitions(
     let pending: Promise<boolean> | undefined;
     let lastSeen = performance.now();
     let stalled = false;
+    // Set when the consumer has nothing more to deliver: the stream's last messages may be gone
+    // (deleted, or lost by a replica), so its last sequence may never be delivered.
+    let drained = false;
+    let probing = false;
     const watchdog = setInterval(() => {
-      if (performance.now() - lastSeen < STALL_MS) return;
-      stalled = true;
-      msgs.stop();
-    }, 1000);
+      const quiet = performance.now() - lastSeen;
+      if (quiet >= STALL_MS) {
+        stalled = true;
+        msgs.stop();
+      } else if (quiet >= QUIET_MS && !probing) {
+        probing = true;
+        jsm.consumers
+          .info(stream, name)
+          .then((ci) => {
+            if (ci.num_pending === 0 && performance.now() - lastSeen >= QUIET_MS) {
+              drained = true;
+              msgs.stop();
+            }
+          })
+          .catch(() => undefined)
+          .finally(() => {
+            probing = false;
+          });
+      }
+    }, 500);
     let reached = false;
     let target = info.state.last_seq;
     let extended = false;
@@ -112,6 +155,7 @@ export async function restorePartitions(
             lineage?: unknown;
             sys?: Sys;
             epoch?: number;
+            partitionKeys?: number;
           }>();
           const p = partitionOf(v.key, partitionCount);
           if (partitions.has(p)) {
@@ -127,6 +171,9 @@ export async function restorePartitions(
               if (t != null) pending = store.meta.put(wakeKey(p, v.actor, kind, t, v.key), 1);
             }
             if (v.sys?.c) clocks.set(p, maxClock(clocks.get(p), v.sys.c));
+            found.set(p, (found.get(p) ?? 0) + 1);
+            if (v.partitionKeys != null && v.seq <= acknowledged[p]! && m.seq > (counted.get(p)?.seq ?? 0))
+              counted.set(p, { seq: m.seq, n: v.partitionKeys });
             const fence = fenceOf.get(p);
             if (fence && m.seq > fence.stateRev && (v.epoch ?? 0) < fence.epoch && v.seq < positions[p]!) {
               zombieStates++;
@@ -151,8 +198,9 @@ export async function restorePartitions(
       // scan (a paused former owner waking up mid-publish) loses its older entry before the scan
       // reaches it, and its newer one lies past that sequence. Such a rewrite of an entry not yet
       // read happens before the scan gets to the first target, so it lies below the bucket's last
-      // sequence then. (The server's pending count is no help: on 2.9 it counts deleted entries.)
-      if (m.seq >= target) {
+      // sequence then. A delivery with nothing pending also counts as reaching it: the bucket's
+      // last messages may be gone, and their sequences are never delivered.
+      if (m.seq >= target || m.info.pending === 0) {
         if (extended) {
           reached = true;
           break;
@@ -167,6 +215,9 @@ export async function restorePartitions(
     }
     clearInterval(watchdog);
     msgs.stop();
+    // Nothing left to deliver once the scan went quiet: everything up to the bucket's last message
+    // then was read, which covers the extension's target too.
+    if (drained) reached = true;
     await jsm.consumers.delete(stream, name).catch(() => undefined);
     const after = (await jsm.streams.info(stream)).cluster?.leader;
     if (reached && after !== info.cluster?.leader) {
@@ -183,15 +234,47 @@ export async function restorePartitions(
     }
     await pending;
   }
+  const rebuilds: Rebuild[] = [];
   for (const t of targets) {
-    const acked = positions[t.partition]!;
+    const p = t.partition;
+    const missing = Math.max(0, (counted.get(p)?.n ?? 0) - (found.get(p) ?? 0));
+    // An unfinished rebuild is taken over whatever the count says: the bucket may hold fewer
+    // acknowledged entries then, which would hide the keys it still lacks.
+    if (missing > 0 || (t.rebuildTo ?? 0) > acknowledged[p]!)
+      rebuilds.push({ partition: p, missing, to: Math.max(acknowledged[p]!, t.rebuildTo ?? 0) });
+  }
+  if (rebuilds.length > 0) {
+    // Start over from the stream's first event, from nothing: a deterministic refold gives back
+    // every state (and the partition clock) as first computed. The surviving entries stay in the
+    // bucket until the rebuild passes `to` and publishes the partition's states whole.
+    await store.clearPartitions(new Set(rebuilds.map((r) => r.partition)), (key) =>
+      partitionOf(key, partitionCount),
+    );
+    for (const r of rebuilds) {
+      await store.meta.put(['rb', r.partition], r.to);
+      log.error(
+        { partition: r.partition, missing: r.missing, acknowledged: acknowledged[r.partition], to: r.to },
+        r.missing > 0
+          ? 'the state bucket lost keys of this partition: rebuilding it from its input stream'
+          : 'taking over an unfinished rebuild of this partition from its input stream',
+      );
+    }
+  }
+  const rebuilding = new Set(rebuilds.map((r) => r.partition));
+  for (const t of targets) {
     const clock = clocks.get(t.partition);
-    await store.meta.put(['cp', t.partition], {
-      seq: acked,
-      at: Date.now(),
-      epoch: t.epoch,
-      ...(clock ? { clock } : {}),
-    });
+    await store.meta.put(
+      ['cp', t.partition],
+      rebuilding.has(t.partition)
+        ? { seq: 0, at: Date.now(), epoch: t.epoch, n: 0 }
+        : {
+            seq: positions[t.partition]!,
+            at: Date.now(),
+            epoch: t.epoch,
+            n: found.get(t.partition) ?? 0,
+            ...(clock ? { clock } : {}),
+          },
+    );
   }
   if (zombieStates > 0)
     log.warn(
@@ -202,7 +285,7 @@ export async function restorePartitions(
     { positions, entries: read, restored, zombieStates, ms: Math.round(performance.now() - started) },
     'state restored from the state bucket',
   );
-  return { entries: read, restored, zombieStates };
+  return { entries: read, restored, zombieStates, rebuilds };
 }
 
 /**

@@ -4,6 +4,7 @@
 //           ['ob', partition, seq] -> Outbox  (what a commit must publish; deleted once published)
 //           ['wk' | 'wp', partition, actor, time, key] -> 1  (wake index of windows and timers, event /
 //           processing time; kept in step with the records' `x.k` in the same transactions)
+//           ['rb', partition] -> seq  (a rebuild from the input stream publishes nothing up to seq)
 // Every batch writes its states, checkpoint and outbox in ONE transaction: that is the
 // exactly-once invariant (see ARCHITECTURE.md, "Checkpoint protocol").
 import {
@@ -52,6 +53,11 @@ export interface Checkpoint {
   epoch?: number;
   /** The partition clock (watermarks) at this position, when time-aware actors run. */
   clock?: unknown;
+  /**
+   * How many [actor, key] states the partition holds. Published with every state change
+   * (`partitionKeys`), so a restore can tell that the state bucket lost entries.
+   */
+  n?: number;
 }
 
 /** What a commit has to publish; kept until the next commit of the partition overwrites it. */
@@ -63,6 +69,8 @@ export interface Outbox {
   emits: [string, string, string][];
   /** [input seq, code, message, actor] of every dead letter. */
   dead: [number, string, string, string | null][];
+  /** The partition's key count after the commit (`Checkpoint.n`). */
+  n?: number;
 }
 
 export interface StateStore {
@@ -134,6 +142,17 @@ export function markStateDirClean(dataDir: string, durability: Durability): void
   writeFileSync(join(dataDir, MARKER_FILE), JSON.stringify(marker));
 }
 
+/** Counts the states of one partition by scanning every key (once, for a checkpoint without `n`). */
+export function countPartitionKeys(
+  store: Pick<StateStore, 'states'>,
+  partition: number,
+  partitionOf: (key: string) => number,
+): number {
+  let n = 0;
+  for (const k of store.states.getKeys()) if (partitionOf(k[1]) === partition) n++;
+  return n;
+}
+
 export function openStateStore(dataDir: string, durability: Durability = 'sync'): StateStore {
   const root = open({
     path: join(dataDir, STORE_FILE),
@@ -173,7 +192,7 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
         await new Promise((r) => setImmediate(r));
       }
       for (const p of partitions) {
-        for (const tag of ['ob', 'wk', 'wp'])
+        for (const tag of ['ob', 'wk', 'wp', 'rb'])
           for (const k of meta.getKeys({ start: [tag, p], end: [tag, p + 1] })) last = meta.remove(k);
       }
       await last;

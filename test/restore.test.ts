@@ -29,8 +29,8 @@ function keysOf(partition: number, n: number): string[] {
   return keys;
 }
 
-/** An `account` state change as a node publishes it, for partition 0. */
-function stateJson(key: string, seq: number, epoch: number): string {
+/** An `account` state change as a node publishes it, for partition 0 (with its key count, if given). */
+function stateJson(key: string, seq: number, epoch: number, partitionKeys?: number): string {
   return JSON.stringify({
     actor: 'account',
     key,
@@ -39,6 +39,7 @@ function stateJson(key: string, seq: number, epoch: number): string {
     epoch,
     partition: 0,
     updatedAt: new Date().toISOString(),
+    ...(partitionKeys !== undefined ? { partitionKeys } : {}),
   });
 }
 
@@ -153,5 +154,43 @@ it('finds a key that a former owner rewrites while the restore is reading the bu
     assert.equal(store.states.get(['account', k])?.q, 12, 'the rewritten key is restored');
     assert.equal(zombieStates, 1, 'and taken for what it is: a former owner’s state');
     assert.equal(store.checkpoint(0)?.seq, 12, 'resuming after it, not at 25');
+  });
+});
+
+it('tells when the bucket lost keys of a partition, even its last message, and rebuilds it', async () => {
+  await withRestorer(async ({ nc, js, jsm, kv, store }) => {
+    const [a, b, c] = keysOf(0, 3) as [string, string, string];
+    await previousOwnerAt25(nc, a);
+    // The previous owner created a, c and b (3 keys), and last stored c again, at 24.
+    await kv.put(stateKvKey('account', a), stateJson(a, 10, 6, 1));
+    await kv.put(stateKvKey('account', c), stateJson(c, 15, 6, 2));
+    await kv.put(stateKvKey('account', b), stateJson(b, 20, 6, 3));
+    const last = await kv.put(stateKvKey('account', c), stateJson(c, 24, 6, 3));
+    const log = createLogger({ test: 'restore' });
+    const whole = await restorePartitions(js, jsm, store, [{ partition: 0, epoch: 7 }], PARTITIONS, log);
+    assert.deepEqual(whole.rebuilds, []);
+    assert.deepEqual(store.checkpoint(0), { ...store.checkpoint(0), seq: 25, n: 3 });
+
+    // A replica loses c's entry, the bucket's last message: no marker, just gone. The scan must not
+    // wait for that sequence, and must notice that the partition had 3 keys.
+    await jsm.streams.deleteMessage(`KV_${STATE_BUCKET}`, last, false);
+    const lost = await restorePartitions(js, jsm, store, [{ partition: 0, epoch: 8 }], PARTITIONS, log);
+    assert.deepEqual(lost.rebuilds, [{ partition: 0, missing: 1, to: 25 }]);
+    assert.equal(store.checkpoint(0)?.seq, 0, 'refolded from the stream start');
+    assert.equal(store.states.get(['account', a]), undefined, 'from nothing');
+    assert.equal(store.meta.get(['rb', 0]), 25, 'publishing nothing up to what was acknowledged');
+
+    // Its rebuilding owner dies at 12: the next one carries the rebuild on, whatever the count.
+    await kv.put(stateKvKey('account', c), stateJson(c, 24, 6, 3));
+    const again = await restorePartitions(
+      js,
+      jsm,
+      store,
+      [{ partition: 0, epoch: 9, rebuildTo: 40 }],
+      PARTITIONS,
+      log,
+    );
+    assert.deepEqual(again.rebuilds, [{ partition: 0, missing: 0, to: 40 }]);
+    assert.equal(store.meta.get(['rb', 0]), 40);
   });
 });
