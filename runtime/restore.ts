@@ -2,18 +2,14 @@
 // which holds the latest committed state of every key (a compacted changelog), so a restore reads
 // state, not history. The caller then resumes at the old owner's acknowledged position; events
 // after it that some keys already reflect are skipped by the per-key sequence (`StateRecord.q`).
-import { AckPolicy, DeliverPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
-import { type Clock, maxClock, type Sys, wakeKey } from './event-time.js';
+import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import { type Clock, maxClock, wakeKey } from './event-time.js';
 import { readKvLatest } from './kv-latest.js';
 import { lineageOfChange } from './lineage.js';
 import type { Logger } from './logger.js';
+import { scanStateBucket } from './state-scan.js';
 import type { StateStore } from './state-store.js';
-import { consumerPrefix, inStream, META_BUCKET, partitionOf, STATE_BUCKET } from './subjects.js';
-
-/** A restore whose bucket replica shows nothing new for this long fails. */
-const STALL_MS = 20_000;
-/** A restore whose consumer delivers nothing for this long asks the server whether it is done. */
-const QUIET_MS = 1500;
+import { consumerPrefix, inStream, META_BUCKET, partitionOf } from './subjects.js';
 
 export interface RestoreTarget {
   partition: number;
@@ -80,9 +76,6 @@ export async function restorePartitions(
   for (const t of targets) positions[t.partition] = await acknowledgedSeq(jsm, t.partition);
   const acknowledged = { ...positions };
   await store.clearPartitions(partitions, (key) => partitionOf(key, partitionCount));
-  const stream = `KV_${STATE_BUCKET}`;
-  const info = await jsm.streams.info(stream);
-  let read = 0;
   let restored = 0;
   // Event time travels in each time-aware record (`sys`): its windows, timers and wake times go
   // back into the record and the wake index, and the partition clock becomes the newest any of
@@ -100,140 +93,32 @@ export async function restorePartitions(
   // entries than that count means the bucket lost some.
   const found = new Map<number, number>();
   const counted = new Map<number, { seq: number; n: number }>();
-  if (info.state.messages > 0) {
-    // The scan reads the replica its consumer sits on, and nats-server places an ephemeral consumer
-    // on any of the stream's peers. A follower can be behind, or (2.9, after a server was killed)
-    // miss messages for good, and serve a key's older state: a restore from it loses events. So the
-    // consumer is placed on the stream's leader (created again until it lands there), and the scan
-    // reads up to the leader's last sequence.
-    const name = await consumerOnLeader(jsm, stream, info.cluster?.leader);
-    const consumer = await js.consumers.get(stream, name);
-    const msgs = await consumer.consume({ max_messages: 5000 });
-    let pending: Promise<boolean> | undefined;
-    let lastSeen = performance.now();
-    let stalled = false;
-    // Set when the consumer has nothing more to deliver: the stream's last messages may be gone
-    // (deleted, or lost by a replica), so its last sequence may never be delivered.
-    let drained = false;
-    let probing = false;
-    const watchdog = setInterval(() => {
-      const quiet = performance.now() - lastSeen;
-      if (quiet >= STALL_MS) {
-        stalled = true;
-        msgs.stop();
-      } else if (quiet >= QUIET_MS && !probing) {
-        probing = true;
-        jsm.consumers
-          .info(stream, name)
-          .then((ci) => {
-            if (ci.num_pending === 0 && performance.now() - lastSeen >= QUIET_MS) {
-              drained = true;
-              msgs.stop();
-            }
-          })
-          .catch(() => undefined)
-          .finally(() => {
-            probing = false;
-          });
-      }
-    }, 500);
-    let reached = false;
-    let target = info.state.last_seq;
-    let extended = false;
-    for await (const m of msgs) {
-      lastSeen = performance.now();
-      read++;
-      const op = m.headers?.get('KV-Operation');
-      if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
-        try {
-          const v = m.json<{
-            actor: string;
-            key: string;
-            state: unknown;
-            seq: number;
-            updatedAt: string;
-            lineage?: unknown;
-            sys?: Sys;
-            epoch?: number;
-            partitionKeys?: number;
-          }>();
-          const p = partitionOf(v.key, partitionCount);
-          if (partitions.has(p)) {
-            pending = store.states.put([v.actor, v.key], {
-              s: v.state,
-              q: v.seq,
-              t: Date.parse(v.updatedAt),
-              ...lineageOfChange(v),
-              ...(v.sys ? { x: v.sys } : {}),
-            });
-            for (const kind of [0, 1] as const) {
-              const t = v.sys?.k?.[kind];
-              if (t != null) pending = store.meta.put(wakeKey(p, v.actor, kind, t, v.key), 1);
-            }
-            if (v.sys?.c) clocks.set(p, maxClock(clocks.get(p), v.sys.c));
-            found.set(p, (found.get(p) ?? 0) + 1);
-            if (v.partitionKeys != null && v.seq <= acknowledged[p]! && m.seq > (counted.get(p)?.seq ?? 0))
-              counted.set(p, { seq: m.seq, n: v.partitionKeys });
-            const fence = fenceOf.get(p);
-            if (fence && m.seq > fence.stateRev && (v.epoch ?? 0) < fence.epoch && v.seq < positions[p]!) {
-              zombieStates++;
-              positions[p] = v.seq;
-            }
-            restored++;
-          }
-        } catch (err) {
-          log.warn(
-            { subject: m.subject, err: (err as Error).message },
-            'unreadable state entry skipped in restore',
-          );
-        }
-      }
-      if (read % 5000 === 0) {
-        // Let the writes and the event loop (lease renewals) keep up, and keep to the rate.
-        await pending;
-        const ahead = (read / ratePerSecond) * 1000 - (performance.now() - started);
-        if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
-      }
-      // Done at the leader's last sequence at the start, extended once: a key rewritten during the
-      // scan (a paused former owner waking up mid-publish) loses its older entry before the scan
-      // reaches it, and its newer one lies past that sequence. Such a rewrite of an entry not yet
-      // read happens before the scan gets to the first target, so it lies below the bucket's last
-      // sequence then. A delivery with nothing pending also counts as reaching it: the bucket's
-      // last messages may be gone, and their sequences are never delivered.
-      if (m.seq >= target || m.info.pending === 0) {
-        if (extended) {
-          reached = true;
-          break;
-        }
-        extended = true;
-        target = (await jsm.streams.info(stream)).state.last_seq;
-        if (m.seq >= target) {
-          reached = true;
-          break;
-        }
-      }
+  const { read } = await scanStateBucket(js, jsm, log, ratePerSecond, (v, bucketSeq) => {
+    const p = partitionOf(v.key, partitionCount);
+    if (!partitions.has(p)) return undefined;
+    let pending = store.states.put([v.actor, v.key], {
+      s: v.state,
+      q: v.seq,
+      t: Date.parse(v.updatedAt),
+      ...lineageOfChange(v),
+      ...(v.sys ? { x: v.sys } : {}),
+    });
+    for (const kind of [0, 1] as const) {
+      const t = v.sys?.k?.[kind];
+      if (t != null) pending = store.meta.put(wakeKey(p, v.actor, kind, t, v.key), 1);
     }
-    clearInterval(watchdog);
-    msgs.stop();
-    // Nothing left to deliver once the scan went quiet: everything up to the bucket's last message
-    // then was read, which covers the extension's target too.
-    if (drained) reached = true;
-    await jsm.consumers.delete(stream, name).catch(() => undefined);
-    const after = (await jsm.streams.info(stream)).cluster?.leader;
-    if (reached && after !== info.cluster?.leader) {
-      await pending;
-      throw new Error(
-        `the state bucket's leader changed during the restore (${info.cluster?.leader} → ${after})`,
-      );
+    if (v.sys?.c) clocks.set(p, maxClock(clocks.get(p), v.sys.c));
+    found.set(p, (found.get(p) ?? 0) + 1);
+    if (v.partitionKeys != null && v.seq <= acknowledged[p]! && bucketSeq > (counted.get(p)?.seq ?? 0))
+      counted.set(p, { seq: bucketSeq, n: v.partitionKeys });
+    const fence = fenceOf.get(p);
+    if (fence && bucketSeq > fence.stateRev && (v.epoch ?? 0) < fence.epoch && v.seq < positions[p]!) {
+      zombieStates++;
+      positions[p] = v.seq;
     }
-    if (!reached) {
-      await pending;
-      throw new Error(
-        `restore read the state bucket up to ${read} entries but not to its last sequence ${info.state.last_seq}${stalled ? ` (nothing new for ${STALL_MS} ms)` : ''}`,
-      );
-    }
-    await pending;
-  }
+    restored++;
+    return pending;
+  });
   const rebuilds: Rebuild[] = [];
   for (const t of targets) {
     const p = t.partition;
@@ -320,28 +205,4 @@ export async function readOwnerRecord(
 /** The key of a partition's owner record in the meta bucket. */
 export function ownerKey(partition: number): string {
   return `owner.p${partition}`;
-}
-
-/**
- * Creates an ephemeral consumer of the whole stream on the server that leads it (`leader`; any
- * server when the stream is not clustered), deleting the ones that land elsewhere.
- */
-async function consumerOnLeader(
-  jsm: JetStreamManager,
-  stream: string,
-  leader: string | undefined,
-): Promise<string> {
-  for (let attempt = 1; attempt <= 30; attempt++) {
-    const ci = await jsm.consumers.add(stream, {
-      ack_policy: AckPolicy.None,
-      // The bucket keeps one entry per key (history 1), so All reads the same entries as
-      // LastPerSubject, which 2.9 is slow to set up over a million subjects.
-      deliver_policy: DeliverPolicy.All,
-      inactive_threshold: 30_000_000_000,
-      mem_storage: true,
-    });
-    if (!leader || !ci.cluster?.leader || ci.cluster.leader === leader) return ci.name;
-    await jsm.consumers.delete(stream, ci.name).catch(() => undefined);
-  }
-  throw new Error(`could not place a consumer of ${stream} on its leader ${leader}`);
 }
