@@ -26,6 +26,8 @@ export interface NodeMetrics {
   readonly deliveryResumes: Counter<'partition'>;
   readonly zombieStates: Counter;
   readonly stateRebuilds: Counter;
+  readonly stateAudits: Counter;
+  readonly stateRepairs: Counter<'kind'>;
   /** The deployment's partition count, so `sum(owned) < max(partitions)` finds unowned ones. */
   readonly partitions: Gauge<string>;
   /** 1, labelled with the node id: maps a scrape target to a node of `partita status`. */
@@ -157,6 +159,17 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       name: 'partita_state_rebuilds_total',
       help: 'Restores that found keys missing from the state bucket (or an unfinished rebuild) and rebuilt the partition from its input stream',
       labelNames: ['partition'],
+      registers: r,
+    }),
+    stateAudits: new Counter({
+      name: 'partita_state_audits_total',
+      help: 'State audits: the state bucket compared with the states this node owns',
+      registers: r,
+    }),
+    stateRepairs: new Counter({
+      name: 'partita_state_repairs_total',
+      help: 'Owned states the state bucket lacked (kind=missing) or served older (kind=stale), found by a state audit and stored again',
+      labelNames: ['kind'],
       registers: r,
     }),
     restoreSeconds: new Histogram({

@@ -33,6 +33,7 @@ import {
   readOwnerRecord,
   restorePartitions,
 } from './restore.js';
+import { type AuditReport, StateAuditor } from './state-audit.js';
 import {
   type Durability,
   markStateDirClean,
@@ -93,6 +94,11 @@ export interface NodeOptions {
   aggregatesMaxAgeMs?: number;
   /** How often an idle partition with open windows or timers gets a tick. @default 1000 */
   tickMs?: number;
+  /**
+   * The state audit (state-audit.ts): besides after every change of the state bucket's leader,
+   * at least this often, ms (0: only then). @default 600000
+   */
+  stateAuditMs?: number;
   logger?: Logger;
 }
 
@@ -108,6 +114,8 @@ export interface PartitaNode {
   readonly natsUrl: string;
   /** The partitions this node runs now. */
   owned(): number[];
+  /** Compares the state bucket with this node's states now, and stores again what it lacks. */
+  auditState(): Promise<AuditReport>;
   /** Per partition: committed sequence and last commit time. */
   progress(): { partition: number; committedSeq: number; lastCommitAt: number }[];
   /** Checkpoints, releases the partitions and closes everything. */
@@ -287,6 +295,16 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let control: NatsConnection | undefined;
   let schemas: Awaited<ReturnType<typeof startSchemaSync>> | undefined;
   const lag = new LagMonitor(topology.jsm, metrics, () => runners.values(), log);
+  const auditor = new StateAuditor({
+    js,
+    jsm: topology.jsm,
+    store,
+    partitions: topology.partitions,
+    log,
+    metrics,
+    owned: () => runners.values(),
+    everyMs: opts.stateAuditMs,
+  });
   // Replays run on the owner, with the partition paused and its lease held (see replay.ts).
   const replays = serveReplays({
     nodeId: id,
@@ -376,6 +394,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await coordinator.start();
     await warming;
     lag.start();
+    auditor.start();
   } catch (err) {
     status = 'FAILED';
     schemas?.stop();
@@ -405,6 +424,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metricsUrl: server?.url,
     natsUrl,
     owned: () => [...runners.keys()].sort((a, b) => a - b),
+    auditState: () => auditor.audit(),
     schemaRevision: () => schemas?.revision() ?? 0,
     progress: () =>
       [...runners.values()].map((r) => ({
@@ -418,6 +438,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       drills?.unsubscribe();
       await replays.stop();
       await lag.stop();
+      await auditor.stop();
       await unrouted.stop();
       // Checkpoint, publish, release: the next owners start at once.
       await coordinator?.stop();

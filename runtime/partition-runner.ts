@@ -21,7 +21,7 @@ import { actorLogger, type Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionTicker } from './partition-ticker.js';
-import type { Outbox, StateStore } from './state-store.js';
+import type { Outbox, StateRecord, StateStore } from './state-store.js';
 import {
   consumerPrefix,
   inStream,
@@ -73,6 +73,8 @@ export class PartitionRunner {
   status: PartitionStatus = 'STARTING';
   /** Highest sequence committed in LMDB for this partition. */
   committedSeq = 0;
+  /** Every state committed at or below this sequence is stored in the state bucket. */
+  publishedSeq = 0;
   lastCommitAt = 0;
   private lastQueuedSeq = 0;
   private queue: JsMsg[] = [];
@@ -134,6 +136,8 @@ export class PartitionRunner {
     }
     if (this.rebuildTo > 0 && this.committedSeq >= this.rebuildTo && !(await this.finishRebuild()))
       throw new Error(`partition ${this.partition}: lease lapsed while publishing its rebuilt states`);
+    // Every outbox is published: what is committed is stored (a rebuild has stored nothing yet).
+    this.publishedSeq = this.rebuildTo > 0 ? 0 : this.committedSeq;
     // A partition's stream holds only its own events, so sequences are contiguous: a checkpoint
     // below the stream's first sequence means retention dropped events the state never saw.
     const first = (await this.deps.jsm.streams.info(this.stream)).state.first_seq;
@@ -430,6 +434,7 @@ export class PartitionRunner {
       // Published: a restart must not publish it again (JetStream's duplicate window only covers
       // two minutes). Not awaited: lmdb-js orders it before later writes.
       void this.deps.store.deleteOutbox(this.partition, done.lastSeq);
+      if (this.rebuildTo === 0) this.publishedSeq = done.lastSeq;
       const now = Date.now();
       for (const e of events) metrics.endToEndSeconds.observe((now - e.publishMs) / 1000);
       const pending = last.info.pending;
@@ -550,7 +555,6 @@ export class PartitionRunner {
   private async finishRebuild(): Promise<boolean> {
     const { store, partitions } = this.deps;
     const n = store.checkpoint(this.partition)?.n;
-    const updatedAt = (t: number) => new Date(t).toISOString();
     let changes: [string, string][] = [];
     let states = 0;
     const flush = async () => {
@@ -562,23 +566,10 @@ export class PartitionRunner {
       key: [actor, key],
       value: rec,
     } of store.states.getRange()) {
-      if (partitionOf(key, partitions) !== this.partition) continue;
+      // A key a later batch changed again is stored by that batch, after its emits.
+      if (rec.q > this.rebuildTo || partitionOf(key, partitions) !== this.partition) continue;
       states++;
-      changes.push([
-        stateKvKey(actor, key),
-        JSON.stringify({
-          actor,
-          key,
-          state: rec.s,
-          seq: rec.q,
-          updatedAt: updatedAt(rec.t),
-          partition: this.partition,
-          epoch: this.lease.epoch,
-          ...(n != null ? { partitionKeys: n } : {}),
-          ...lineageOfRecord(this.partition, rec),
-          ...(rec.x ? { sys: rec.x } : {}),
-        }),
-      ]);
+      changes.push(this.stateChange(actor, key, rec, n));
       if (changes.length >= 5000 && !(await flush())) return false;
     }
     if (changes.length > 0 && !(await flush())) return false;
@@ -587,8 +578,58 @@ export class PartitionRunner {
       { through: this.rebuildTo, states, checkpoint: this.committedSeq },
       'rebuild from the input stream finished: the partition states are published whole',
     );
+    this.publishedSeq = this.rebuildTo;
     this.rebuildTo = 0;
     return true;
+  }
+
+  /**
+   * Stores again the states of `keys` that the state bucket lost or serves stale (see
+   * state-audit.ts), after deleting the stale entries (`staleSeqs`, bucket sequences): on 2.9 a
+   * replica that brought a removed entry back can keep serving it over later puts. In line with
+   * the partition's publishing, under its lease; a state not yet stored by its own batch is left to
+   * that batch. Answers how many states were stored.
+   */
+  repairStates(keys: readonly [string, string][], staleSeqs: readonly number[]): Promise<number> {
+    const run = this.publishing.then(async () => {
+      if (this.fenced || this.status !== 'RUNNING' || !this.lease.valid()) return 0;
+      const { store, jsm } = this.deps;
+      for (const seq of staleSeqs)
+        await jsm.streams.deleteMessage(`KV_${STATE_BUCKET}`, seq, false).catch(() => undefined);
+      const n = store.checkpoint(this.partition)?.n;
+      const changes: [string, string][] = [];
+      for (const [actor, key] of keys) {
+        const rec = store.states.get([actor, key]);
+        if (rec && rec.q <= this.publishedSeq) changes.push(this.stateChange(actor, key, rec, n));
+      }
+      if (changes.length === 0) return 0;
+      return (await this.publishOutputs(changes, [], [], async () => undefined)) ? changes.length : 0;
+    });
+    this.publishing = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  /** A state change as the bucket stores it, built from a committed record. */
+  private stateChange(actor: string, key: string, rec: StateRecord, n: number | undefined): [string, string] {
+    return [
+      stateKvKey(actor, key),
+      JSON.stringify({
+        actor,
+        key,
+        state: rec.s,
+        seq: rec.q,
+        updatedAt: new Date(rec.t).toISOString(),
+        partition: this.partition,
+        epoch: this.lease.epoch,
+        ...(n != null ? { partitionKeys: n } : {}),
+        ...lineageOfRecord(this.partition, rec),
+        // Open windows and timers travel with the state, as in the worker's JSON.
+        ...(rec.x ? { sys: rec.x } : {}),
+      }),
+    ];
   }
 
   /** After a restart, publishes again what the last commit may not have published. */
@@ -597,23 +638,7 @@ export class PartitionRunner {
     const changes: [string, Uint8Array | string][] = [];
     for (const [actor, key] of ob.keys) {
       const rec = store.states.get([actor, key]);
-      if (!rec) continue;
-      changes.push([
-        stateKvKey(actor, key),
-        JSON.stringify({
-          actor,
-          key,
-          state: rec.s,
-          seq: rec.q,
-          updatedAt: new Date(rec.t).toISOString(),
-          partition: this.partition,
-          epoch: this.lease.epoch,
-          ...(ob.n != null ? { partitionKeys: ob.n } : {}),
-          ...lineageOfRecord(this.partition, rec),
-          // Open windows and timers travel with the state, as in the worker's JSON.
-          ...(rec.x ? { sys: rec.x } : {}),
-        }),
-      ]);
+      if (rec) changes.push(this.stateChange(actor, key, rec, ob.n));
     }
     const published = await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
       // Only the server saying it has no such message (null) means the event is gone; a timeout or

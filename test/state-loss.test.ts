@@ -10,7 +10,13 @@ import { after, before, describe, it } from 'node:test';
 import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { inStream, partitionOf, STATE_BUCKET, stateKvKey } from '../runtime/index.js';
+import {
+  inStream,
+  partitionOf,
+  STATE_BUCKET,
+  startNode as startNodeHere,
+  stateKvKey,
+} from '../runtime/index.js';
 import { check, seededRandom, testSeed } from './helpers/check.js';
 import { startTestNats, type TestNats, tempDir } from './helpers/nats.js';
 import { type NodeProcess, spawnPartita } from './helpers/node-process.js';
@@ -132,6 +138,49 @@ describe('keys lost from the state bucket', () => {
     await check(async () => (await wrong()).length === 0, 20_000, 'later events applied once');
     assert.ok((await milestones(0)) + (await milestones(1)) > emitted, 'new milestones emitted');
     await second.kill('SIGTERM');
+  });
+
+  it('an owner stores again the states the bucket lost or serves older, found by its audit', async () => {
+    const node = await startNodeHere({
+      natsUrl: nats.url,
+      actorsDir,
+      dataDir: join(nats.dir, 'n-audit'),
+      id: 'n-audit',
+      threads: 1,
+      stateAuditMs: 0,
+    });
+    try {
+      await check(async () => node.owned().length === PARTITIONS, 20_000, 'both partitions owned');
+      await publish(50);
+      await check(async () => (await wrong()).length === 0, 20_000, 'states equal the fold');
+      const clean = await node.auditState();
+      assert.deepEqual(
+        { ...clean, entries: 0 },
+        { entries: 0, checked: expected.size, missing: 0, stale: 0, repaired: 0 },
+      );
+
+      // One key's entry is lost; another's goes back to an older state, as a replica that brought
+      // a removed entry back serves it.
+      const [gone, old] = [...expected.keys()];
+      await lose([gone!]);
+      const kv = await new Kvm(nc).open(STATE_BUCKET);
+      const current = (await kv.get(stateKvKey('tally', old!)))!.json<Record<string, unknown>>();
+      await kv.put(
+        stateKvKey('tally', old!),
+        JSON.stringify({ ...current, state: { n: 0, total: 0 }, seq: 1 }),
+      );
+      assert.equal((await wrong()).length, 2);
+      const report = await node.auditState();
+      assert.deepEqual(
+        { ...report, entries: 0 },
+        { entries: 0, checked: expected.size, missing: 1, stale: 1, repaired: 2 },
+      );
+      assert.deepEqual(await wrong(), [], 'both stored again');
+      const metrics = node.metrics.registry;
+      assert.equal((await metrics.getSingleMetric('partita_state_repairs_total')?.get())?.values.length, 2);
+    } finally {
+      await node.stop();
+    }
   });
 
   it('fails closed when the stream no longer holds the events a rebuild needs', async () => {
