@@ -22,6 +22,10 @@ const stateChangeSchema = {
     updatedAt: { type: 'string', format: 'date-time', description: 'commit time' },
     partition: { type: 'integer' },
     epoch: { type: 'integer' },
+    partitionKeys: {
+      type: 'integer',
+      description: "the partition's key count after the change (how restores tell that the bucket lost keys)",
+    },
   },
 } as const;
 
