@@ -168,7 +168,7 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
     }),
     stateRepairs: new Counter({
       name: 'partita_state_repairs_total',
-      help: 'Owned states the state bucket lacked (kind=missing) or served older (kind=stale), found by a state audit and stored again',
+      help: 'States the state bucket lacked (kind=missing) or served older (kind=stale) found by a state audit and stored again, or that a restore took from a follower newer than the leader (kind=restore)',
       labelNames: ['kind'],
       registers: r,
     }),

@@ -248,7 +248,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     }
     if (restore.length > 0) {
       const t0 = performance.now();
-      const { zombieStates, rebuilds } = await restorePartitions(
+      const { zombieStates, rebuilds, fromFollowers } = await restorePartitions(
         js,
         topology.jsm,
         store,
@@ -259,6 +259,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       metrics.restoreSeconds.observe((performance.now() - t0) / 1000);
       if (zombieStates > 0) metrics.zombieStates.inc(zombieStates);
       for (const r of rebuilds) metrics.stateRebuilds.inc({ partition: String(r.partition) });
+      if (fromFollowers > 0) metrics.stateRepairs.inc({ kind: 'restore' }, fromFollowers);
     }
     metrics.actors.set(store.states.getCount());
     await Promise.all(

@@ -3,12 +3,12 @@
 // state, not history. The caller then resumes at the old owner's acknowledged position; events
 // after it that some keys already reflect are skipped by the per-key sequence (`StateRecord.q`).
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
-import { type Clock, maxClock, wakeKey } from './event-time.js';
+import { type Clock, maxClock, type Sys, wakeKey } from './event-time.js';
 import { readKvLatest } from './kv-latest.js';
 import { lineageOfChange } from './lineage.js';
 import type { Logger } from './logger.js';
-import { scanStateBucket } from './state-scan.js';
-import type { StateStore } from './state-store.js';
+import { type StateEntry, scanStateBucket, stateBucketFollowers } from './state-scan.js';
+import type { StateRecord, StateStore } from './state-store.js';
 import { consumerPrefix, inStream, META_BUCKET, partitionOf } from './subjects.js';
 
 export interface RestoreTarget {
@@ -65,7 +65,14 @@ export async function restorePartitions(
   log: Logger,
   /** Entries read per second at most, so a large restart does not saturate NATS. @default 200000 */
   ratePerSecond = 200_000,
-): Promise<{ entries: number; restored: number; zombieStates: number; rebuilds: Rebuild[] }> {
+): Promise<{
+  entries: number;
+  restored: number;
+  zombieStates: number;
+  rebuilds: Rebuild[];
+  /** States a follower held newer than the leader. */
+  fromFollowers: number;
+}> {
   const partitions = new Set(targets.map((t) => t.partition));
   const started = performance.now();
   // Where the previous owners got to, read before the states: every state change of an event at
@@ -93,10 +100,15 @@ export async function restorePartitions(
   // entries than that count means the bucket lost some.
   const found = new Map<number, number>();
   const counted = new Map<number, { seq: number; n: number }>();
-  const { read } = await scanStateBucket(js, jsm, log, ratePerSecond, (v, bucketSeq) => {
-    const p = partitionOf(v.key, partitionCount);
-    if (!partitions.has(p)) return undefined;
-    let pending = store.states.put([v.actor, v.key], {
+  // Takes one entry into LMDB (replacing `previous`, an older state of its key from another replica).
+  const take = (v: StateEntry, bucketSeq: number, p: number, previous?: StateRecord) => {
+    let pending: Promise<unknown> | undefined;
+    const oldWakes = (previous?.x as Sys | undefined)?.k;
+    for (const kind of [0, 1] as const) {
+      const t = oldWakes?.[kind];
+      if (t != null) pending = store.meta.remove(wakeKey(p, v.actor, kind, t, v.key));
+    }
+    pending = store.states.put([v.actor, v.key], {
       s: v.state,
       q: v.seq,
       t: Date.parse(v.updatedAt),
@@ -108,7 +120,10 @@ export async function restorePartitions(
       if (t != null) pending = store.meta.put(wakeKey(p, v.actor, kind, t, v.key), 1);
     }
     if (v.sys?.c) clocks.set(p, maxClock(clocks.get(p), v.sys.c));
-    found.set(p, (found.get(p) ?? 0) + 1);
+    if (!previous) {
+      found.set(p, (found.get(p) ?? 0) + 1);
+      restored++;
+    }
     if (v.partitionKeys != null && v.seq <= acknowledged[p]! && bucketSeq > (counted.get(p)?.seq ?? 0))
       counted.set(p, { seq: bucketSeq, n: v.partitionKeys });
     const fence = fenceOf.get(p);
@@ -116,9 +131,48 @@ export async function restorePartitions(
       zombieStates++;
       positions[p] = v.seq;
     }
-    restored++;
     return pending;
+  };
+  const { read } = await scanStateBucket(js, jsm, log, ratePerSecond, (v, bucketSeq) => {
+    const p = partitionOf(v.key, partitionCount);
+    return partitions.has(p) ? take(v, bucketSeq, p) : undefined;
   });
+  // The other replicas too: on 2.9 a killed server's replica can come back with a key's older
+  // entry (or none) and lead, while the others hold the newer one. Newer states (by `seq`) found
+  // on a follower replace the leader's; a follower that cannot be read is skipped.
+  const newer = new Map<string, { v: StateEntry; bucketSeq: number }>();
+  const followers = await stateBucketFollowers(jsm).catch(() => [] as string[]);
+  await Promise.all(
+    followers.map((server) =>
+      scanStateBucket(
+        js,
+        jsm,
+        log,
+        ratePerSecond,
+        (v, bucketSeq) => {
+          if (!partitions.has(partitionOf(v.key, partitionCount))) return undefined;
+          const id = `${v.actor}\u0000${v.key}`;
+          const best = newer.get(id)?.v.seq ?? store.states.get([v.actor, v.key])?.q ?? 0;
+          if (v.seq > best) newer.set(id, { v, bucketSeq });
+          return undefined;
+        },
+        server,
+      ).catch((err) =>
+        log.warn({ server, err: (err as Error).message }, 'restore could not read a follower replica'),
+      ),
+    ),
+  );
+  let pending: Promise<unknown> | undefined;
+  for (const { v, bucketSeq } of newer.values()) {
+    const p = partitionOf(v.key, partitionCount);
+    pending = take(v, bucketSeq, p, store.states.get([v.actor, v.key])) ?? pending;
+  }
+  await pending;
+  if (newer.size > 0)
+    log.warn(
+      { states: newer.size, followers },
+      "the state bucket's leader served older states (or none) of keys a follower holds newer: took the newer",
+    );
   const rebuilds: Rebuild[] = [];
   for (const t of targets) {
     const p = t.partition;
@@ -170,7 +224,7 @@ export async function restorePartitions(
     { positions, entries: read, restored, zombieStates, ms: Math.round(performance.now() - started) },
     'state restored from the state bucket',
   );
-  return { entries: read, restored, zombieStates, rebuilds };
+  return { entries: read, restored, zombieStates, rebuilds, fromFollowers: newer.size };
 }
 
 /**

@@ -26,8 +26,9 @@ export interface StateEntry {
 /**
  * Calls `onEntry` for every state entry (deleted keys and unreadable entries skipped) with its
  * bucket sequence, in bucket order, at most `ratePerSecond` entries a second; awaits what
- * `onEntry` returned every 5,000 entries and at the end. Throws when the scan could not read up
- * to the bucket's end on one leader.
+ * `onEntry` returned every 5,000 entries and at the end. Reads the replica on the stream's leader
+ * (or on `server`, one of its peers), and throws when it could not read up to the bucket's end
+ * there (or the leader changed meanwhile).
  */
 export async function scanStateBucket(
   js: JetStreamClient,
@@ -35,6 +36,7 @@ export async function scanStateBucket(
   log: Logger,
   ratePerSecond: number,
   onEntry: (entry: StateEntry, bucketSeq: number) => Promise<unknown> | undefined,
+  server?: string,
 ): Promise<{ read: number }> {
   const stream = `KV_${STATE_BUCKET}`;
   const started = performance.now();
@@ -46,7 +48,7 @@ export async function scanStateBucket(
   // miss messages for good, and serve a key's older state: a restore from it loses events. So the
   // consumer is placed on the stream's leader (created again until it lands there), and the scan
   // reads up to the leader's last sequence.
-  const name = await consumerOnLeader(jsm, stream, info.cluster?.leader);
+  const name = await consumerOn(jsm, stream, server ?? info.cluster?.leader);
   const consumer = await js.consumers.get(stream, name);
   const msgs = await consumer.consume({ max_messages: 5000 });
   let pending: Promise<unknown> | undefined;
@@ -134,19 +136,25 @@ export async function scanStateBucket(
     );
   }
   const after = (await jsm.streams.info(stream)).cluster?.leader;
-  if (after !== info.cluster?.leader)
+  if (server === undefined && after !== info.cluster?.leader)
     throw new Error(`the state bucket's leader changed during the scan (${info.cluster?.leader} → ${after})`);
   return { read };
 }
 
+/** The peers of the state bucket's stream other than its leader (none when not clustered). */
+export async function stateBucketFollowers(jsm: JetStreamManager): Promise<string[]> {
+  const info = await jsm.streams.info(`KV_${STATE_BUCKET}`);
+  return (info.cluster?.replicas ?? []).filter((r) => !r.offline).map((r) => r.name);
+}
+
 /**
- * Creates an ephemeral consumer of the whole stream on the server that leads it (`leader`; any
- * server when the stream is not clustered), deleting the ones that land elsewhere.
+ * Creates an ephemeral consumer of the whole stream on `server` (any server when undefined or the
+ * stream is not clustered), deleting the ones that land elsewhere.
  */
-async function consumerOnLeader(
+async function consumerOn(
   jsm: JetStreamManager,
   stream: string,
-  leader: string | undefined,
+  server: string | undefined,
 ): Promise<string> {
   for (let attempt = 1; attempt <= 30; attempt++) {
     const ci = await jsm.consumers.add(stream, {
@@ -157,8 +165,8 @@ async function consumerOnLeader(
       inactive_threshold: 30_000_000_000,
       mem_storage: true,
     });
-    if (!leader || !ci.cluster?.leader || ci.cluster.leader === leader) return ci.name;
+    if (!server || !ci.cluster?.leader || ci.cluster.leader === server) return ci.name;
     await jsm.consumers.delete(stream, ci.name).catch(() => undefined);
   }
-  throw new Error(`could not place a consumer of ${stream} on its leader ${leader}`);
+  throw new Error(`could not place a consumer of ${stream} on ${server}`);
 }
