@@ -297,6 +297,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let schemas: Awaited<ReturnType<typeof startSchemaSync>> | undefined;
   const lag = new LagMonitor(topology.jsm, metrics, () => runners.values(), log);
   const auditor = new StateAuditor({
+    nc,
     js,
     jsm: topology.jsm,
     store,

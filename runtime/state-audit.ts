@@ -4,11 +4,13 @@
 // issues); its replicas then disagree, and whichever leads is what every reader sees. A node
 // audits when the bucket's leader changes (a killed server's replica may lead now) and on a timer.
 import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/transport-node';
+import { readKvLatest } from './kv-latest.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import { scanStateBucket } from './state-scan.js';
 import type { StateStore } from './state-store.js';
-import { partitionOf, STATE_BUCKET } from './subjects.js';
+import { partitionOf, STATE_BUCKET, stateKvKey } from './subjects.js';
 
 /** What the audit needs of a partition this node runs (a PartitionRunner). */
 export interface AuditedPartition {
@@ -27,9 +29,12 @@ export interface AuditReport {
   stale: number;
   /** States stored again. */
   repaired: number;
+  /** Repaired states the leader still did not show afterwards (it was asked to step down). */
+  unfixed: number;
 }
 
 export interface StateAuditorOptions {
+  nc: NatsConnection;
   js: JetStreamClient;
   jsm: JetStreamManager;
   store: StateStore;
@@ -115,7 +120,7 @@ export class StateAuditor {
       runners.set(r.partition, r);
       published.set(r.partition, r.publishedSeq);
     }
-    const report: AuditReport = { entries: 0, checked: 0, missing: 0, stale: 0, repaired: 0 };
+    const report: AuditReport = { entries: 0, checked: 0, missing: 0, stale: 0, repaired: 0, unfixed: 0 };
     if (runners.size === 0) return report;
     // Bucket entries of owned partitions: `actor\0key` → [state seq, bucket seq].
     const seen = new Map<string, [number, number]>();
@@ -131,7 +136,8 @@ export class StateAuditor {
       },
     );
     report.entries = read;
-    const wrong = new Map<number, { keys: [string, string][]; staleSeqs: number[] }>();
+    // Per partition: the keys to store again, the state seq each must show, stale bucket entries.
+    const wrong = new Map<number, { keys: [string, string][]; qs: number[]; staleSeqs: number[] }>();
     for (const { key, value } of store.states.getRange()) {
       const p = partitionOf(key[1], partitions);
       const upTo = published.get(p);
@@ -139,15 +145,36 @@ export class StateAuditor {
       report.checked++;
       const entry = seen.get(`${key[0]}\u0000${key[1]}`);
       if (entry && entry[0] >= value.q) continue;
-      const w = wrong.get(p) ?? { keys: [], staleSeqs: [] };
+      const w = wrong.get(p) ?? { keys: [], qs: [], staleSeqs: [] };
       w.keys.push(key);
+      w.qs.push(value.q);
       if (entry) {
         report.stale++;
         w.staleSeqs.push(entry[1]);
       } else report.missing++;
       wrong.set(p, w);
     }
-    for (const [p, w] of wrong) report.repaired += await runners.get(p)!.repairStates(w.keys, w.staleSeqs);
+    // A repair the leader does not show (it keeps a removed entry over later puts) means its replica
+    // is bad: hand the leadership to another replica, whose copy the next audit checks. Only whole
+    // repairs are checked: a partition that stored fewer lost its lease or changed those keys since.
+    for (const [p, w] of wrong) {
+      const stored = await runners.get(p)!.repairStates(w.keys, w.staleSeqs);
+      report.repaired += stored;
+      if (stored < w.keys.length) continue;
+      for (const [i, [actor, key]] of w.keys.entries()) {
+        const got = await readKvLatest(jsm, STATE_BUCKET, stateKvKey(actor, key)).catch(() => undefined);
+        if ((got?.json<{ seq: number }>().seq ?? 0) < w.qs[i]!) report.unfixed++;
+      }
+    }
+    if (report.unfixed > 0) {
+      log.error(
+        { unfixed: report.unfixed, leader: this.leader },
+        "the state bucket's leader does not keep repaired states: asking it to step down",
+      );
+      await this.opts.nc
+        .request(`$JS.API.STREAM.LEADER.STEPDOWN.KV_${STATE_BUCKET}`, undefined, { timeout: 5000 })
+        .catch((err) => log.warn({ err: (err as Error).message }, 'state bucket leader stepdown failed'));
+    }
     metrics.stateAudits.inc();
     if (report.missing > 0) metrics.stateRepairs.inc({ kind: 'missing' }, report.missing);
     if (report.stale > 0) metrics.stateRepairs.inc({ kind: 'stale' }, report.stale);

@@ -156,7 +156,7 @@ describe('keys lost from the state bucket', () => {
       const clean = await node.auditState();
       assert.deepEqual(
         { ...clean, entries: 0 },
-        { entries: 0, checked: expected.size, missing: 0, stale: 0, repaired: 0 },
+        { entries: 0, checked: expected.size, missing: 0, stale: 0, repaired: 0, unfixed: 0 },
       );
 
       // One key's entry is lost; another's goes back to an older state, as a replica that brought
@@ -173,7 +173,7 @@ describe('keys lost from the state bucket', () => {
       const report = await node.auditState();
       assert.deepEqual(
         { ...report, entries: 0 },
-        { entries: 0, checked: expected.size, missing: 1, stale: 1, repaired: 2 },
+        { entries: 0, checked: expected.size, missing: 1, stale: 1, repaired: 2, unfixed: 0 },
       );
       assert.deepEqual(await wrong(), [], 'both stored again');
       const metrics = node.metrics.registry;
