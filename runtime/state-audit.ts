@@ -52,10 +52,14 @@ export interface StateAuditorOptions {
   ratePerSecond?: number;
 }
 
+/** Audits after the one that follows a leader change, this long after it. */
+const FOLLOW_UP_MS = [30_000, 120_000] as const;
+
 export class StateAuditor {
   private timer: NodeJS.Timeout | null = null;
   private leader: string | undefined;
-  private dueAt = 0;
+  /** When audits are due (epoch ms, ascending). */
+  private due: number[] = [];
   private running: Promise<unknown> | null = null;
   private lastAudit = Date.now();
   private stopped = false;
@@ -82,7 +86,9 @@ export class StateAuditor {
       const leader = info.cluster?.leader;
       if (leader && this.leader && leader !== this.leader) {
         this.opts.log.info({ from: this.leader, to: leader }, 'state bucket leader changed: auditing');
-        this.dueAt = now + (this.opts.settleMs ?? 5000);
+        // Soon, and twice more: a replica that came back from a kill may go wrong a while later.
+        const settle = this.opts.settleMs ?? 5000;
+        this.due = [now + settle, now + settle + FOLLOW_UP_MS[0], now + settle + FOLLOW_UP_MS[1]];
       }
       if (leader) this.leader = leader;
     } catch {
@@ -90,13 +96,13 @@ export class StateAuditor {
     }
     const every = this.opts.everyMs ?? 600_000;
     const periodic = every > 0 && now - this.lastAudit >= every;
-    if ((this.dueAt > 0 && now >= this.dueAt) || periodic) {
-      this.dueAt = 0;
+    if ((this.due.length > 0 && now >= this.due[0]!) || periodic) {
+      while (this.due.length > 0 && now >= this.due[0]!) this.due.shift();
       this.lastAudit = now;
       this.running = this.audit()
         .catch((err) => {
           // Try again soon: the bucket may be between leaders.
-          this.dueAt = Date.now() + (this.opts.settleMs ?? 5000);
+          this.due.unshift(Date.now() + (this.opts.settleMs ?? 5000));
           this.opts.log.warn({ err: (err as Error).message }, 'state audit failed; retrying');
         })
         .finally(() => {
