@@ -317,7 +317,8 @@ describe('gateway: Feast features, auth, validation', () => {
     const limited = buildGateway({
       state: kv,
       connected: () => true,
-      rateLimit: { perSecond: 1, burst: 3 },
+      // A slow refill: a stall between requests must not hand back a token.
+      rateLimit: { perSecond: 0.01, burst: 3 },
       tokens: [
         { name: 'a', token: READ, scopes: ['read'] },
         { name: 'b', token: ADMIN, scopes: ['read'] },

@@ -146,6 +146,8 @@ describe('gateway push (WebSocket, SSE)', () => {
     await check(() => all.changes('changes').length === 4, 5000, 'all four changes on the unfiltered client');
     await check(() => odd.changes('changes').length === 1, 5000, 'the escaped key');
     await check(() => orders.changes('changes').length === 1, 5000, 'the order change');
+    await check(() => byPrefix.changes('changes').length === 1, 5000, 'the prefix client’s change');
+    await check(() => byKey.changes('changes').length === 1, 5000, 'the key client’s change');
     assert.deepEqual(keys(byPrefix, 'changes'), ['warehouse/ams-1']);
     assert.deepEqual(keys(byKey, 'changes'), ['warehouse/ber-1']);
     assert.deepEqual(keys(orders, 'changes'), ['order/o-1']);

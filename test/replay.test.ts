@@ -242,7 +242,8 @@ describe('partita replay', () => {
         return true;
       },
     );
-    assert.ok(Date.now() - t0 < 10_000);
+    // It gives up rather than hang (the owner wait is 1 s; the bound is slack for a loaded machine).
+    assert.ok(Date.now() - t0 < 30_000);
     const failed = (await readAudit(nc, { action: 'replay' })).filter(
       (a) => !(a.details as { ok: boolean }).ok,
     );

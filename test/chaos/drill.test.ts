@@ -15,8 +15,8 @@ it('recovers from every kind of fault with every state equal to a straight fold'
     seed,
     faults: FAULT_KINDS.length + 1,
     // Bounded, so that a run that does not recover ends well inside the test timeout.
-    recoveryTimeoutMs: 20_000,
-    verifyTimeoutMs: 30_000,
+    recoveryTimeoutMs: 45_000,
+    verifyTimeoutMs: 60_000,
     reproduce: `PARTITA_TEST_SEED=${seed} node --test dist/test/chaos/drill.test.js`,
   });
   const paths = writeReport(report, REPORTS);

@@ -420,8 +420,12 @@ async function verifyChaos(
             : 'state differs (order or content)';
       mismatches.push({ actor: 'account', key, expected: want, actual: got, reason });
     }
-    const seen = await get<{ ids: Record<string, 1> }>('seen', key);
-    const missing = (work.seenIds.get(key) ?? []).filter((id) => !seen?.ids[String(id)]);
+    // Its own wait: one batch's state puts land one by one, so `account` may lead `seen`.
+    const ids = work.seenIds.get(key) ?? [];
+    const seen = await waitFor<{ ids: Record<string, 1> }>('seen', key, (s) =>
+      ids.every((id) => s?.ids[String(id)]),
+    );
+    const missing = ids.filter((id) => !seen?.ids[String(id)]);
     if (missing.length > 0) {
       mismatches.push({
         actor: 'seen',

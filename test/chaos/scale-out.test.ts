@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { assignPartitions } from '../../runtime/assignment.js';
 import { check, testSeed } from '../helpers/check.js';
 import { startTestNats, type TestNats } from '../helpers/nats.js';
 import { type NodeProcess, PARTITA_BIN, spawnPartita } from '../helpers/node-process.js';
@@ -32,9 +33,9 @@ function status(): Status {
   return JSON.parse(r.stdout) as Status;
 }
 
-function owners(): Map<string, number[]> {
+function owners(s: Status = status()): Map<string, number[]> {
   const m = new Map<string, number[]>();
-  for (const p of status().partitions) {
+  for (const p of s.partitions) {
     if (!p.owner) continue;
     m.set(p.owner, [...(m.get(p.owner) ?? []), p.partition]);
   }
@@ -58,14 +59,18 @@ async function startNode(id: string): Promise<NodeProcess> {
   return n;
 }
 
-/** Waits until exactly `ids` own every partition. */
+/**
+ * Waits until every partition is owned where the assignment over exactly `ids` puts it: all
+ * partitions owned by `ids` alone can still be halfway through a rebalance.
+ */
 async function settled(ids: string[], timeoutMs = 20_000): Promise<Map<string, number[]>> {
+  const want = assignPartitions(ids, PARTITIONS);
   return check(
     () => {
-      const o = owners();
-      const owned = [...o.values()].reduce((a, ps) => a + ps.length, 0);
-      return owned === PARTITIONS && [...o.keys()].every((k) => ids.includes(k)) && o.size === ids.length
-        ? o
+      const s = status();
+      return s.partitions.length === PARTITIONS &&
+        s.partitions.every((p) => p.owner === want.get(p.partition))
+        ? owners(s)
         : undefined;
     },
     timeoutMs,
