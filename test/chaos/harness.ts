@@ -516,6 +516,25 @@ async function verifyChaos(
       });
     }
   }
+  const deadMissing = [...work.expectedDead].filter(
+    ([id, code]) => !found.has(id) && code !== 'PARTITA_ERR_UNROUTABLE',
+  );
+  if (deadMissing.length > 0)
+    mismatches.push(
+      ...(await whereDeadLost(
+        nc,
+        deadMissing.map(([id]) => id),
+        partitions,
+      ).catch((err: Error) => [
+        {
+          actor: '(forensics)',
+          key: 'dead letters',
+          expected: 'where the events sit',
+          actual: err.message,
+          reason: 'could not locate the events of missing dead letters',
+        },
+      ])),
+    );
   for (const u of unexpected.slice(0, 50)) {
     mismatches.push({
       actor: '(dead letters)',
@@ -572,4 +591,32 @@ async function whereLost(
     }
   }
   return out;
+}
+
+/**
+ * For missing dead letters: where their events sit in the input streams (partition and sequence),
+ * so a report can be matched with the owners' logs (`event dead-lettered` carries the sequence).
+ */
+async function whereDeadLost(nc: NatsConnection, ids: number[], partitions: number): Promise<Mismatch[]> {
+  const wanted = new Set(ids.slice(0, 20));
+  const at = new Map<number, string>();
+  const jsm = await jetstreamManager(nc, { checkAPI: false });
+  for (let p = 0; p < partitions && at.size < wanted.size; p++) {
+    const info = await jsm.streams.info(inStream(p));
+    if (info.state.messages === 0) continue;
+    const msgs = await (await jetstream(nc).consumers.get(inStream(p))).consume();
+    for await (const m of msgs) {
+      const id = Number(/"id":(\d+)/.exec(new TextDecoder().decode(m.data))?.[1]);
+      if (wanted.has(id)) at.set(id, `partition ${p}, stream sequence ${m.seq}, subject ${m.subject}`);
+      if (m.seq >= info.state.last_seq) break;
+    }
+    await msgs.close();
+  }
+  return [...wanted].map((id) => ({
+    actor: '(forensics)',
+    key: `event ${id}`,
+    expected: 'a dead letter',
+    actual: at.get(id) ?? 'not in any input stream',
+    reason: 'where the event of a missing dead letter sits',
+  }));
 }

@@ -1,5 +1,6 @@
-// `npm run chaos -- [--minutes N] [--seed S] [--faults N] [--rate N] [--report DIR]`: a long chaos
-// run (soak) with the harness of the CI suite. Exit 0 when the report passes, 1 when it does not.
+// `npm run chaos -- [--minutes N] [--seed S] [--faults N] [--rate N] [--report DIR] [--logs DIR]`: a
+// long chaos run (soak) with the harness of the CI suite. Exit 0 when the report passes, 1 when it
+// does not. `--logs DIR` keeps every node's log (`<node>.log`; PARTITA_TEST_LOG_LEVEL sets the level).
 import { parseArgs } from 'node:util';
 import { formatReport, writeReport } from '../../runtime/drill.js';
 import { runChaos } from './harness.js';
@@ -11,12 +12,15 @@ const { values } = parseArgs({
     faults: { type: 'string' },
     rate: { type: 'string', default: '1500' },
     report: { type: 'string', default: 'chaos-reports' },
+    logs: { type: 'string' },
   },
 });
 const minutes = Number(values.minutes);
 const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
 if (!Number.isFinite(minutes) || minutes <= 0 || !Number.isInteger(seed)) {
-  console.error('usage: npm run chaos -- [--minutes N] [--seed S] [--faults N] [--rate N] [--report DIR]');
+  console.error(
+    'usage: npm run chaos -- [--minutes N] [--seed S] [--faults N] [--rate N] [--report DIR] [--logs DIR]',
+  );
   process.exit(2);
 }
 console.log(`chaos soak: ${minutes} min, seed ${seed}`);
@@ -26,6 +30,7 @@ const report = await runChaos({
   faults: values.faults !== undefined ? Number(values.faults) : Math.max(5, Math.round(minutes * 5)),
   minDurationMs: minutes * 60_000,
   rate: Number(values.rate),
+  ...(values.logs ? { logDir: values.logs } : {}),
   reproduce: `npm run chaos -- --minutes ${minutes} --seed ${seed}${values.faults ? ` --faults ${values.faults}` : ''} --rate ${values.rate}`,
 });
 const paths = writeReport(report, values.report!);
