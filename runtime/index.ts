@@ -17,6 +17,7 @@ export { LINEAGE_DEPTH } from './lineage.js';
 export { createLogger, type Logger } from './logger.js';
 export { applyMask, maskPlanOf, type PiiAction, piiHash, REDACTED } from './masking.js';
 export {
+  freePorts,
   type NatsCluster,
   type NatsClusterMember,
   type NatsClusterOptions,

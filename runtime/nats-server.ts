@@ -48,6 +48,8 @@ export interface NatsServerHandle {
   readonly clusterUrl?: string;
   readonly process: ChildProcess;
   readonly configFile: string;
+  /** The last few thousand characters the server wrote to stderr (unless `verbose`). */
+  log(): string;
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
@@ -152,6 +154,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
     clusterUrl: opts.cluster ? routeUrl(opts.host, opts.cluster.port) : undefined,
     process: child,
     configFile,
+    log: () => stderr,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
       if (exited !== null) return;
       child.kill(signal);
@@ -289,6 +292,11 @@ export interface NatsClusterStartOptions {
   verbose?: boolean;
   /** How long to wait for the cluster to form and place streams on every member. @default 30000 */
   timeoutMs?: number;
+  /**
+   * Picks the members' route ports; called again, up to twice, when one was taken before its
+   * server bound it. @default free ports of `host` (`freePorts`)
+   */
+  routePorts?: (n: number) => Promise<number[]>;
 }
 
 export interface NatsClusterMember {
@@ -330,9 +338,23 @@ export interface NatsCluster {
  * name all of them before it starts).
  */
 export async function startNatsCluster(opts: NatsClusterStartOptions): Promise<NatsCluster> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startClusterOnce(opts);
+    } catch (err) {
+      // The route ports are free when picked, not when bound: another process (any outgoing
+      // connection takes an ephemeral port from the same range) can take one in between, and
+      // that member exits at once (seen in CI). Pick them again; anything else is a real failure.
+      if (!(err instanceof PortTaken)) throw err;
+      if (attempt >= 3) throw err.cause;
+    }
+  }
+}
+
+async function startClusterOnce(opts: NatsClusterStartOptions): Promise<NatsCluster> {
   const size = opts.size ?? 3;
   const name = opts.name ?? 'partita';
-  const clusterPorts = await freePorts(size, opts.host);
+  const clusterPorts = await (opts.routePorts ?? ((n) => freePorts(n, opts.host)))(size);
   const routes = clusterPorts.map((p) => routeUrl(opts.host, p));
   const members = clusterPorts.map((clusterPort, i) => {
     const memberName = `${name}-${i + 1}`;
@@ -399,7 +421,20 @@ export async function startNatsCluster(opts: NatsClusterStartOptions): Promise<N
       },
     };
   } catch (err) {
+    // A member may also fail to bind its route port after it took clients (and wrote its ports
+    // file): then it is its log that tells, and the cluster never forms.
+    const taken = [
+      err instanceof Error ? err.message : '',
+      ...members.map((m) => m.member.server?.log() ?? ''),
+    ];
     await stopAll('SIGKILL');
+    if (taken.some((t) => /address already in use/i.test(t))) throw new PortTaken(err);
     throw err;
+  }
+}
+
+class PortTaken extends Error {
+  constructor(cause: unknown) {
+    super('a port of the cluster was taken before its server bound it', { cause });
   }
 }

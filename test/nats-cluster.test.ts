@@ -3,16 +3,19 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type JetStreamClient, type JetStreamManager, jetstream } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import {
   ensureTopology,
+  freePorts,
   inStream,
   META_BUCKET,
   partitionOf,
   STATE_BUCKET,
+  startNatsCluster,
   waitForJetStream,
 } from '../runtime/index.js';
 import { readKvLatest } from '../runtime/kv-latest.js';
@@ -262,6 +265,41 @@ describe('partita nats --cluster', () => {
         procs.map(() => 0),
         'SIGTERM stops each member cleanly',
       );
+    }
+  });
+});
+
+describe('startNatsCluster', () => {
+  it('picks other route ports when one is taken before its server binds it', async () => {
+    // The race seen in CI, made certain: the first pick names a port something else listens on.
+    const squatter = createServer();
+    await new Promise<void>((r) => squatter.listen(0, '127.0.0.1', r));
+    const taken = (squatter.address() as AddressInfo).port;
+    const picks: number[][] = [];
+    const dir = tempDir('partita-ports-');
+    try {
+      const cluster = await startNatsCluster({
+        size: 3,
+        dataDir: join(dir, 'nats'),
+        partitions: PARTITIONS,
+        routePorts: async (n) => {
+          const ports = await freePorts(n);
+          if (picks.length === 0) ports[1] = taken;
+          picks.push(ports);
+          return ports;
+        },
+      });
+      try {
+        assert.equal(picks.length, 2, 'a second pick after the taken port');
+        assert.ok(!picks[1]!.includes(taken));
+        assert.equal(cluster.members.length, 3);
+        await waitForJetStream(cluster.servers, { timeoutMs: 20_000, replicas: 3 });
+      } finally {
+        await cluster.stop('SIGKILL');
+      }
+    } finally {
+      squatter.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });
