@@ -21,9 +21,13 @@ export class BatchDispatcher {
    * @param maxInFlight tasks running at once; more batches wait and join the next task, which
    *   is how batches grow under load.
    */
+  private tasks = 0;
+
   constructor(
     private readonly pool: Piscina,
     private readonly maxInFlight: number,
+    /** Loses every n-th task's answer after the worker committed it (an injected fault). */
+    private readonly loseEvery = 0,
   ) {}
 
   /** Loads actors and opens LMDB in every worker before the first event arrives. */
@@ -64,6 +68,8 @@ export class BatchDispatcher {
       buf.set(packed);
       const task: BatchTask = { batches: buf };
       const out = (await this.pool.run(task, { transferList: [buf.buffer] })) as Uint8Array;
+      if (this.loseEvery > 0 && ++this.tasks % this.loseEvery === 0)
+        throw new Error('injected fault: the worker committed, its answer was lost');
       const results = unpack(out) as BatchResult[];
       for (const [i, g] of group.entries()) g.resolve(results[i]!);
     } catch (err) {

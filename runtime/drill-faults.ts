@@ -19,9 +19,13 @@ export type DrillFault =
 export type DrillFaultKind = Exclude<DrillFault['fault'], 'ping'>;
 export const DRILL_FAULT_KINDS: readonly DrillFaultKind[] = ['crash', 'stall', 'handoff'];
 
-/** Defects a node can be built with on purpose (see NodeOptions.faults). */
-export type InjectedDefect = 'ack-before-commit';
-export const INJECTED_DEFECTS: readonly InjectedDefect[] = ['ack-before-commit'];
+/**
+ * Defects a node can be built with on purpose (see NodeOptions.faults): `ack-before-commit` is a
+ * bug the chaos harness must catch; `lose-worker-answers` (every 4th worker answer is lost after
+ * its commit, as when a worker thread dies on its way back) is a fault the runtime must survive.
+ */
+export type InjectedDefect = 'ack-before-commit' | 'lose-worker-answers';
+export const INJECTED_DEFECTS: readonly InjectedDefect[] = ['ack-before-commit', 'lose-worker-answers'];
 
 export function drillSubject(nodeId: string): string {
   return `${DRILL_PREFIX}.${nodeId}`;

@@ -396,6 +396,17 @@ export class PartitionRunner {
         await sleep(Math.min(5000, 100 * 2 ** attempt));
         // A stopping node may leave the batch to the next run: it starts after the checkpoint.
         if (this.status !== 'RUNNING') return;
+        // The worker may have committed before the failure reached us (its answer was lost). A
+        // retry would then find every event applied and commit an empty outbox over the batch's:
+        // its states would never reach the bucket while its events are acknowledged. Publish the
+        // committed outbox instead.
+        this.deps.store.root.resetReadTxn();
+        const last = events[events.length - 1]!.seq;
+        if ((this.deps.store.checkpoint(this.partition)?.seq ?? 0) >= last) {
+          this.log.warn({ seq: last }, 'the failed batch was committed: publishing its outbox');
+          this.publishCommittedOutbox(batch, last);
+          return;
+        }
       }
     }
     this.committedSeq = result.lastSeq;
@@ -445,6 +456,36 @@ export class PartitionRunner {
       );
       // AckAll: one ack covers the batch. Only for retention, lag and flow control: the checkpoint is the truth.
       last.ack();
+      this.unpublished--;
+    })();
+  }
+
+  /**
+   * The path of `process` for a batch the worker committed but whose result was lost: its outbox
+   * is published (as after a restart), then the batch is acknowledged.
+   */
+  private publishCommittedOutbox(batch: JsMsg[], lastSeq: number): void {
+    this.committedSeq = lastSeq;
+    this.lastCommitAt = Date.now();
+    const ob = this.deps.store.outboxes(this.partition).find((o) => o.seq === lastSeq);
+    const previous = this.publishing;
+    this.unpublished++;
+    this.publishing = (async () => {
+      await previous;
+      try {
+        if (lastSeq <= this.rebuildTo) {
+          if (lastSeq === this.rebuildTo && !(await this.finishRebuild())) throw new Error('lease lapsed');
+        } else if (ob) await this.recoverOutbox(ob);
+      } catch {
+        // Fenced: the outbox stays for the next run, as in `process`.
+        this.deps.metrics.fencedBatches.inc(this.label);
+        this.fence();
+        this.unpublished--;
+        return;
+      }
+      if (ob) void this.deps.store.deleteOutbox(this.partition, lastSeq);
+      if (this.rebuildTo === 0) this.publishedSeq = lastSeq;
+      batch[batch.length - 1]!.ack();
       this.unpublished--;
     })();
   }

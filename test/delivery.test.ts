@@ -9,8 +9,9 @@ import { Kvm } from '@nats-io/kv';
 import { AckedPublisher } from '../runtime/acked-publisher.js';
 import { inStream, partitionOf, STATE_BUCKET, startNode } from '../runtime/index.js';
 import { consumerPrefix } from '../runtime/subjects.js';
-import { check } from './helpers/check.js';
+import { check, testSeed } from './helpers/check.js';
 import { startTestNats } from './helpers/nats.js';
+import { Workload } from './helpers/workload.js';
 
 const FIXTURE_ACTORS = fileURLToPath(new URL('./fixtures/actors/', import.meta.url));
 
@@ -78,6 +79,34 @@ it('consumes again from the checkpoint when its consumer goes away, losing and d
     const consumers: string[] = [];
     for await (const ci of jsm.consumers.list(inStream(p))) consumers.push(ci.name);
     assert.equal(consumers.length, 1, `one consumer for the partition: ${consumers.join(', ')}`);
+  } finally {
+    await node.stop();
+    await nats.stop();
+  }
+});
+
+it('publishes a batch the worker committed when its answer is lost, instead of committing it again empty', async () => {
+  const nats = await startTestNats({ partitions: 2 });
+  const node = await startNode({
+    natsUrl: nats.url,
+    actorsDir: FIXTURE_ACTORS,
+    dataDir: join(nats.dir, 'n'),
+    id: 'n',
+    threads: 1,
+    // Small batches, so that many tasks go to the worker and every 4th answer is lost.
+    maxBatch: 20,
+    faults: ['lose-worker-answers'],
+  });
+  try {
+    const nc = await nats.connect();
+    const seed = testSeed();
+    console.log(`lost worker answers seed=${seed}`);
+    const work = new Workload(nc, seed, 300);
+    for (let i = 0; i < 10; i++) await work.publish(200);
+    // Every key's last state is in the bucket, those whose last batch's answer was lost included.
+    await work.verify(2, 20_000);
+    const lost = await node.metrics.registry.getSingleMetric('partita_batch_failures_total')?.get();
+    assert.ok((lost?.values.reduce((a, v) => a + v.value, 0) ?? 0) > 0, 'answers were lost');
   } finally {
     await node.stop();
     await nats.stop();
