@@ -228,18 +228,28 @@ export async function restorePartitions(
 }
 
 /**
- * Where the previous owner got to: the highest acknowledged sequence over the partition's
- * consumers (acks follow the stored publishing of every output, so every state up to it is in the
- * bucket).
+ * Where the previous owner got to: the highest acknowledged sequence over the consumers of the
+ * newest lease epoch (acks follow the stored publishing of every output, so every state up to it
+ * is in the bucket). A consumer of an older epoch can outlive its owner (its delete failed, or a
+ * paused owner created it late): its floor may lie past what the newest owner published, after
+ * that owner went back to its own, older checkpoint, and trusting it would skip those events.
  */
 export async function acknowledgedSeq(jsm: JetStreamManager, partition: number): Promise<number> {
   let seq = 0;
+  let newest = -1;
   for await (const ci of jsm.consumers.list(inStream(partition))) {
-    if (!ci.name.startsWith(consumerPrefix(partition))) continue;
+    const prefix = consumerPrefix(partition);
+    if (!ci.name.startsWith(prefix)) continue;
+    // Named `<prefix><epoch>[-r<serial>]` (consumerName in partition-runner.ts).
+    const epoch = Number.parseInt(ci.name.slice(prefix.length), 10) || 0;
     // Until its first ack a consumer reports a floor of 0, not the one below where it starts (the
     // checkpoint it was created at), which would send a new owner back to the stream's start.
     const start = ci.config.opt_start_seq ? ci.config.opt_start_seq - 1 : 0;
-    seq = Math.max(seq, ci.ack_floor.consumer_seq > 0 ? ci.ack_floor.stream_seq : start);
+    const floor = ci.ack_floor.consumer_seq > 0 ? ci.ack_floor.stream_seq : start;
+    if (epoch > newest) {
+      newest = epoch;
+      seq = floor;
+    } else if (epoch === newest) seq = Math.max(seq, floor);
   }
   return seq;
 }
@@ -252,8 +262,9 @@ export async function acknowledgedSeq(jsm: JetStreamManager, partition: number):
 export async function readOwnerRecord(
   jsm: JetStreamManager,
   partition: number,
-): Promise<OwnerRecord | undefined> {
-  return (await readKvLatest(jsm, META_BUCKET, ownerKey(partition)))?.json<OwnerRecord>();
+): Promise<{ record?: OwnerRecord; revision: number }> {
+  const e = await readKvLatest(jsm, META_BUCKET, ownerKey(partition));
+  return e ? { record: e.json<OwnerRecord>(), revision: e.revision } : { revision: 0 };
 }
 
 /** The key of a partition's owner record in the meta bucket. */

@@ -121,6 +121,28 @@ it('resumes after a state a paused former owner stored once the next owner had t
   });
 });
 
+it("takes the newest epoch's acknowledged position, not a leftover consumer's of an older one", async () => {
+  await withRestorer(async ({ nc, jsm }) => {
+    await previousOwnerAt25(nc, keysOf(0, 1)[0]!);
+    const at = (name: string, start: number) =>
+      jsm.consumers.add(inStream(0), {
+        durable_name: name,
+        ack_policy: AckPolicy.All,
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: start,
+      });
+    // Epoch 4 got to 29 and its consumer outlived it (its delete failed); epoch 6 went back to its
+    // own checkpoint at 25 and, resuming once, made a second consumer from 20.
+    await at('partita-p0-4', 30);
+    await at('partita-p0-6-r1', 21);
+    assert.equal(await acknowledgedSeq(jsm, 0), 25);
+    // Without a consumer of epoch 6, epoch 4's is the newest.
+    await jsm.consumers.delete(inStream(0), 'partita-p0-6');
+    await jsm.consumers.delete(inStream(0), 'partita-p0-6-r1');
+    assert.equal(await acknowledgedSeq(jsm, 0), 29);
+  });
+});
+
 it('finds a key that a former owner rewrites while the restore is reading the bucket', async () => {
   await withRestorer(async ({ nc, js, jsm, kv, store }) => {
     const [k] = keysOf(0, 1) as [string];
