@@ -202,7 +202,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     idleTimeout: Number.POSITIVE_INFINITY,
   });
   let status: NodeStatus = 'STARTING';
-  const dispatcher = new BatchDispatcher(pool, threads);
+  const dispatcher = new BatchDispatcher(pool, threads, opts.faults?.includes('lose-worker-answers') ? 4 : 0);
   const deps = {
     nc,
     js,
@@ -230,8 +230,11 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     // The state bucket's position before this node writes anything for these partitions: a state
     // written after it under an older epoch is a paused former owner's (see restore.ts).
     const stateRev = (await topology.jsm.streams.info(`KV_${STATE_BUCKET}`)).state.last_seq;
+    // The owner records' revisions as read: each is written back on that revision (below).
+    const revisions = new Map<number, number>();
     for (const l of leases) {
-      const last = await readOwnerRecord(topology.jsm, l.partition);
+      const { record: last, revision } = await readOwnerRecord(topology.jsm, l.partition);
+      revisions.set(l.partition, revision);
       if (last !== undefined) owned.add(l.partition);
       if (last?.node === id && store.checkpoint(l.partition)) {
         // Still the same stretch of ownership: states written since it began stay legitimate.
@@ -273,7 +276,21 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
           fence: fences.get(l.partition)!,
           ...(rebuildTo !== undefined ? { rebuild: { to: rebuildTo } } : {}),
         };
-        await topology.meta.put(ownerKey(l.partition), JSON.stringify(record));
+        // Only under the lease, and on the revision read before the restore: a node paused past its
+        // lease meanwhile (another node then ran the partition, from its own checkpoint, as the
+        // record still named it) must not name itself the last owner, or it would later start
+        // from its own stale checkpoint. A conflict fails the start; the partition is taken again.
+        if (!l.valid()) throw new Error(`lease of partition ${l.partition} lapsed while starting it`);
+        const rev = revisions.get(l.partition) ?? 0;
+        try {
+          const value = JSON.stringify(record);
+          if (rev > 0) await topology.meta.update(ownerKey(l.partition), value, rev);
+          else await topology.meta.create(ownerKey(l.partition), value);
+        } catch (err) {
+          throw new Error(`partition ${l.partition}: its owner record changed while starting it`, {
+            cause: err,
+          });
+        }
         const runner = new PartitionRunner(l.partition, deps, l, owned.has(l.partition));
         runners.set(l.partition, runner);
         await runner.start();
