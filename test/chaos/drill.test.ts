@@ -4,16 +4,20 @@ import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { formatReport, writeReport } from '../../runtime/drill.js';
 import { testSeed } from '../helpers/check.js';
-import { FAULT_KINDS, runChaos } from './harness.js';
+import { FAULT_KINDS, partitionTimeline, runChaos } from './harness.js';
 
 const REPORTS = 'test-artifacts/chaos';
 
 it('recovers from every kind of fault with every state equal to a straight fold', async () => {
   const seed = testSeed();
   console.log(`chaos seed=${seed}`);
+  const logDir = `${REPORTS}/logs-${seed}`;
   const report = await runChaos({
     seed,
     faults: FAULT_KINDS.length + 1,
+    // Kept, at info level, so that a failing run prints the story of the partitions it lost on.
+    logDir,
+    logLevel: process.env.PARTITA_TEST_LOG_LEVEL ?? 'info',
     // Bounded, so that a run that does not recover ends well inside the test timeout.
     recoveryTimeoutMs: 45_000,
     verifyTimeoutMs: 60_000,
@@ -21,6 +25,18 @@ it('recovers from every kind of fault with every state equal to a straight fold'
   });
   const paths = writeReport(report, REPORTS);
   console.log(`${formatReport(report)}\nreport: ${paths.json}`);
+  if (report.mismatches.length > 0) {
+    // The report's file stays on the machine that ran it: the log carries where the events went.
+    for (const m of report.mismatches.filter((x) => x.actor === '(forensics)').slice(0, 30))
+      console.log(`forensics ${m.key}: ${JSON.stringify(m.expected)} -> ${JSON.stringify(m.actual)}`);
+    const lost = new Set(
+      report.mismatches.flatMap((m) => {
+        const p = /^partition (\d+):/.exec(String(m.expected))?.[1];
+        return m.actor === '(forensics)' && p !== undefined ? [Number(p)] : [];
+      }),
+    );
+    for (const line of partitionTimeline(logDir, lost)) console.log(`timeline ${line}`);
+  }
   assert.deepEqual(
     new Set(report.faults.map((f) => f.kind)),
     new Set(FAULT_KINDS),

@@ -2,7 +2,7 @@
 // seeded schedule of faults; at the end every actor's state is checked against a straight fold of
 // the events and every dead letter is accounted for. `npm test` runs a short run of it and
 // `npm run chaos -- --minutes 30` a long one; both write a report.
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type JetStreamClient, jetstream, jetstreamManager } from '@nats-io/jetstream';
@@ -58,6 +58,8 @@ export interface ChaosOptions {
   verifyTimeoutMs?: number;
   /** Appends every node's log to `<dir>/<node>.log` (set PARTITA_TEST_LOG_LEVEL=info for more). */
   logDir?: string;
+  /** The nodes' log level (PARTITA_LOG_LEVEL). @default PARTITA_TEST_LOG_LEVEL, else 'warn' */
+  logLevel?: string;
   /** The command that reproduces this run, for the report. */
   reproduce: string;
   log?: (line: string) => void;
@@ -204,7 +206,10 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
   const cluster: TestNatsCluster = await startTestNatsCluster({ size: 3, partitions });
   const nodes = new Map<string, NodeProcess>();
   let nextNode = 1;
-  const env: Record<string, string> = o.defect ? { PARTITA_INJECT_DEFECT: o.defect } : {};
+  const env: Record<string, string> = {
+    ...(o.defect ? { PARTITA_INJECT_DEFECT: o.defect } : {}),
+    ...(o.logLevel ? { PARTITA_LOG_LEVEL: o.logLevel } : {}),
+  };
   /** Nodes the harness itself stopped or killed; any other exit is a crash. */
   const stopped = new Set<NodeProcess>();
   const crashes: Mismatch[] = [];
@@ -619,4 +624,38 @@ async function whereDeadLost(nc: NatsConnection, ids: number[], partitions: numb
     actual: at.get(id) ?? 'not in any input stream',
     reason: 'where the event of a missing dead letter sits',
   }));
+}
+
+/**
+ * What the nodes logged about `partitions` (from the logs a run kept in `logDir`), in time order:
+ * each partition's owners, restores, resumes and fences around a loss, for a report read in a CI
+ * log. Dead-letter lines are left out; at most `max` lines, the last ones when there are more.
+ */
+export function partitionTimeline(logDir: string, partitions: ReadonlySet<number>, max = 120): string[] {
+  if (!existsSync(logDir)) return [];
+  const rows: { time: number; line: string }[] = [];
+  for (const f of readdirSync(logDir).filter((n) => n.endsWith('.log'))) {
+    for (const text of readFileSync(join(logDir, f), 'utf8').split('\n')) {
+      let j: Record<string, unknown>;
+      try {
+        j = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
+      const p = j.partition;
+      const ps = j.positions as Record<string, unknown> | undefined;
+      const about =
+        (typeof p === 'number' && partitions.has(p)) ||
+        (Array.isArray(j.partitions) && j.partitions.some((x) => partitions.has(x as number))) ||
+        (ps !== undefined && [...partitions].some((x) => String(x) in ps));
+      if (!about || j.msg === 'event dead-lettered') continue;
+      const { level: _l, time, node, msg, ...rest } = j;
+      rows.push({
+        time: time as number,
+        line: `${new Date(time as number).toISOString().slice(11, 23)} ${node} ${msg} ${JSON.stringify(rest)}`,
+      });
+    }
+  }
+  rows.sort((a, b) => a.time - b.time);
+  return rows.slice(-max).map((r) => r.line);
 }
