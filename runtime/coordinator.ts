@@ -137,7 +137,16 @@ export class Coordinator {
   /** A partition stopped itself (its lease was not provably held): release and take it again. */
   fenced(p: number): void {
     const lease = this.held.get(p);
-    if (!lease || this.busy.has(p)) return;
+    if (!lease) return;
+    if (this.busy.has(p)) {
+      // Being started (or replayed): a runner that fenced itself during its start would otherwise
+      // stay stopped for good while its lease goes on being renewed. Try again once that is over.
+      const t = setTimeout(() => {
+        if (this.running && this.held.get(p) === lease) this.fenced(p);
+      }, 100);
+      t.unref();
+      return;
+    }
     // Its local deadline passed without a renewal: for this node the lease expired.
     this.o.onLeaseLost?.(p);
     this.held.delete(p);
