@@ -408,7 +408,11 @@ async function startClusterOnce(opts: NatsClusterStartOptions): Promise<NatsClus
   });
   const stopAll = (signal?: NodeJS.Signals) => Promise.all(members.map((m) => m.member.stop(signal)));
   try {
-    await Promise.all(members.map((m) => m.start()));
+    // Every start settles before any failure is acted on: a member still starting when another
+    // failed would come up after the clean-up below and be left running.
+    const started = await Promise.allSettled(members.map((m) => m.start()));
+    const failed = started.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
     const servers = members.map((m) => m.member.url);
     await waitForJetStream(servers, { timeoutMs: opts.timeoutMs, replicas: size });
     return {
