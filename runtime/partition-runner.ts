@@ -13,6 +13,7 @@ import { type NatsConnection, headers as natsHeaders } from '@nats-io/transport-
 import type { AckedPublisher, Outgoing } from './acked-publisher.js';
 import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
+import { consumerNames } from './consumer-names.js';
 import { EPOCH_HEADER, PARTITION_HEADER, producerSubject, publishDeadLetter } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
@@ -232,9 +233,10 @@ export class PartitionRunner {
         : { deliver_policy: DeliverPolicy.All }),
     });
     this.consumer = name;
-    for await (const ci of jsm.consumers.list(this.stream)) {
-      if (ci.name.startsWith(consumerPrefix(this.partition)) && ci.name !== name) {
-        await jsm.consumers.delete(this.stream, ci.name).catch(() => undefined);
+    // By name: a listing leaves out consumers whose leaders are slow to answer, which would stay.
+    for (const other of await consumerNames(jsm, this.stream)) {
+      if (other.startsWith(consumerPrefix(this.partition)) && other !== name) {
+        await jsm.consumers.delete(this.stream, other).catch(() => undefined);
       }
     }
   }

@@ -2,7 +2,13 @@
 // which holds the latest committed state of every key (a compacted changelog), so a restore reads
 // state, not history. The caller then resumes at the old owner's acknowledged position; events
 // after it that some keys already reflect are skipped by the per-key sequence (`StateRecord.q`).
-import type { JetStreamClient, JetStreamManager } from '@nats-io/jetstream';
+import {
+  JetStreamApiCodes,
+  JetStreamApiError,
+  type JetStreamClient,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
+import { consumerNames } from './consumer-names.js';
 import { type Clock, maxClock, type Sys, wakeKey } from './event-time.js';
 import { readKvLatest } from './kv-latest.js';
 import { lineageOfChange } from './lineage.js';
@@ -232,26 +238,50 @@ export async function restorePartitions(
  * newest lease epoch (acks follow the stored publishing of every output, so every state up to it
  * is in the bucket). A consumer of an older epoch can outlive its owner (its delete failed, or a
  * paused owner created it late): its floor may lie past what the newest owner published, after
- * that owner went back to its own, older checkpoint, and trusting it would skip those events.
+ * that owner went back to its own, older checkpoint, or past states the newest owner replaced with
+ * older folds, and trusting it would skip those events.
+ *
+ * The consumers are named by the meta layer (`consumerNames`), not listed: a listing leaves out a
+ * consumer whose leader does not answer within 4 s (a NATS server just died, or is starved of
+ * CPU), so the newest epoch's consumer could silently drop out and an older one's floor be taken.
+ * Every consumer of the newest epoch must answer; one that does not fails the restore, which is
+ * tried again (the partitions are released and taken again).
  */
 export async function acknowledgedSeq(jsm: JetStreamManager, partition: number): Promise<number> {
-  let seq = 0;
-  let newest = -1;
-  for await (const ci of jsm.consumers.list(inStream(partition))) {
-    const prefix = consumerPrefix(partition);
-    if (!ci.name.startsWith(prefix)) continue;
-    // Named `<prefix><epoch>[-r<serial>]` (consumerName in partition-runner.ts).
-    const epoch = Number.parseInt(ci.name.slice(prefix.length), 10) || 0;
-    // Until its first ack a consumer reports a floor of 0, not the one below where it starts (the
-    // checkpoint it was created at), which would send a new owner back to the stream's start.
-    const start = ci.config.opt_start_seq ? ci.config.opt_start_seq - 1 : 0;
-    const floor = ci.ack_floor.consumer_seq > 0 ? ci.ack_floor.stream_seq : start;
-    if (epoch > newest) {
-      newest = epoch;
-      seq = floor;
-    } else if (epoch === newest) seq = Math.max(seq, floor);
+  const stream = inStream(partition);
+  const prefix = consumerPrefix(partition);
+  for (let attempt = 1; ; attempt++) {
+    let newest = -1;
+    let names: string[] = [];
+    for (const name of await consumerNames(jsm, stream)) {
+      if (!name.startsWith(prefix)) continue;
+      // Named `<prefix><epoch>[-r<serial>]` (consumerName in partition-runner.ts).
+      const epoch = Number.parseInt(name.slice(prefix.length), 10) || 0;
+      if (epoch > newest) {
+        newest = epoch;
+        names = [name];
+      } else if (epoch === newest) names.push(name);
+    }
+    let seq = 0;
+    try {
+      for (const name of names) {
+        const ci = await jsm.consumers.info(stream, name);
+        // Until its first ack a consumer reports a floor of 0, not the one below where it starts
+        // (the checkpoint it was created at), which would send a new owner back to the stream's start.
+        const start = ci.config.opt_start_seq ? ci.config.opt_start_seq - 1 : 0;
+        seq = Math.max(seq, ci.ack_floor.consumer_seq > 0 ? ci.ack_floor.stream_seq : start);
+      }
+      return seq;
+    } catch (err) {
+      // Deleted since it was named (its owner resumed with a fresh one): name them again.
+      if (err instanceof JetStreamApiError && err.code === JetStreamApiCodes.ConsumerNotFound && attempt < 5)
+        continue;
+      throw new Error(
+        `partition ${partition}: the acknowledged position of consumer epoch ${newest} could not be read: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
   }
-  return seq;
 }
 
 /**

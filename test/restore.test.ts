@@ -14,10 +14,19 @@ import {
 } from '@nats-io/jetstream';
 import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { createLogger, inStream, partitionOf, STATE_BUCKET, stateKvKey } from '../runtime/index.js';
+import {
+  createLogger,
+  ensureTopology,
+  inStream,
+  partitionOf,
+  STATE_BUCKET,
+  stateKvKey,
+} from '../runtime/index.js';
 import { acknowledgedSeq, restorePartitions } from '../runtime/restore.js';
 import { openStateStore, type StateStore } from '../runtime/state-store.js';
+import { check } from './helpers/check.js';
 import { startTestNats } from './helpers/nats.js';
+import { startTestNatsCluster } from './helpers/nats-cluster.js';
 
 const PARTITIONS = 2;
 
@@ -215,4 +224,54 @@ it('tells when the bucket lost keys of a partition, even its last message, and r
     assert.deepEqual(again.rebuilds, [{ partition: 0, missing: 0, to: 40 }]);
     assert.equal(store.meta.get(['rb', 0]), 40);
   });
+});
+
+it("fails rather than take an older epoch's position when the newest epoch's consumer does not answer", async () => {
+  const c = await startTestNatsCluster({ size: 3, partitions: PARTITIONS });
+  try {
+    const nc = await c.connect();
+    const { jsm } = await ensureTopology(nc, { partitions: PARTITIONS, replicas: 3 });
+    await previousOwnerAt25(nc, keysOf(0, 1)[0]!);
+    // Epoch 4 got to 29 and its consumer outlived it; epoch 6's consumer (back at its checkpoint,
+    // 25) sits on one server only, which then dies: it has no leader to answer for it.
+    await jsm.consumers.add(inStream(0), {
+      durable_name: 'partita-p0-4',
+      ack_policy: AckPolicy.All,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: 30,
+    });
+    await jsm.consumers.delete(inStream(0), 'partita-p0-6');
+    const leader = (await jsm.streams.info(inStream(0))).cluster?.leader;
+    let single = await jsm.consumers.add(inStream(0), {
+      durable_name: 'partita-p0-6',
+      ack_policy: AckPolicy.All,
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: 26,
+      num_replicas: 1,
+    });
+    // Off the stream's leader, so the stream (and the older consumer) still answer.
+    for (let i = 0; single.cluster?.leader === leader && i < 30; i++) {
+      await jsm.consumers.delete(inStream(0), 'partita-p0-6');
+      single = await jsm.consumers.add(inStream(0), { ...single.config, durable_name: 'partita-p0-6' });
+    }
+    assert.notEqual(single.cluster?.leader, leader);
+    assert.equal(await acknowledgedSeq(jsm, 0), 25);
+    await c.cluster.members.find((m) => m.name === single.cluster?.leader)!.kill();
+    // A listing leaves epoch 6's consumer out; the position must not fall back to epoch 4's 29.
+    const answer = await check(
+      async () => {
+        try {
+          return { seq: await acknowledgedSeq(jsm, 0) };
+        } catch (err) {
+          // Until the meta layer answers again (it may have led from the dead server), ask again.
+          return /consumer epoch 6/.test((err as Error).message) && { error: (err as Error).message };
+        }
+      },
+      60_000,
+      "an answer about epoch 6's consumer",
+    );
+    assert.deepEqual(Object.keys(answer), ['error'], `no position taken: ${JSON.stringify(answer)}`);
+  } finally {
+    await c.stop();
+  }
 });
