@@ -130,11 +130,10 @@ export class PartitionRunner {
     this.lastCommitAt = cp?.at ?? 0;
     this.lastQueuedSeq = this.committedSeq;
     this.rebuildTo = (this.deps.store.meta.get(['rb', this.partition]) as number | undefined) ?? 0;
-    for (const ob of this.deps.store.outboxes(this.partition)) {
-      // A rebuilding batch publishes nothing: its outputs are stored already.
-      if (ob.seq > this.rebuildTo) await this.recoverOutbox(ob);
-      await this.deps.store.deleteOutbox(this.partition, ob.seq);
-    }
+    const outboxes = [...this.deps.store.outboxes(this.partition)];
+    // A rebuilding batch publishes nothing: its outputs are stored already.
+    await this.recoverOutboxes(outboxes.filter((ob) => ob.seq > this.rebuildTo));
+    for (const ob of outboxes) await this.deps.store.deleteOutbox(this.partition, ob.seq);
     if (this.rebuildTo > 0 && this.committedSeq >= this.rebuildTo && !(await this.finishRebuild()))
       throw new Error(`partition ${this.partition}: lease lapsed while publishing its rebuilt states`);
     // Every outbox is published: what is committed is stored (a rebuild has stored nothing yet).
@@ -477,7 +476,7 @@ export class PartitionRunner {
       try {
         if (lastSeq <= this.rebuildTo) {
           if (lastSeq === this.rebuildTo && !(await this.finishRebuild())) throw new Error('lease lapsed');
-        } else if (ob) await this.recoverOutbox(ob);
+        } else if (ob) await this.recoverOutboxes([ob]);
       } catch {
         // Fenced: the outbox stays for the next run, as in `process`.
         this.deps.metrics.fencedBatches.inc(this.label);
@@ -675,23 +674,39 @@ export class PartitionRunner {
     ];
   }
 
-  /** After a restart, publishes again what the last commit may not have published. */
-  private async recoverOutbox(ob: Outbox): Promise<void> {
+  /**
+   * After a restart, publishes again what the last commits may not have published: every emit and
+   * dead letter of all of them first, then the states of their keys. The states are the current
+   * records, which may reflect a later one of these batches, so they must not go out before that
+   * batch's emits (a state stored is never processed again: see `publishOutputs`).
+   */
+  private async recoverOutboxes(outboxes: readonly Outbox[]): Promise<void> {
+    if (outboxes.length === 0) return;
     const { store, jsm } = this.deps;
+    const n = outboxes[outboxes.length - 1]!.n;
+    const keys = new Map<string, [string, string]>();
+    for (const ob of outboxes)
+      for (const [actor, key] of ob.keys) keys.set(stateKvKey(actor, key), [actor, key]);
     const changes: [string, Uint8Array | string][] = [];
-    for (const [actor, key] of ob.keys) {
+    for (const [actor, key] of keys.values()) {
       const rec = store.states.get([actor, key]);
-      if (rec) changes.push(this.stateChange(actor, key, rec, ob.n));
+      if (rec) changes.push(this.stateChange(actor, key, rec, n));
     }
-    const published = await this.publishOutputs(changes, ob.emits, ob.dead, async (seq) => {
-      // Only the server saying it has no such message (null) means the event is gone; a timeout or
-      // a stream without a leader (a NATS server just died) throws, and the dead letter is retried.
-      const sm = await jsm.streams.getMessage(this.stream, { seq });
-      return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
-    });
-    // Not published (the lease lapsed meanwhile): keep the outbox for the next owner run; deleting
-    // it would lose these state changes downstream.
-    if (!published) throw new Error(`partition ${this.partition}: lease lapsed while publishing its outbox`);
+    const published = await this.publishOutputs(
+      changes,
+      outboxes.flatMap((ob) => ob.emits),
+      outboxes.flatMap((ob) => ob.dead),
+      async (seq) => {
+        // Only the server saying it has no such message (null) means the event is gone; a timeout or
+        // a stream without a leader (a NATS server just died) throws, and the dead letter is retried.
+        const sm = await jsm.streams.getMessage(this.stream, { seq });
+        return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
+      },
+    );
+    // Not published (the lease lapsed meanwhile): keep the outboxes for the next owner run; deleting
+    // them would lose these state changes downstream.
+    if (!published)
+      throw new Error(`partition ${this.partition}: lease lapsed while publishing its outboxes`);
   }
 }
 
