@@ -106,7 +106,8 @@ export async function restorePartitions(
   // entries than that count means the bucket lost some.
   const found = new Map<number, number>();
   const counted = new Map<number, { seq: number; n: number }>();
-  // Takes one entry into LMDB (replacing `previous`, an older state of its key from another replica).
+  // Takes one entry into LMDB, replacing `previous`: a state of its key read before (an older one
+  // from another replica, or one rewritten during the scan), which is not counted again.
   const take = (v: StateEntry, bucketSeq: number, p: number, previous?: StateRecord) => {
     let pending: Promise<unknown> | undefined;
     const oldWakes = (previous?.x as Sys | undefined)?.k;
@@ -139,9 +140,16 @@ export async function restorePartitions(
     }
     return pending;
   };
-  const { read } = await scanStateBucket(js, jsm, log, ratePerSecond, (v, bucketSeq) => {
+  // Entries read late (past the bucket's last sequence at the start) may be keys read already and
+  // rewritten since (a paused former owner waking up): taken one after another, each replaces the
+  // state read before, and a key is counted once.
+  let lateTakes: Promise<unknown> = Promise.resolve();
+  const { read } = await scanStateBucket(js, jsm, log, ratePerSecond, (v, bucketSeq, late) => {
     const p = partitionOf(v.key, partitionCount);
-    return partitions.has(p) ? take(v, bucketSeq, p) : undefined;
+    if (!partitions.has(p)) return undefined;
+    if (!late) return take(v, bucketSeq, p);
+    lateTakes = lateTakes.then(() => take(v, bucketSeq, p, store.states.get([v.actor, v.key])));
+    return lateTakes;
   });
   // The other replicas too: on 2.9 a killed server's replica can come back with a key's older
   // entry (or none) and lead, while the others hold the newer one. Newer states (by `seq`) found

@@ -35,7 +35,9 @@ export async function scanStateBucket(
   jsm: JetStreamManager,
   log: Logger,
   ratePerSecond: number,
-  onEntry: (entry: StateEntry, bucketSeq: number) => Promise<unknown> | undefined,
+  /** `late`: read after the scan reached the bucket's last sequence at its start, so possibly a
+   * key read already and rewritten since; every earlier `onEntry` has settled by then. */
+  onEntry: (entry: StateEntry, bucketSeq: number, late: boolean) => Promise<unknown> | undefined,
   server?: string,
 ): Promise<{ read: number }> {
   const stream = `KV_${STATE_BUCKET}`;
@@ -94,7 +96,7 @@ export async function scanStateBucket(
         } catch (err) {
           log.warn({ subject: m.subject, err: (err as Error).message }, 'unreadable state entry skipped');
         }
-        if (entry) pending = onEntry(entry, m.seq) ?? pending;
+        if (entry) pending = onEntry(entry, m.seq, extended) ?? pending;
       }
       if (read % 5000 === 0) {
         // Let the writes and the event loop (lease renewals) keep up, and keep to the rate.
@@ -114,6 +116,7 @@ export async function scanStateBucket(
           break;
         }
         extended = true;
+        await pending;
         target = (await jsm.streams.info(stream)).state.last_seq;
         if (m.seq >= target) {
           reached = true;

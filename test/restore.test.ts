@@ -154,8 +154,9 @@ it("takes the newest epoch's acknowledged position, not a leftover consumer's of
 
 it('finds a key that a former owner rewrites while the restore is reading the bucket', async () => {
   await withRestorer(async ({ nc, js, jsm, kv, store }) => {
-    const [k] = keysOf(0, 1) as [string];
-    // 10,000 other keys, then k last: the scan reaches k's entry only at its end.
+    const [k, early] = keysOf(0, 2) as [string, string];
+    // `early` first, 10,000 other keys, then k last: the scan reaches k's entry only at its end.
+    await kv.put(stateKvKey('account', early), stateJson(early, 3, 6));
     const others = keysOf(1, 10_000);
     for (let i = 0; i < others.length; i += 500)
       await Promise.all(
@@ -181,7 +182,12 @@ it('finds a key that a former owner rewrites while the restore is reading the bu
     // bucket's last sequence at the start.
     for (const o of others.slice(0, 5)) await kv.put(stateKvKey('account', o), stateJson(o, 2, 5));
     await kv.put(stateKvKey('account', k), stateJson(k, 12, 5));
-    const { zombieStates } = await restoring;
+    // And `early`, read already, is stored again: read twice, but one key.
+    await kv.put(stateKvKey('account', early), stateJson(early, 22, 6));
+    const { zombieStates, restored } = await restoring;
+    assert.equal(store.states.get(['account', early])?.q, 22, 'the newer entry of a key read twice');
+    assert.equal(restored, 2, 'a key read twice is counted once');
+    assert.equal(store.checkpoint(0)?.n, 2);
     assert.equal(store.states.get(['account', k])?.q, 12, 'the rewritten key is restored');
     assert.equal(zombieStates, 1, 'and taken for what it is: a former owner’s state');
     assert.equal(store.checkpoint(0)?.seq, 12, 'resuming after it, not at 25');
