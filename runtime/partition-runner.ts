@@ -433,20 +433,7 @@ export class PartitionRunner {
             const m = bySeq?.get(seq);
             return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
           });
-      if (!published) {
-        // Committed locally but fenced: publish and acknowledge nothing; the outbox stays. If the
-        // partition is still ours, it restarts from its checkpoint and publishes the outbox; if
-        // another node took it, that node restores from the bucket and the acknowledged position,
-        // and this node drops the commit if it ever owns the partition again (see restore.ts).
-        this.deps.metrics.fencedBatches.inc(this.label);
-        this.fence();
-        this.unpublished--;
-        return;
-      }
-      // Published: a restart must not publish it again (JetStream's duplicate window only covers
-      // two minutes). Not awaited: lmdb-js orders it before later writes.
-      void this.deps.store.deleteOutbox(this.partition, done.lastSeq);
-      if (this.rebuildTo === 0) this.publishedSeq = done.lastSeq;
+      if (!this.settle(published, done.lastSeq)) return;
       const now = Date.now();
       for (const e of events) metrics.endToEndSeconds.observe((now - e.publishMs) / 1000);
       const pending = last.info.pending;
@@ -455,9 +442,7 @@ export class PartitionRunner {
         this.label,
         pending > 0 ? (now - events[events.length - 1]!.publishMs) / 1000 : 0,
       );
-      // AckAll: one ack covers the batch. Only for retention, lag and flow control: the checkpoint is the truth.
       last.ack();
-      this.unpublished--;
     })();
   }
 
@@ -473,22 +458,38 @@ export class PartitionRunner {
     this.unpublished++;
     this.publishing = (async () => {
       await previous;
+      let published = true;
       try {
         if (lastSeq <= this.rebuildTo) {
           if (lastSeq === this.rebuildTo && !(await this.finishRebuild())) throw new Error('lease lapsed');
         } else if (ob) await this.recoverOutboxes([ob]);
       } catch {
-        // Fenced: the outbox stays for the next run, as in `process`.
-        this.deps.metrics.fencedBatches.inc(this.label);
-        this.fence();
-        this.unpublished--;
-        return;
+        published = false;
       }
-      if (ob) void this.deps.store.deleteOutbox(this.partition, lastSeq);
-      if (this.rebuildTo === 0) this.publishedSeq = lastSeq;
-      batch[batch.length - 1]!.ack();
-      this.unpublished--;
+      if (this.settle(published, lastSeq)) batch[batch.length - 1]!.ack();
     })();
+  }
+
+  /**
+   * Ends the publishing of the batch committed at `lastSeq`, before its ack (AckAll: one ack
+   * covers the batch; only for retention, lag and flow control: the checkpoint is the truth).
+   * Published: its outbox goes, since a restart must not publish it again (JetStream's duplicate
+   * window only covers two minutes; not awaited: lmdb-js orders it before later writes). Not
+   * published (fenced): nothing is acknowledged and the outbox stays. If the partition is still
+   * ours, it restarts from its checkpoint and publishes the outbox; if another node took it, that
+   * node restores from the bucket and the acknowledged position, and this node drops the commit if
+   * it ever owns the partition again (see restore.ts). Answers whether to acknowledge.
+   */
+  private settle(published: boolean, lastSeq: number): boolean {
+    this.unpublished--;
+    if (!published) {
+      this.deps.metrics.fencedBatches.inc(this.label);
+      this.fence();
+      return false;
+    }
+    void this.deps.store.deleteOutbox(this.partition, lastSeq);
+    if (this.rebuildTo === 0) this.publishedSeq = lastSeq;
+    return true;
   }
 
   /**
