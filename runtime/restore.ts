@@ -8,14 +8,14 @@ import {
   type JetStreamClient,
   type JetStreamManager,
 } from '@nats-io/jetstream';
-import { consumerNames } from './consumer-names.js';
+import { consumerNames, newestEpochConsumers } from './consumer-names.js';
 import { type Clock, maxClock, type Sys, wakeKey } from './event-time.js';
 import { readKvLatest } from './kv-latest.js';
 import { lineageOfChange } from './lineage.js';
 import type { Logger } from './logger.js';
 import { type StateEntry, scanStateBucket, stateBucketFollowers } from './state-scan.js';
 import type { StateRecord, StateStore } from './state-store.js';
-import { consumerPrefix, inStream, META_BUCKET, partitionOf } from './subjects.js';
+import { inStream, META_BUCKET, partitionOf } from './subjects.js';
 
 export interface RestoreTarget {
   partition: number;
@@ -257,19 +257,8 @@ export async function restorePartitions(
  */
 export async function acknowledgedSeq(jsm: JetStreamManager, partition: number): Promise<number> {
   const stream = inStream(partition);
-  const prefix = consumerPrefix(partition);
   for (let attempt = 1; ; attempt++) {
-    let newest = -1;
-    let names: string[] = [];
-    for (const name of await consumerNames(jsm, stream)) {
-      if (!name.startsWith(prefix)) continue;
-      // Named `<prefix><epoch>[-r<serial>]` (consumerName in partition-runner.ts).
-      const epoch = Number.parseInt(name.slice(prefix.length), 10) || 0;
-      if (epoch > newest) {
-        newest = epoch;
-        names = [name];
-      } else if (epoch === newest) names.push(name);
-    }
+    const { epoch: newest, names } = newestEpochConsumers(await consumerNames(jsm, stream), partition);
     let seq = 0;
     try {
       for (const name of names) {

@@ -2,7 +2,8 @@
 import { type ConsumerInfo, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { consumerPrefix, inStream, LEASES_BUCKET, META_BUCKET, NODES_BUCKET } from './subjects.js';
+import { consumerNames, newestEpochConsumers } from './consumer-names.js';
+import { inStream, LEASES_BUCKET, META_BUCKET, NODES_BUCKET } from './subjects.js';
 
 export interface PartitionState {
   partition: number;
@@ -37,10 +38,13 @@ export async function readStatus(nc: NatsConnection): Promise<ClusterStatus> {
       // The lease names the owner; its consumer (named after the lease epoch) has the progress.
       const lease = await leases?.get(`p${p}`).catch(() => null);
       const owner = lease?.operation === 'PUT' ? lease.json<{ node: string }>().node : null;
-      let ci: ConsumerInfo | null = null;
-      for await (const c of jsm.consumers.list(name)) {
-        if (c.name.startsWith(consumerPrefix(p)) && (!ci || c.created > ci.created)) ci = c;
-      }
+      // The newest epoch's newest consumer, by name: a listing leaves out one whose leader is slow
+      // to answer, and would show an older one's progress instead. Unknown when it does not answer.
+      const names = await consumerNames(jsm, name).catch(() => [] as string[]);
+      const newest = newestEpochConsumers(names, p).names.pop();
+      const ci: ConsumerInfo | null = newest
+        ? await jsm.consumers.info(name, newest).catch(() => null)
+        : null;
       const last = ci?.ack_floor?.last_active ? Date.parse(String(ci.ack_floor.last_active)) : null;
       return {
         partition: p,

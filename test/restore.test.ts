@@ -14,6 +14,7 @@ import {
 } from '@nats-io/jetstream';
 import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
+import { newestEpochConsumers } from '../runtime/consumer-names.js';
 import {
   createLogger,
   ensureTopology,
@@ -280,4 +281,20 @@ it("fails rather than take an older epoch's position when the newest epoch's con
   } finally {
     await c.stop();
   }
+});
+
+it("picks a partition's consumers of the newest epoch by their names, numerically", () => {
+  const names = [
+    'partita-p0-9-r2',
+    'partita-p0-10-r1',
+    'partita-p1-12',
+    'partita-p0-10',
+    'other',
+    'partita-p0-9',
+  ];
+  assert.deepEqual(newestEpochConsumers(names, 0), {
+    epoch: 10,
+    names: ['partita-p0-10', 'partita-p0-10-r1'],
+  });
+  assert.deepEqual(newestEpochConsumers(['other'], 0), { epoch: -1, names: [] });
 });
