@@ -9,7 +9,7 @@ import { PROBE_ACTOR, type ProbeState } from './probe-actor.js';
 import { EVENTS_PREFIX, partitionOf, STATE_BUCKET, stateKvKey } from './subjects.js';
 
 export interface FaultRecord {
-  /** kill, stall, handoff, nats-kill, join (harness); crash, stall, handoff (drill). */
+  /** kill, stall, handoff, nats-kill, join, nats-stall (harness); crash, stall, handoff (drill). */
   kind: string;
   /** The node or server it hit. */
   target: string;

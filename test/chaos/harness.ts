@@ -33,7 +33,13 @@ import { type NodeProcess, spawnPartita } from '../helpers/node-process.js';
 const FIXTURE_ACTORS = fileURLToPath(new URL('../fixtures/actors/', import.meta.url));
 
 export const FAULT_KINDS = ['kill', 'stall', 'handoff', 'nats-kill', 'join'] as const;
-export type FaultKind = (typeof FAULT_KINDS)[number];
+/**
+ * Every kind the harness can inject: the default ones, and `nats-stall` (SIGSTOP of a NATS server
+ * for 3-7 s, then SIGCONT: a server starved of CPU; its Raft leaderships move meanwhile and it
+ * wakes up behind, and its clients' connections hang until it does).
+ */
+export const ALL_FAULT_KINDS = [...FAULT_KINDS, 'nats-stall'] as const;
+export type FaultKind = (typeof ALL_FAULT_KINDS)[number];
 
 export interface ChaosOptions {
   seed: number;
@@ -285,6 +291,15 @@ export async function runChaos(o: ChaosOptions): Promise<DrillReport> {
         healAfterMs = 3000 + Math.floor(rnd() * 2000);
         heal = async () => {
           nodes.get(id)?.child.kill('SIGCONT');
+        };
+      } else if (kind === 'nats-stall') {
+        const m = cluster.cluster.members[Math.floor(rnd() * cluster.cluster.members.length)]!;
+        record.target = m.name;
+        const proc = m.server?.process;
+        proc?.kill('SIGSTOP');
+        healAfterMs = 3000 + Math.floor(rnd() * 4000);
+        heal = async () => {
+          proc?.kill('SIGCONT');
         };
       } else if (kind === 'nats-kill') {
         const m = cluster.cluster.members[Math.floor(rnd() * cluster.cluster.members.length)]!;
