@@ -483,6 +483,12 @@ async function verifyChaos(
     }
   }
   if (lost.length > 0) mismatches.push(...(await whereLost(nc, lost, partitions)));
+  // Where exactly-once went wrong, whether the input streams themselves hold an event twice (a
+  // duplicate the stream did not drop) tells the server's fault from ours.
+  const wrong = new Set(
+    mismatches.filter((m) => m.actor === 'account').map((m) => partitionOf(m.key, partitions)),
+  );
+  if (wrong.size > 0) mismatches.push(...(await twiceInStreams(nc, wrong)));
   // Every event that reached NATS is in the input streams or was dead-lettered as unroutable.
   let stored = 0;
   for (let p = 0; p < partitions; p++) stored += (await jsm.streams.info(inStream(p))).state.messages;
@@ -609,6 +615,40 @@ async function whereLost(
         reason: 'where the missing events sit',
       });
     }
+  }
+  return out;
+}
+
+/** For the partitions given: the events their input streams hold at more than one sequence. */
+async function twiceInStreams(nc: NatsConnection, partitions: ReadonlySet<number>): Promise<Mismatch[]> {
+  const out: Mismatch[] = [];
+  const jsm = await jetstreamManager(nc, { checkAPI: false });
+  for (const p of partitions) {
+    const info = await jsm.streams.info(inStream(p));
+    if (info.state.messages === 0) continue;
+    const at = new Map<string, number[]>();
+    const msgs = await (await jetstream(nc).consumers.get(inStream(p))).consume();
+    for await (const m of msgs) {
+      // Producer events carry an id; emitted ones a message id.
+      const id = /"id":(\d+)/.exec(new TextDecoder().decode(m.data))?.[1] ?? m.headers?.get('Nats-Msg-Id');
+      if (id) at.set(`${m.subject} ${id}`, [...(at.get(`${m.subject} ${id}`) ?? []), m.seq]);
+      if (m.seq >= info.state.last_seq) break;
+    }
+    await msgs.close();
+    const twice = [...at].filter(([, seqs]) => seqs.length > 1);
+    out.push({
+      actor: '(forensics)',
+      key: `partition ${p}`,
+      expected: 'every event once in its input stream',
+      actual:
+        twice.length === 0
+          ? `none twice among ${at.size} events`
+          : twice
+              .slice(0, 20)
+              .map(([what, seqs]) => `${what} at ${seqs.join(',')}`)
+              .join('; '),
+      reason: 'events the input stream holds twice',
+    });
   }
   return out;
 }
