@@ -50,29 +50,6 @@ it('recovers from every kind of fault with every state equal to a straight fold'
   assert.equal(report.ok, true);
 });
 
-it('loses nothing while a NATS server is stalled (SIGSTOP) and wakes up behind', async () => {
-  const seed = testSeed();
-  console.log(`nats stall seed=${seed}`);
-  const report = await runChaos({
-    seed,
-    faults: 1,
-    kinds: ['nats-stall'],
-    // Streams led from the stalled server can stay leaderless for a while after it wakes up.
-    recoveryTimeoutMs: 90_000,
-    verifyTimeoutMs: 90_000,
-    reproduce: `PARTITA_TEST_SEED=${seed} node --test dist/test/chaos/drill.test.js`,
-  });
-  const paths = writeReport(report, REPORTS);
-  console.log(`${formatReport(report)}\nreport: ${paths.json}`);
-  assert.deepEqual(
-    report.faults.map((f) => f.kind),
-    ['nats-stall'],
-  );
-  assert.deepEqual(report.mismatches, [], `no mismatch (seed ${seed})`);
-  assert.equal(report.recovery.unrecovered, 0, 'the stall recovered');
-  assert.ok(report.events.verified > report.events.published * 0.9, 'the events were verified');
-});
-
 it('catches a build that acknowledges events before committing them', async () => {
   const seed = testSeed();
   console.log(`broken build seed=${seed}`);
