@@ -152,9 +152,9 @@ export async function stateBucketFollowers(jsm: JetStreamManager): Promise<strin
 
 /**
  * Creates an ephemeral consumer of the whole stream on `server` (any server when undefined or the
- * stream is not clustered), deleting the ones that land elsewhere.
+ * stream is not clustered), deleting the ones that land elsewhere. It reads that server's replica.
  */
-async function consumerOn(
+export async function consumerOn(
   jsm: JetStreamManager,
   stream: string,
   server: string | undefined,
