@@ -53,17 +53,22 @@ function stateJson(key: string, seq: number, epoch: number, partitionKeys?: numb
   });
 }
 
+/** A partition-0 consumer named as an owner names it, starting at `start` (nothing acked yet). */
+function consumerAt(jsm: JetStreamManager, name: string, start: number, replicas?: number) {
+  return jsm.consumers.add(inStream(0), {
+    durable_name: name,
+    ack_policy: AckPolicy.All,
+    deliver_policy: DeliverPolicy.StartSequence,
+    opt_start_seq: start,
+    ...(replicas ? { num_replicas: replicas } : {}),
+  });
+}
+
 /** 30 events in partition 0's stream, acknowledged up to 25 by the previous owner (epoch 6). */
 async function previousOwnerAt25(nc: NatsConnection, key: string): Promise<void> {
   const js = jetstream(nc);
-  const jsm = await jetstreamManager(nc);
   for (let i = 0; i < 30; i++) await js.publish(`events.tx.${key}`, JSON.stringify({ id: i, amount: 1 }));
-  await jsm.consumers.add(inStream(0), {
-    durable_name: 'partita-p0-6',
-    ack_policy: AckPolicy.All,
-    deliver_policy: DeliverPolicy.StartSequence,
-    opt_start_seq: 26,
-  });
+  await consumerAt(await jetstreamManager(nc), 'partita-p0-6', 26);
 }
 
 /** A NATS server, a restorer's LMDB store and the clients a test needs; everything closed after. */
@@ -134,17 +139,10 @@ it('resumes after a state a paused former owner stored once the next owner had t
 it("takes the newest epoch's acknowledged position, not a leftover consumer's of an older one", async () => {
   await withRestorer(async ({ nc, jsm }) => {
     await previousOwnerAt25(nc, keysOf(0, 1)[0]!);
-    const at = (name: string, start: number) =>
-      jsm.consumers.add(inStream(0), {
-        durable_name: name,
-        ack_policy: AckPolicy.All,
-        deliver_policy: DeliverPolicy.StartSequence,
-        opt_start_seq: start,
-      });
     // Epoch 4 got to 29 and its consumer outlived it (its delete failed); epoch 6 went back to its
     // own checkpoint at 25 and, resuming once, made a second consumer from 20.
-    await at('partita-p0-4', 30);
-    await at('partita-p0-6-r1', 21);
+    await consumerAt(jsm, 'partita-p0-4', 30);
+    await consumerAt(jsm, 'partita-p0-6-r1', 21);
     assert.equal(await acknowledgedSeq(jsm, 0), 25);
     // Without a consumer of epoch 6, epoch 4's is the newest.
     await jsm.consumers.delete(inStream(0), 'partita-p0-6');
@@ -241,25 +239,14 @@ it("fails rather than take an older epoch's position when the newest epoch's con
     await previousOwnerAt25(nc, keysOf(0, 1)[0]!);
     // Epoch 4 got to 29 and its consumer outlived it; epoch 6's consumer (back at its checkpoint,
     // 25) sits on one server only, which then dies: it has no leader to answer for it.
-    await jsm.consumers.add(inStream(0), {
-      durable_name: 'partita-p0-4',
-      ack_policy: AckPolicy.All,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: 30,
-    });
+    await consumerAt(jsm, 'partita-p0-4', 30);
     await jsm.consumers.delete(inStream(0), 'partita-p0-6');
     const leader = (await jsm.streams.info(inStream(0))).cluster?.leader;
-    let single = await jsm.consumers.add(inStream(0), {
-      durable_name: 'partita-p0-6',
-      ack_policy: AckPolicy.All,
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: 26,
-      num_replicas: 1,
-    });
+    let single = await consumerAt(jsm, 'partita-p0-6', 26, 1);
     // Off the stream's leader, so the stream (and the older consumer) still answer.
     for (let i = 0; single.cluster?.leader === leader && i < 30; i++) {
       await jsm.consumers.delete(inStream(0), 'partita-p0-6');
-      single = await jsm.consumers.add(inStream(0), { ...single.config, durable_name: 'partita-p0-6' });
+      single = await consumerAt(jsm, 'partita-p0-6', 26, 1);
     }
     assert.notEqual(single.cluster?.leader, leader);
     assert.equal(await acknowledgedSeq(jsm, 0), 25);

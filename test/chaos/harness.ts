@@ -511,7 +511,7 @@ async function verifyChaos(
   for await (const m of msgs) {
     deadLettered++;
     const text = new TextDecoder().decode(m.data);
-    const id = Number(/"id":(\d+)/.exec(text)?.[1]);
+    const id = Number(producerId(m.data));
     const code = m.headers?.get(DLQ_HEADERS.code) ?? '';
     if (Number.isFinite(id) && work.expectedDead.has(id)) found.set(id, code);
     else unexpected.push(`${m.subject} ${code} ${text.slice(0, 80)}`);
@@ -599,7 +599,7 @@ async function whereLost(
     const consumer = await jetstream(nc).consumers.get(inStream(p));
     const msgs = await consumer.consume();
     for await (const m of msgs) {
-      const id = Number(/"id":(\d+)/.exec(new TextDecoder().decode(m.data))?.[1]);
+      const id = Number(producerId(m.data));
       const key = wanted.get(id);
       if (key !== undefined) seqs.set(key, [...(seqs.get(key) ?? []), m.seq]);
       if (m.seq >= info.state.last_seq) break;
@@ -644,8 +644,7 @@ async function inputReplicas(nc: NatsConnection, partitions: ReadonlySet<number>
         const timer = setTimeout(() => msgs.stop(), 30_000);
         for await (const m of msgs) {
           // Producer events carry an id; emitted ones a message id.
-          const id =
-            /"id":(\d+)/.exec(new TextDecoder().decode(m.data))?.[1] ?? m.headers?.get('Nats-Msg-Id');
+          const id = producerId(m.data) ?? m.headers?.get('Nats-Msg-Id');
           view.set(m.seq, `${m.subject} ${id}`);
           if (m.seq >= info.state.last_seq) break;
         }
@@ -692,6 +691,11 @@ async function inputReplicas(nc: NatsConnection, partitions: ReadonlySet<number>
   return out;
 }
 
+/** The id the chaos producer put in an event (JSON or not: bad JSON keeps it too). */
+function producerId(data: Uint8Array): string | undefined {
+  return /"id":(\d+)/.exec(new TextDecoder().decode(data))?.[1];
+}
+
 /**
  * For missing dead letters: where their events sit in the input streams (partition and sequence),
  * so a report can be matched with the owners' logs (`event dead-lettered` carries the sequence).
@@ -705,7 +709,7 @@ async function whereDeadLost(nc: NatsConnection, ids: number[], partitions: numb
     if (info.state.messages === 0) continue;
     const msgs = await (await jetstream(nc).consumers.get(inStream(p))).consume();
     for await (const m of msgs) {
-      const id = Number(/"id":(\d+)/.exec(new TextDecoder().decode(m.data))?.[1]);
+      const id = Number(producerId(m.data));
       if (wanted.has(id)) at.set(id, `partition ${p}, stream sequence ${m.seq}, subject ${m.subject}`);
       if (m.seq >= info.state.last_seq) break;
     }
