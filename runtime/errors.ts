@@ -18,6 +18,19 @@ export const ERRORS = {
   },
   PARTITA_ERR_OVERSIZED: { message: 'payload is larger than the configured maximum', status: 413 },
   PARTITA_ERR_HANDLER: { message: 'actor handler threw on this event after all retries', status: 500 },
+  PARTITA_ERR_HANDLER_TIMEOUT: {
+    message: 'actor handler ran past its time limit on this event',
+    status: 500,
+  },
+  PARTITA_ERR_KEY_TOO_LONG: { message: 'the key is longer than the maximum key length', status: 400 },
+  PARTITA_ERR_STATE_TOO_LARGE: {
+    message: 'the state after this event is larger than the largest state change NATS can carry',
+    status: 500,
+  },
+  PARTITA_ERR_OUTPUT_REFUSED: {
+    message: 'an output of this event (an emitted event or window result) cannot be published',
+    status: 500,
+  },
   PARTITA_ERR_PARTITION_MISMATCH: {
     message: "event's partition does not match the node's partition count",
     status: 500,

@@ -78,6 +78,19 @@ export function dlqTypeOf(subject: string): string {
   return t[1] || '_';
 }
 
+/**
+ * The longest key, in UTF-8 bytes. Its escaped KV form (at most three times as long) must fit a
+ * NATS control line (4096 bytes, with the subject prefix and a reply subject) and, with the actor
+ * name, an LMDB key (1978 bytes). Longer keys are dead-lettered (`PARTITA_ERR_KEY_TOO_LONG`) and
+ * refused by the gateway with a 400.
+ */
+export const MAX_KEY_BYTES = 512;
+
+/** Whether a key is longer than `MAX_KEY_BYTES`. */
+export function keyTooLong(key: string): boolean {
+  return key.length > MAX_KEY_BYTES || Buffer.byteLength(key, 'utf8') > MAX_KEY_BYTES;
+}
+
 const KV_KEY_OK = /^[-/_=a-zA-Z0-9]+$/;
 
 /**
