@@ -22,7 +22,7 @@ import {
 import type { Govern } from './governance.js';
 import { nextLineage } from './lineage.js';
 import type { Outbox, StateRecord } from './state-store.js';
-import { partitionOf } from './subjects.js';
+import { keyTooLong, MAX_KEY_BYTES, partitionOf } from './subjects.js';
 import type { ActorContext, ActorEvent } from './types.js';
 
 /** An input event as the main thread hands it to a worker. */
@@ -53,6 +53,37 @@ export interface ApplyOptions {
   govern?: Govern;
   /** Event time (watermarks, windows, timers); without it, ticks are skipped and no actor is timed. */
   time?: TimeOptions;
+  /**
+   * Largest state change, in bytes (the JSON that goes out, `sys` and metadata included): a step
+   * after which a key's change would be larger is dead-lettered (`PARTITA_ERR_STATE_TOO_LARGE`).
+   * None: unchecked.
+   */
+  maxStateBytes?: number;
+  /** Largest emitted payload, in bytes (`PARTITA_ERR_OUTPUT_REFUSED` above). None: unchecked. */
+  maxEmitBytes?: number;
+  /**
+   * Called before every call into actor code (`initial`, `handle`, `onTimer`, `onWindow`), with
+   * the event's sequence (a firing's stream position), the actor and key: the worker's watchdog
+   * record (see handler-watchdog.ts).
+   */
+  onCall?: (seq: number, actor: string, key: string, fire: boolean) => void;
+  /** Calls not to make again (they ran past the time limit, or their worker died): dead-lettered. */
+  poisoned?: readonly Poison[];
+}
+
+/** One call into actor code: an event for an actor (`fire` false), or a key's firing at `seq`. */
+export interface CallSite {
+  seq: number;
+  actor: string;
+  key: string;
+  fire: boolean;
+}
+
+/** A call the batch must not make again, and the dead letter it gets instead. */
+export interface Poison extends CallSite {
+  code: ErrorCode;
+  /** Why, naming the key (the dead letter's message is `<actor>: <reason>`). */
+  reason: string;
 }
 
 export interface DeadLetter {
@@ -127,6 +158,54 @@ function eventTime(ev: RawEvent, data: unknown): number {
 
 const noEmit = () => {};
 
+/** An output NATS would refuse for good: the step fails at once, without retries. */
+class RefusedOutput extends Error {}
+
+// A subject token: not empty, no separator, wildcard or white space.
+const TOKEN = /^[^\s.*>]+$/u;
+
+/** Whether `s` (UTF-16) is more than `max` bytes of UTF-8, measuring only when it may be. */
+function overBytes(s: string, max: number): boolean {
+  if (s.length * 3 <= max) return false;
+  if (s.length > max) return true;
+  return Buffer.byteLength(s, 'utf8') > max;
+}
+
+/** Why NATS would refuse an output of a handler call, or undefined. */
+function refusalOf(
+  subject: string,
+  json: string | undefined,
+  maxBytes: number | undefined,
+): string | undefined {
+  if (subject.startsWith('events.')) {
+    const t = subject.split('.');
+    if (t.length !== 3 || !TOKEN.test(t[1]!) || !TOKEN.test(t[2]!))
+      return `emit to "${subject.slice(0, 200)}": type and key must each be one subject token (not empty, no ".", "*", ">" or white space)`;
+    if (keyTooLong(t[2]!))
+      return `emit to "${subject.slice(0, 80)}…": its key is longer than ${MAX_KEY_BYTES} bytes`;
+  }
+  if (typeof json !== 'string') return `emit to "${subject}": the payload is not JSON`;
+  if (maxBytes !== undefined && overBytes(json, maxBytes))
+    return `emit to "${subject}": payload of ${Buffer.byteLength(json, 'utf8')} bytes, over the ${maxBytes} NATS accepts`;
+  return undefined;
+}
+
+/** Throws RefusedOutput for the first output NATS would refuse. */
+function checkOutputs(outs: readonly [string, string, string | undefined][], maxBytes: number | undefined) {
+  for (const [subject, , json] of outs) {
+    const why = refusalOf(subject, json, maxBytes);
+    if (why !== undefined) throw new RefusedOutput(why);
+  }
+}
+
+/** The key as a dead letter's message quotes it: long keys are cut. */
+function quoteKey(key: string): string {
+  return JSON.stringify(key.length > 80 ? `${key.slice(0, 80)}…` : key);
+}
+
+const poisonId = (fire: boolean, seq: number, actor: string, key: string) =>
+  `${fire ? 't' : 'e'}\u0000${seq}\u0000${actor}\u0000${key}`;
+
 /**
  * `load` must return a freshly decoded record on every call (LMDB's `get` does): handlers mutate
  * state in place, and a rebuild after a throw reloads the committed record.
@@ -145,6 +224,11 @@ export function applyBatch(
   const late: Record<string, number> = {};
   const bt = opts.time ? new BatchTime(opts.time, byType) : undefined;
   const sysOf = (r: StateRecord | undefined): Sys => (r?.x as Sys | undefined) ?? {};
+  const onCall = opts.onCall ?? noEmit;
+  const poison = new Map<string, Poison>();
+  for (const p of opts.poisoned ?? []) poison.set(poisonId(p.fire, p.seq, p.actor, p.key), p);
+  const poisonOf = (fire: boolean, seq: number, actor: string, key: string) =>
+    poison.size === 0 ? undefined : poison.get(poisonId(fire, seq, actor, key));
 
   const entryFor = (actor: LoadedActor, key: string): Entry => {
     const id = `${actor.name}\u0000${key}`;
@@ -170,9 +254,11 @@ export function applyBatch(
   // Whether the last `run` sent its event to the late side output (counted once it succeeds).
   let runLate = false;
   // Runs the handler; returns the emits it made. Throws what the handler throws.
+  // Throws what the handler throws, and RefusedOutput for an output NATS would refuse.
   const run = (e: Entry, event: ActorEvent, collect: boolean, clock?: Clock): [string, string, string][] => {
     const out: [string, string, string][] = [];
     runLate = false;
+    onCall(event.seq, e.actor.name, e.key, false);
     const emit = collect
       ? (type: string, key: string, data: unknown) => {
           out.push([
@@ -197,6 +283,8 @@ export function applyBatch(
     }
     const next = e.actor.def.handle(e.state, event, ctx);
     if (next !== undefined) e.state = next;
+    // Checked after the call, not in emit: a handler cannot catch the refusal and go on.
+    if (out.length > 0) checkOutputs(out, opts.maxEmitBytes);
     return out;
   };
   const timeCall = (e: Entry, clock: Clock, seq: number, collect: boolean): TimeCall => ({
@@ -213,11 +301,13 @@ export function applyBatch(
   const runFire = (e: Entry, step: Extract<Step, { fire: number }>, collect: boolean) => {
     const call = timeCall(e, step.clock, step.fire, collect);
     const t = { emits: [] as [string, string, string][], late: false };
+    onCall(step.fire, e.actor.name, e.key, true);
     try {
       fireDue(call, t, `pt:${e.actor.name}:${step.fire}:t:${e.key}:`, step.callbacks);
     } finally {
       e.state = call.state;
     }
+    if (t.emits.length > 0) checkOutputs(t.emits, opts.maxEmitBytes);
     return t.emits;
   };
   const replay = (e: Entry, step: Step) => {
@@ -238,17 +328,20 @@ export function applyBatch(
   const fire = (seq: number) => {
     if (!bt) return;
     for (const { actor, key } of bt.due()) {
+      onCall(seq, actor, key, true);
       const e = entryFor(actorByName(actor), key);
       const step = { fire: seq, clock: copyClock(bt.clock), callbacks: true };
+      const poisoned = poisonOf(true, seq, actor, key);
       let ok = false;
       let lastError: unknown;
-      for (let attempt = 1; attempt <= opts.maxAttempts && !ok; attempt++) {
+      for (let attempt = 1; attempt <= opts.maxAttempts && !ok && !poisoned; attempt++) {
         try {
           for (const m of runFire(e, step, true)) emits.push(m);
           ok = true;
         } catch (err) {
           lastError = err;
           rebuild(e);
+          if (err instanceof RefusedOutput) break;
         }
       }
       if (!ok) {
@@ -256,12 +349,23 @@ export function applyBatch(
         step.callbacks = false;
         runFire(e, step, false);
         const msg = lastError instanceof Error ? lastError.message : String(lastError);
-        dead.push({
-          seq,
-          code: 'PARTITA_ERR_HANDLER',
-          message: `${actor}: onTimer/onWindow of key "${key}": ${msg} (after ${opts.maxAttempts} attempts)`,
-          actor,
-        });
+        dead.push(
+          poisoned
+            ? { seq, code: poisoned.code, message: `${actor}: ${poisoned.reason}`, actor }
+            : lastError instanceof RefusedOutput
+              ? {
+                  seq,
+                  code: 'PARTITA_ERR_OUTPUT_REFUSED',
+                  message: `${actor}: onTimer/onWindow of key ${quoteKey(key)}: ${msg}`,
+                  actor,
+                }
+              : {
+                  seq,
+                  code: 'PARTITA_ERR_HANDLER',
+                  message: `${actor}: onTimer/onWindow of key ${quoteKey(key)}: ${msg} (after ${opts.maxAttempts} attempts)`,
+                  actor,
+                },
+        );
       }
       e.applied.push(step);
       e.clock = step.clock;
@@ -293,6 +397,14 @@ export function applyBatch(
     }
     if (ev.data.byteLength > opts.maxEventBytes) {
       deadLetter('PARTITA_ERR_OVERSIZED', `${ev.data.byteLength} bytes > ${opts.maxEventBytes}`);
+      continue;
+    }
+    // Before anything is written: LMDB and a state change's subject could not hold the key.
+    if (keyTooLong(ev.key)) {
+      deadLetter(
+        'PARTITA_ERR_KEY_TOO_LONG',
+        `key ${quoteKey(ev.key)} is ${Buffer.byteLength(ev.key, 'utf8')} bytes, over ${MAX_KEY_BYTES}`,
+      );
       continue;
     }
     const actors = byType.get(ev.type);
@@ -335,9 +447,15 @@ export function applyBatch(
     const clock = bt ? copyClock(bt.clock) : undefined;
     const timed: Entry[] = [];
     for (const actor of actors) {
+      onCall(ev.seq, actor.name, ev.key, false);
       const e = entryFor(actor, ev.key);
       // Idempotence per key: an event at or below the record's sequence is already in the state.
       if (ev.seq <= e.seq) continue;
+      const poisoned = poisonOf(false, ev.seq, actor.name, ev.key);
+      if (poisoned) {
+        deadLetter(poisoned.code, `${actor.name}: ${poisoned.reason}`, actor.name);
+        continue;
+      }
       let lastError: unknown;
       let ok = false;
       for (let attempt = 1; attempt <= opts.maxAttempts; attempt++) {
@@ -349,6 +467,8 @@ export function applyBatch(
         } catch (err) {
           lastError = err;
           rebuild(e);
+          // A refused output is refused again: treat it as a failing handler, without retries.
+          if (err instanceof RefusedOutput) break;
         }
       }
       if (ok) {
@@ -359,6 +479,8 @@ export function applyBatch(
         if (runLate) late[actor.name] = (late[actor.name] ?? 0) + 1;
         bt?.touch(e);
         if (e.time) timed.push(e);
+      } else if (lastError instanceof RefusedOutput) {
+        deadLetter('PARTITA_ERR_OUTPUT_REFUSED', `${actor.name}: ${lastError.message}`, actor.name);
       } else {
         const msg = lastError instanceof Error ? lastError.message : String(lastError);
         deadLetter(
@@ -383,49 +505,87 @@ export function applyBatch(
   const writes: ApplyOutput['writes'] = [];
   const wakes: ApplyOutput['wakes'] = [];
   let emitsOut = emits;
+  const maxState = opts.maxStateBytes;
+  // The runtime-owned part of a time-aware record, in a fixed field order: a replay must write
+  // byte-identical records.
+  const sysRecord = (e: Entry): Sys | undefined => {
+    if (!e.time || !bt) return undefined;
+    const x: Sys = {};
+    if (e.sys.w && Object.keys(e.sys.w).length > 0) x.w = e.sys.w;
+    if (e.sys.tm && Object.keys(e.sys.tm).length > 0) x.tm = e.sys.tm;
+    x.k = wakesOf(e.time, e.sys);
+    if (e.clock) x.c = e.clock;
+    return x;
+  };
+  // What a key's state change carries besides its state and `sys` (names, sequences, lineage, a
+  // message id): a bound, so the check never needs the change itself.
+  const overheadOf = (e: Entry) =>
+    1024 + 2 * (Buffer.byteLength(e.key, 'utf8') + Buffer.byteLength(e.actor.name, 'utf8'));
+  const tooLarge = (e: Entry, json: string, sysJson: string | undefined) =>
+    maxState !== undefined && overBytes(sysJson ? json + sysJson : json, maxState - overheadOf(e));
+  // Why the key's current state cannot go out, if it cannot.
+  const faultOf = (e: Entry): { code: ErrorCode; message: string } | undefined => {
+    const json = toJson(e.state);
+    if (json === undefined)
+      return {
+        code: 'PARTITA_ERR_HANDLER',
+        message: `${e.actor.name}: state is not JSON-serialisable after this event`,
+      };
+    const x = sysRecord(e);
+    const sysJson = x && JSON.stringify(x);
+    if (!tooLarge(e, json, sysJson)) return undefined;
+    const bytes = Buffer.byteLength(json, 'utf8') + (sysJson ? Buffer.byteLength(sysJson, 'utf8') : 0);
+    return {
+      code: 'PARTITA_ERR_STATE_TOO_LARGE',
+      message: `${e.actor.name}: the state of key ${quoteKey(e.key)} would be ${bytes} bytes after this event, over the ${maxState! - overheadOf(e)} a state change can carry`,
+    };
+  };
+  // Slow path: replays the key's steps from its committed record and drops (dead-letters) each step
+  // after which the state could not go out, with the emits it made.
+  const dropFaultySteps = (e: Entry) => {
+    // Emits of the dropped steps: an event's (pt:<actor>:<partition>:<seq>:<n>) or one key's
+    // firing (pt:<actor>:<seq>:t:<key>:<n>; the key already tells partitions apart).
+    const bad: { prefix: string; firing: boolean }[] = [];
+    const fresh = load(e.actor.name, e.key);
+    e.state = fresh ? fresh.s : e.actor.def.initial(e.key);
+    e.sys = sysOf(fresh);
+    const kept: Step[] = [];
+    for (const step of e.applied) {
+      replay(e, step);
+      const fault = faultOf(e);
+      if (fault === undefined) {
+        kept.push(step);
+        continue;
+      }
+      const seq = 'ev' in step ? step.ev.seq : step.fire;
+      bad.push(
+        'ev' in step
+          ? { prefix: `pt:${e.actor.name}:${opts.partition}:${seq}:`, firing: false }
+          : { prefix: `pt:${e.actor.name}:${seq}:t:${e.key}:`, firing: true },
+      );
+      dead.push({ seq, code: fault.code, message: fault.message, actor: e.actor.name });
+      const again = load(e.actor.name, e.key);
+      e.state = again ? again.s : e.actor.def.initial(e.key);
+      e.sys = sysOf(again);
+      for (const k of kept) replay(e, k);
+    }
+    // An event's prefix must not also take the firings at its position (`...:<seq>:t:...`).
+    e.applied = kept;
+    emitsOut = emitsOut.filter(
+      ([, id]) =>
+        !bad.some((b) => id.startsWith(b.prefix) && (b.firing || !id.startsWith('t:', b.prefix.length))),
+    );
+  };
   for (const e of entries.values()) {
     if (!e.changed) continue;
     let json = toJson(e.state);
-    if (json === undefined) {
-      // Slow path: find the events that made the state unserialisable and dead-letter them.
-      // Emits of the steps that made the state unserialisable: an event's
-      // (pt:<actor>:<partition>:<seq>:<n>) or one key's firing (pt:<actor>:<seq>:t:<key>:<n>; the
-      // key already tells partitions apart).
-      const bad: { prefix: string; firing: boolean }[] = [];
-      const fresh = load(e.actor.name, e.key);
-      e.state = fresh ? fresh.s : e.actor.def.initial(e.key);
-      e.sys = sysOf(fresh);
-      const kept: Step[] = [];
-      for (const step of e.applied) {
-        replay(e, step);
-        if (toJson(e.state) !== undefined) {
-          kept.push(step);
-          continue;
-        }
-        const seq = 'ev' in step ? step.ev.seq : step.fire;
-        bad.push(
-          'ev' in step
-            ? { prefix: `pt:${e.actor.name}:${opts.partition}:${seq}:`, firing: false }
-            : { prefix: `pt:${e.actor.name}:${seq}:t:${e.key}:`, firing: true },
-        );
-        dead.push({
-          seq,
-          code: 'PARTITA_ERR_HANDLER',
-          message: `${e.actor.name}: state is not JSON-serialisable after this event`,
-          actor: e.actor.name,
-        });
-        const again = load(e.actor.name, e.key);
-        e.state = again ? again.s : e.actor.def.initial(e.key);
-        e.sys = sysOf(again);
-        for (const k of kept) replay(e, k);
-      }
-      // An event's prefix must not also take the firings at its position (`...:<seq>:t:...`).
-      e.applied = kept;
-      emitsOut = emitsOut.filter(
-        ([, id]) =>
-          !bad.some((b) => id.startsWith(b.prefix) && (b.firing || !id.startsWith('t:', b.prefix.length))),
-      );
+    let x = sysRecord(e);
+    let sysJson = x && JSON.stringify(x);
+    if (json === undefined || tooLarge(e, json, sysJson)) {
+      dropFaultySteps(e);
       json = toJson(e.state);
+      x = sysRecord(e);
+      sysJson = x && JSON.stringify(x);
       if (json === undefined) continue;
     }
     const record: StateRecord = {
@@ -434,18 +594,10 @@ export function applyBatch(
       t: opts.now,
       ...nextLineage(e.base, eventsOf(e.applied)),
     };
-    let sysJson: string | undefined;
-    if (e.time && bt) {
-      const oldWakes = (e.base?.x as Sys | undefined)?.k;
-      const k = wakesOf(e.time, e.sys);
-      // Fixed field order: a replay must write byte-identical records.
-      const x: Sys = {};
-      if (e.sys.w && Object.keys(e.sys.w).length > 0) x.w = e.sys.w;
-      if (e.sys.tm && Object.keys(e.sys.tm).length > 0) x.tm = e.sys.tm;
-      x.k = k;
-      if (e.clock) x.c = e.clock;
+    if (x) {
       record.x = x;
-      sysJson = JSON.stringify(x);
+      const oldWakes = (e.base?.x as Sys | undefined)?.k;
+      const k = x.k!;
       if (oldWakes?.[0] !== k[0] || oldWakes?.[1] !== k[1]) wakes.push([e.actor.name, e.key, oldWakes, k]);
     }
     writes.push({ actor: e.actor.name, key: e.key, record, created: !e.base, json, sysJson });
