@@ -5,9 +5,10 @@ import { pack, unpack } from 'msgpackr';
 import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
-import { actorsByType, applyBatch, type RawEvent } from './batch.js';
+import { type ApplyOutput, actorsByType, applyBatch, type Poison, type RawEvent } from './batch.js';
 import { timeOptionsFor, type WorkerTime, workerTimeOf, writeTime } from './event-time-store.js';
 import { GovernanceCache } from './governance.js';
+import { CallRecorder } from './handler-watchdog.js';
 import { lineageJson } from './lineage.js';
 import {
   countPartitionKeys,
@@ -27,12 +28,18 @@ export interface WorkerConfig {
   durability: Durability;
   /** Key of x-pii "hash" fields. */
   piiSecret?: string;
+  /** Largest state change (see ApplyOptions.maxStateBytes). */
+  maxStateBytes?: number;
+  /** Largest emitted payload: the server's max_payload less room for headers. */
+  maxEmitBytes?: number;
 }
 
 /** One piscina task: the ready batches of several partitions, committed in one transaction. */
 export interface BatchTask {
   /** msgpack of PartitionBatch[] (empty: only load the actors and open LMDB). */
   batches: Uint8Array;
+  /** The watchdog's view of the task (handler-watchdog.ts). */
+  watch?: SharedArrayBuffer;
 }
 
 export interface PartitionBatch {
@@ -40,7 +47,17 @@ export interface PartitionBatch {
   /** The lease epoch of the owner: written into the checkpoint and the published states. */
   epoch: number;
   events: RawEvent[];
+  /** Calls an earlier run of this batch timed out in, or died in: dead-lettered, not made again. */
+  poisoned?: Poison[];
 }
+
+/** A batch the worker could not apply or commit; nothing of it was committed. */
+export interface BatchFailure {
+  failed: string;
+}
+
+/** What a task answers for each of its batches, in order. */
+export type BatchOutcome = BatchResult | BatchFailure;
 
 export interface BatchResult {
   applied: number;
@@ -63,6 +80,8 @@ export interface BatchResult {
 
 interface Ready {
   byType: Map<string, LoadedActor[]>;
+  /** Each actor's place in the loaded list: how the watchdog record names it. */
+  actorIndex: Map<string, number>;
   store: StateStore;
   time: WorkerTime;
 }
@@ -74,7 +93,12 @@ const governance = new GovernanceCache(cfg.piiSecret);
 async function init(): Promise<Ready> {
   const actors = await loadActors(cfg.actorFiles);
   const byType = actorsByType(actors);
-  return { byType, store: openStateStore(cfg.dataDir, cfg.durability), time: workerTimeOf(actors) };
+  return {
+    byType,
+    actorIndex: new Map(actors.map((a, i) => [a.name, i])),
+    store: openStateStore(cfg.dataDir, cfg.durability),
+    time: workerTimeOf(actors),
+  };
 }
 
 /** Copies into a buffer of its own so it can be transferred (msgpackr reuses its buffers). */
@@ -84,64 +108,96 @@ export function ownBuffer(b: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Returns msgpack of BatchResult[], in the order of the task's batches. */
+/** Returns msgpack of BatchOutcome[], in the order of the task's batches. */
 export default async function runBatches(task: BatchTask): Promise<unknown> {
   ready ??= init();
-  const { byType, store, time } = await ready;
+  const { byType, actorIndex, store, time } = await ready;
   // lmdb-js renews a thread's read snapshot on a setTimeout(0), which a worker waiting for its next
   // task (piscina's Atomics.wait) may not have run: start every task on the latest snapshot, or
   // it may miss what the main thread wrote meanwhile (states restored for a partition it takes).
   store.root.resetReadTxn();
   const batches = unpack(task.batches) as PartitionBatch[];
   if (batches.length === 0) return null;
+  const recorder = task.watch ? new CallRecorder(task.watch, actorIndex) : undefined;
   const now = Date.now();
   const updatedAt = new Date(now).toISOString();
   const govern = governance.current(store);
+  const failures = new Map<number, string>();
+  const outs: { i: number; b: PartitionBatch; out: ApplyOutput; handlerMs: number }[] = [];
+  for (const [i, b] of batches.entries()) {
+    recorder?.batch(i);
+    const t0 = performance.now();
+    try {
+      const out = applyBatch(byType, b.events, (actor, key) => store.states.get([actor, key]), {
+        partition: b.partition,
+        partitions: cfg.partitions,
+        maxEventBytes: cfg.maxEventBytes,
+        maxAttempts: cfg.maxAttempts,
+        maxStateBytes: cfg.maxStateBytes,
+        maxEmitBytes: cfg.maxEmitBytes,
+        now,
+        govern,
+        time: timeOptionsFor(time, store, b.partition),
+        onCall: recorder?.record,
+        poisoned: b.poisoned,
+      });
+      outs.push({ i, b, out, handlerMs: performance.now() - t0 });
+    } catch (err) {
+      // Only this partition's batch fails; the others of the task still commit.
+      failures.set(i, `partition ${b.partition}: ${(err as Error).message}`);
+    }
+  }
+  // Past this point the watchdog leaves the thread alone: it is never terminated mid-commit.
+  if (recorder && !recorder.commit()) recorder.awaitTermination();
   // Each partition's key count (`Checkpoint.n`): keys are only ever added by batches, so the count
   // after a batch is the one before plus the keys it created. It goes out with every state change,
   // so a restore can tell when the bucket holds fewer keys than an owner had stored (see restore.ts).
   const counts = new Map<number, number>();
-  const outs = batches.map((b) => {
-    const t0 = performance.now();
-    const out = applyBatch(byType, b.events, (actor, key) => store.states.get([actor, key]), {
-      partition: b.partition,
-      partitions: cfg.partitions,
-      maxEventBytes: cfg.maxEventBytes,
-      maxAttempts: cfg.maxAttempts,
-      now,
-      govern,
-      time: timeOptionsFor(time, store, b.partition),
-    });
-    return { b, out, handlerMs: performance.now() - t0 };
-  });
   const t1 = performance.now();
-  // Group commit: every partition's states, checkpoint and outbox in one synchronous transaction.
-  // Each partition's part is still all-or-nothing, which is all exactly-once needs.
-  store.root.transactionSync(() => {
-    for (const { b, out } of outs) {
-      const keys: [string, string][] = [];
-      let n = keyCountOf(store, b.partition);
-      for (const w of out.writes) {
-        store.states.put([w.actor, w.key], w.record);
-        keys.push([w.actor, w.key]);
-        if (w.created) n++;
+  const commit = (part: typeof outs) =>
+    store.root.transactionSync(() => {
+      for (const { b, out } of part) {
+        const keys: [string, string][] = [];
+        let n = keyCountOf(store, b.partition);
+        for (const w of out.writes) {
+          store.states.put([w.actor, w.key], w.record);
+          keys.push([w.actor, w.key]);
+          if (w.created) n++;
+        }
+        counts.set(b.partition, n);
+        const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
+        const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead, n };
+        store.meta.put(['cp', b.partition], {
+          seq: out.lastSeq,
+          at: now,
+          epoch: b.epoch,
+          clock: out.clock,
+          n,
+        });
+        store.meta.put(['ob', b.partition, out.lastSeq], outbox);
+        writeTime(store, b.partition, out);
       }
-      counts.set(b.partition, n);
-      const dead: Outbox['dead'] = out.dead.map((d) => [d.seq, d.code, d.message, d.actor]);
-      const outbox: Outbox = { seq: out.lastSeq, keys, emits: out.emits, dead, n };
-      store.meta.put(['cp', b.partition], {
-        seq: out.lastSeq,
-        at: now,
-        epoch: b.epoch,
-        clock: out.clock,
-        n,
-      });
-      store.meta.put(['ob', b.partition, out.lastSeq], outbox);
-      writeTime(store, b.partition, out);
-    }
-  });
+    });
+  // Group commit: every partition's states, checkpoint and outbox in one synchronous transaction.
+  // Each partition's part is still all-or-nothing, which is all exactly-once needs. If it fails, one
+  // transaction per partition: a batch that cannot be stored fails alone.
+  try {
+    commit(outs);
+  } catch (err) {
+    if (outs.length === 1) failures.set(outs[0]!.i, `commit: ${(err as Error).message}`);
+    else
+      for (const o of outs) {
+        try {
+          commit([o]);
+        } catch (e) {
+          failures.set(o.i, `partition ${o.b.partition}: commit: ${(e as Error).message}`);
+        }
+      }
+  }
   const commitMs = performance.now() - t1;
-  const results: BatchResult[] = outs.map(({ b, out, handlerMs }) => {
+  const results: BatchOutcome[] = batches.map((_, i) => ({ failed: failures.get(i) ?? 'not applied' }));
+  for (const { i, b, out, handlerMs } of outs) {
+    if (failures.has(i)) continue;
     let created = 0;
     const changes: [string, Uint8Array][] = [];
     const n = counts.get(b.partition)!;
@@ -154,7 +210,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
         ),
       ]);
     }
-    return {
+    results[i] = {
       applied: out.applied,
       created,
       lastSeq: out.lastSeq,
@@ -166,7 +222,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       late: out.late,
       ...time.summary(store, b.partition, out.clock),
     };
-  });
+  }
   return Piscina.move(ownBuffer(pack(results)));
 }
 

@@ -199,7 +199,7 @@ function checkOutputs(outs: readonly [string, string, string | undefined][], max
 }
 
 /** The key as a dead letter's message quotes it: long keys are cut. */
-function quoteKey(key: string): string {
+export function quoteKey(key: string): string {
   return JSON.stringify(key.length > 80 ? `${key.slice(0, 80)}…` : key);
 }
 

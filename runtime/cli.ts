@@ -33,7 +33,7 @@ import { parseDuration } from './window.js';
 const USAGE = `usage: partita <command> [options]
 
   dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
-      [--events-max-age D] [--aggregates-max-age D] [--pii-secret-file FILE]
+      [--events-max-age D] [--aggregates-max-age D] [--pii-secret-file FILE] [--handler-timeout D]
       everything on one machine: a nats-server child, one node, the gateway
   nats [--port N] [--data DIR] [--partitions N] [--events-max-age DURATION]
        [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
@@ -41,11 +41,12 @@ const USAGE = `usage: partita <command> [options]
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
        [--durability sync|process] [--events-max-age D] [--aggregates-max-age D]
-       [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills]
+       [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills] [--handler-timeout D]
       one worker node (/metrics, /healthz, /readyz on loopback unless --metrics-host 0.0.0.0);
       retention of raw events (default 90d) and of window results (default 2y), as 90d, 12h, 2y
       or ms (also $PARTITA_EVENTS_MAX_AGE, $PARTITA_AGGREGATES_MAX_AGE); --allow-drills (or
-      PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill
+      PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill; --handler-timeout: longest a
+      handler may run on one event (default 5s), past it the event is dead-lettered
   gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N] [--feature-max-age S]
       the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS
       (name:secret:scope[+scope],...); without tokens it listens on loopback only
@@ -194,6 +195,7 @@ const COMMANDS: Record<string, Command> = {
       'pii-secret-file': { type: 'string' },
       'events-max-age': { type: 'string' },
       'aggregates-max-age': { type: 'string' },
+      'handler-timeout': { type: 'string' },
     },
     async run(v) {
       const id = v.id as string | undefined;
@@ -212,6 +214,7 @@ const COMMANDS: Record<string, Command> = {
         allowDrills: v['allow-drills'] === true || process.env.PARTITA_ALLOW_DRILLS === '1',
         faults: defectsOf(process.env.PARTITA_INJECT_DEFECT),
         piiSecret: piiSecretFrom(v['pii-secret-file'] as string | undefined),
+        handlerTimeoutMs: durationMs(v['handler-timeout'] as string | undefined, 'handler-timeout'),
         ...retentionOf(v),
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
@@ -261,6 +264,7 @@ const COMMANDS: Record<string, Command> = {
       'events-max-age': { type: 'string' },
       'pii-secret-file': { type: 'string' },
       'aggregates-max-age': { type: 'string' },
+      'handler-timeout': { type: 'string' },
     },
     async run(v) {
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
@@ -286,6 +290,7 @@ const COMMANDS: Record<string, Command> = {
           metricsPort: 0,
           partitions,
           piiSecret,
+          handlerTimeoutMs: durationMs(v['handler-timeout'] as string | undefined, 'handler-timeout'),
           ...retentionOf(v),
         });
         stops.unshift(() => node.stop());

@@ -19,6 +19,7 @@ export interface NodeMetrics {
   readonly ownedPartitions: Gauge<string>;
   readonly actors: Gauge<string>;
   readonly batchFailures: Counter<'partition'>;
+  readonly handlerTimeouts: Counter<'actor'>;
   readonly fencedBatches: Counter<'partition'>;
   readonly leaseLosses: Counter<'partition'>;
   readonly restoreSeconds: Histogram<string>;
@@ -211,6 +212,12 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       name: 'partita_watermark_lag_seconds',
       help: "Wall clock minus the partition's watermark (its lowest over time-aware actors)",
       labelNames: ['partition'],
+      registers: r,
+    }),
+    handlerTimeouts: new Counter({
+      name: 'partita_handler_timeouts_total',
+      help: 'Calls into actor code stopped at the handler time limit (their worker thread replaced)',
+      labelNames: ['actor'],
       registers: r,
     }),
     batchFailures: new Counter({

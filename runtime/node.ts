@@ -67,6 +67,18 @@ export interface NodeOptions {
   /** Attempts of a throwing handler before the event is dead-lettered. @default 3 */
   maxAttempts?: number;
   /**
+   * Longest a handler (or `onTimer` / `onWindow`) may run on one event, ms: past it the worker
+   * thread is stopped and the event dead-lettered for that actor (`PARTITA_ERR_HANDLER_TIMEOUT`).
+   * @default 5000
+   */
+  handlerTimeoutMs?: number;
+  /**
+   * Largest state change, bytes (the JSON published on `partita.state.*`): an event after which a
+   * key's change would be larger is dead-lettered (`PARTITA_ERR_STATE_TOO_LARGE`). Never more than
+   * the server's `max_payload` less 4 KiB. @default the server's max_payload less 4 KiB
+   */
+  maxStateBytes?: number;
+  /**
    * `sync`: fsync every commit (survives power loss). `process`: no fsync (survives the process
    * being killed; after an OS crash the node rebuilds its state from the input streams), lower
    * latency. @default 'sync'
@@ -123,6 +135,9 @@ export interface PartitaNode {
   /** How many schema sets this node has put in force (1 after start; +1 per registration seen). */
   schemaRevision(): number;
 }
+
+/** Room left in a NATS message for headers and the subject: the longest control line. */
+const OUTPUT_HEADROOM_BYTES = 4096;
 
 export function defaultNatsUrl(): string {
   return process.env.PARTITA_NATS || 'nats://127.0.0.1:4222';
@@ -183,6 +198,9 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   // The main thread (NATS I/O) needs a core of its own; on a 2-core machine one worker thread also
   // makes every LMDB commit come from one writer, which lmdb-js groups into shared transactions.
   const threads = opts.threads ?? Math.max(1, availableParallelism() - 1);
+  // Every output is one NATS message, which the server refuses above its max_payload: leave room
+  // for the headers (republish adds its own) and the subject.
+  const maxEmitBytes = nc.info!.max_payload - OUTPUT_HEADROOM_BYTES;
   const workerData: WorkerConfig = {
     actorFiles,
     dataDir: opts.dataDir,
@@ -191,6 +209,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     maxAttempts: opts.maxAttempts ?? 3,
     durability,
     piiSecret: opts.piiSecret ?? (process.env.PARTITA_PII_SECRET || undefined),
+    maxStateBytes: Math.min(opts.maxStateBytes ?? maxEmitBytes, maxEmitBytes),
+    maxEmitBytes,
   };
   const pool = new Piscina({
     filename: new URL('./batch-worker.js', import.meta.url).href,
@@ -201,8 +221,18 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     concurrentTasksPerWorker: 1,
     idleTimeout: Number.POSITIVE_INFINITY,
   });
+  // A worker that fails between tasks (an actor's stray timer throwing) is replaced by piscina; the
+  // pool reports it here rather than crash the node.
+  pool.on('error', (err: Error) => log.error({ err: err.message }, 'a worker thread failed between tasks'));
   let status: NodeStatus = 'STARTING';
-  const dispatcher = new BatchDispatcher(pool, threads, opts.faults?.includes('lose-worker-answers') ? 4 : 0);
+  const dispatcher = new BatchDispatcher(pool, {
+    maxInFlight: threads,
+    actorNames: actors.map((a) => a.name),
+    handlerTimeoutMs: opts.handlerTimeoutMs ?? 5000,
+    loseEvery: opts.faults?.includes('lose-worker-answers') ? 4 : 0,
+    onTimeout: (actor) => metrics.handlerTimeouts.inc({ actor }),
+    log,
+  });
   const deps = {
     nc,
     js,
@@ -334,6 +364,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     partitions: topology.partitions,
     maxEventBytes: workerData.maxEventBytes,
     maxAttempts: workerData.maxAttempts,
+    maxStateBytes: workerData.maxStateBytes,
+    maxEmitBytes: workerData.maxEmitBytes,
     piiSecret: workerData.piiSecret,
     metrics,
     log,
@@ -422,6 +454,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await Promise.allSettled([...runners.values()].map((r) => r.stop()));
     await unrouted.stop();
     await server?.close();
+    dispatcher.close();
     await pool.destroy();
     await control?.close().catch(() => undefined);
     await nc.close();
@@ -464,6 +497,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       schemas?.stop();
       metrics.ownedPartitions.set(0);
       await server?.close();
+      dispatcher.close();
       await pool.destroy();
       await control?.drain().catch(() => undefined);
       await nc.drain().catch(() => undefined);

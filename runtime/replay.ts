@@ -71,6 +71,9 @@ export interface ReplayHost {
   partitions: number;
   maxEventBytes: number;
   maxAttempts: number;
+  /** The limits of live processing (ApplyOptions): a replay dead-letters what it would. */
+  maxStateBytes?: number;
+  maxEmitBytes?: number;
   /** The key of x-pii "hash" fields: a replay validates and masks as the workers do. */
   piiSecret?: string;
   metrics: NodeMetrics;
@@ -83,6 +86,12 @@ export interface ReplayHost {
 }
 
 const CHUNK = 2000;
+/** Dead-letter codes that depend on the handler, and so may differ in a replay. */
+const HANDLER_CODES: ReadonlySet<string> = new Set([
+  'PARTITA_ERR_HANDLER',
+  'PARTITA_ERR_STATE_TOO_LARGE',
+  'PARTITA_ERR_OUTPUT_REFUSED',
+]);
 /** Longest stretch of handler calls between two yields of the main thread. */
 const SLICE_MS = 20;
 
@@ -206,6 +215,8 @@ export async function replayPartition(
         partitions: host.partitions,
         maxEventBytes: host.maxEventBytes,
         maxAttempts: host.maxAttempts,
+        maxStateBytes: host.maxStateBytes,
+        maxEmitBytes: host.maxEmitBytes,
         now,
         // The same schemas and masking as live processing: a replay must not let PII into state.
         govern: governance.current(host.store),
@@ -214,8 +225,7 @@ export async function replayPartition(
     for (const w of out.writes) rebuilt.set(w.key, pack(w.record));
     // Other codes (decode, size, partition) do not depend on the handler: they were dead-lettered
     // when the event first came and are not sent again.
-    for (const d of out.dead)
-      if (d.code === 'PARTITA_ERR_HANDLER') dead.push([d.seq, d.code, d.message, d.actor]);
+    for (const d of out.dead) if (HANDLER_CODES.has(d.code)) dead.push([d.seq, d.code, d.message, d.actor]);
   };
 
   const consumer = await jetstream(host.nc).consumers.get(stream, {
