@@ -142,6 +142,25 @@ describe('poison events', () => {
     assert.equal(await counter(node, 'partita_handler_timeouts_total', { actor: 'looper' }), before + 1);
   });
 
+  it('stops an onTimer in an endless loop, and dead-letters the event that set the timer', async () => {
+    const key = keyIn(1, 'timed');
+    const other = keyIn(2, 'timed-other');
+    await burst([
+      [`events.arm.${key}`, json({})],
+      [`events.arm.${other}`, json({})],
+      [`events.arm.${key}`, json({ loop: true })],
+      [`events.arm.${key}`, json({})],
+      [`events.arm.${other}`, json({})],
+    ]);
+    const timed = (k: string) => stateOf<{ n: number; fired: number }>('timed', k);
+    await check(async () => (await timed(other))?.fired === 2, 20_000, 'the other key');
+    await check(async () => (await timed(key))?.n === 3, 20_000, 'the looping key');
+    assert.deepEqual(await timed(key), { n: 3, fired: 2 });
+    const m = await deadLetterOf(`events.arm.${key}`, 'PARTITA_ERR_HANDLER_TIMEOUT', 'timed');
+    assert.ok(m.header.get(DLQ_HEADERS.error).includes(`onTimer/onWindow of key "${key}"`));
+    assert.equal((await dlq.of(`events.arm.${key}`)).length, 1);
+  });
+
   it('dead-letters an event whose handler ends its worker thread, and goes on', async () => {
     const key = keyIn(2, 'exit');
     const other = keyIn(3, 'exit-other');
