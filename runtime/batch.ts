@@ -447,15 +447,17 @@ export function applyBatch(
     const clock = bt ? copyClock(bt.clock) : undefined;
     const timed: Entry[] = [];
     for (const actor of actors) {
-      onCall(ev.seq, actor.name, ev.key, false);
-      const e = entryFor(actor, ev.key);
-      // Idempotence per key: an event at or below the record's sequence is already in the state.
-      if (ev.seq <= e.seq) continue;
+      // Before the key's entry, whose `initial` is actor code too: a call that was poisoned ran in
+      // an earlier run of this batch, so the event was not applied to the key yet.
       const poisoned = poisonOf(false, ev.seq, actor.name, ev.key);
       if (poisoned) {
         deadLetter(poisoned.code, `${actor.name}: ${poisoned.reason}`, actor.name);
         continue;
       }
+      onCall(ev.seq, actor.name, ev.key, false);
+      const e = entryFor(actor, ev.key);
+      // Idempotence per key: an event at or below the record's sequence is already in the state.
+      if (ev.seq <= e.seq) continue;
       let lastError: unknown;
       let ok = false;
       for (let attempt = 1; attempt <= opts.maxAttempts; attempt++) {
@@ -518,9 +520,9 @@ export function applyBatch(
     return x;
   };
   // What a key's state change carries besides its state and `sys` (names, sequences, lineage, a
-  // message id): a bound, so the check never needs the change itself.
-  const overheadOf = (e: Entry) =>
-    1024 + 2 * (Buffer.byteLength(e.key, 'utf8') + Buffer.byteLength(e.actor.name, 'utf8'));
+  // message id): a bound (JSON escapes a UTF-16 unit into at most 6 bytes), so the check never
+  // needs the change itself.
+  const overheadOf = (e: Entry) => 1024 + 6 * (e.key.length + e.actor.name.length);
   const tooLarge = (e: Entry, json: string, sysJson: string | undefined) =>
     maxState !== undefined && overBytes(sysJson ? json + sysJson : json, maxState - overheadOf(e));
   // Why the key's current state cannot go out, if it cannot.

@@ -244,3 +244,29 @@ it('dead-letters a poisoned call without making it, and records every call befor
   assert.deepEqual(JSON.parse(out.writes[0]!.json), { n: 2, blob: '' });
   assert.ok(calls.includes('1:grow:k:false') && calls.includes('3:grow:k:false'));
 });
+
+it('never calls initial for a poisoned event (it may be what looped)', () => {
+  let initials = 0;
+  const counted: LoadedActor = {
+    ...grower,
+    def: {
+      ...grower.def,
+      initial: () => {
+        initials++;
+        return { n: 0, blob: '' };
+      },
+    },
+  };
+  const out = applyBatch(actorsByType([counted]), [ev(1, {})], () => undefined, {
+    ...opts(),
+    poisoned: [
+      { seq: 1, actor: 'grow', key: 'k', fire: false, code: 'PARTITA_ERR_HANDLER_TIMEOUT', reason: 'r' },
+    ],
+  });
+  assert.equal(initials, 0);
+  assert.equal(out.writes.length, 0);
+  assert.deepEqual(
+    out.dead.map((d) => d.code),
+    ['PARTITA_ERR_HANDLER_TIMEOUT'],
+  );
+});
