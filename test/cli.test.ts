@@ -23,10 +23,16 @@ describe('partita command line', () => {
   });
 
   it('exits 2 with usage on a bad command line', () => {
-    for (const args of [[], ['frobnicate'], ['node', '--bogus'], ['node', '--threads', 'many']]) {
+    for (const args of [
+      [],
+      ['frobnicate'],
+      ['node', '--bogus'],
+      ['node', '--threads', 'many'],
+      ['node', '--handler-timeout', 'forever'],
+    ]) {
       const r = spawnSync(process.execPath, [PARTITA_BIN, ...args], { encoding: 'utf8' });
       assert.equal(r.status, 2, `partita ${args.join(' ')}: ${r.stderr}`);
-      assert.match(r.stdout + r.stderr, /usage|must be a whole number/);
+      assert.match(r.stdout + r.stderr, /usage|must be a whole number|must be a duration/);
     }
   });
 
@@ -78,6 +84,8 @@ describe('partita command line', () => {
       join(dir, 'data'),
       '--id',
       'ts-node',
+      '--handler-timeout',
+      '2s',
     ]);
     try {
       assert.equal(node.ready.node, 'ts-node');
