@@ -253,8 +253,8 @@ export function applyBatch(
 
   // Whether the last `run` sent its event to the late side output (counted once it succeeds).
   let runLate = false;
-  // Runs the handler; returns the emits it made. Throws what the handler throws.
-  // Throws what the handler throws, and RefusedOutput for an output NATS would refuse.
+  // Runs the handler; returns the emits it made. Throws what the handler throws, and RefusedOutput
+  // for an output NATS would refuse.
   const run = (e: Entry, event: ActorEvent, collect: boolean, clock?: Clock): [string, string, string][] => {
     const out: [string, string, string][] = [];
     runLate = false;
