@@ -258,7 +258,6 @@ export function applyBatch(
   const run = (e: Entry, event: ActorEvent, collect: boolean, clock?: Clock): [string, string, string][] => {
     const out: [string, string, string][] = [];
     runLate = false;
-    onCall(event.seq, e.actor.name, e.key, false);
     const emit = collect
       ? (type: string, key: string, data: unknown) => {
           out.push([
@@ -311,8 +310,10 @@ export function applyBatch(
     return t.emits;
   };
   const replay = (e: Entry, step: Step) => {
-    if ('ev' in step) run(e, step.ev, false, step.clock);
-    else runFire(e, step, false);
+    if ('ev' in step) {
+      onCall(step.ev.seq, e.actor.name, e.key, false);
+      run(e, step.ev, false, step.clock);
+    } else runFire(e, step, false);
   };
 
   // After a throw the state may be half-mutated: start again from the committed record (`load`
@@ -461,6 +462,8 @@ export function applyBatch(
       let lastError: unknown;
       let ok = false;
       for (let attempt = 1; attempt <= opts.maxAttempts; attempt++) {
+        // Recorded once per event; again after a rebuild, whose replays record their own steps.
+        if (attempt > 1) onCall(ev.seq, actor.name, ev.key, false);
         try {
           const out = run(e, event, true, e.time ? clock : undefined);
           for (const m of out) emits.push(m);
