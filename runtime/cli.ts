@@ -38,14 +38,17 @@ const USAGE = `usage: partita <command> [options]
 
   dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
       [--events-max-age D] [--aggregates-max-age D] [--pii-secret-file FILE]
+      [--dlq-max-age D] [--dlq-max-bytes N] [--stall-timeout D] [--shutdown-timeout D]
       everything on one machine: a nats-server child, one node, the gateway
   nats [--port N] [--data DIR] [--partitions N] [--events-max-age DURATION]
+       [--dlq-max-age D] [--dlq-max-bytes N]
        [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
        [--durability sync|process] [--events-max-age D] [--aggregates-max-age D]
        [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills]
+       [--dlq-max-age D] [--dlq-max-bytes N] [--stall-timeout D] [--shutdown-timeout D]
       one worker node (/metrics, /healthz, /readyz on loopback unless --metrics-host 0.0.0.0);
       retention of raw events (default 90d) and of window results (default 2y), as 90d, 12h, 2y
       or ms (also $PARTITA_EVENTS_MAX_AGE, $PARTITA_AGGREGATES_MAX_AGE); --allow-drills (or
@@ -76,7 +79,11 @@ const USAGE = `usage: partita <command> [options]
 --nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.
 --events-max-age: how long the input streams keep raw events (90d, 36h, ...; 0 keeps them forever),
   default $PARTITA_EVENTS_MAX_AGE, else 90d. --pii-secret-file: the key of x-pii "hash" fields,
-  default $PARTITA_PII_SECRET; give every node and the archive the same one.`;
+  default $PARTITA_PII_SECRET; give every node and the archive the same one.
+--dlq-max-age / --dlq-max-bytes: retention of dead letters (default 30d and 1g; 0: no limit), also
+  $PARTITA_DLQ_MAX_AGE, $PARTITA_DLQ_MAX_BYTES. --stall-timeout: /readyz fails while a partition has
+  work waiting and no progress for this long (default 60s). --shutdown-timeout: a stop that takes
+  longer exits 1 anyway (default 20s); a second SIGTERM or SIGINT exits at once.`;
 
 /** `preferred` when it is free on loopback, else 0 (any free port): the ready line names the one used. */
 async function freeOr(preferred: number): Promise<number> {
