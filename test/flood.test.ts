@@ -12,12 +12,14 @@ import {
   createLogger,
   DLQ_HEADERS,
   DLQ_STREAM,
+  ensureTopology,
   type PartitaNode,
   STATE_BUCKET,
   startNode,
 } from '../runtime/index.js';
 import { check, seededRandom, testSeed } from './helpers/check.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
+import { spawnPartita } from './helpers/node-process.js';
 
 const FIXTURE_ACTORS = fileURLToPath(new URL('./fixtures/actors/', import.meta.url));
 const BAD = 20_000;
@@ -134,4 +136,64 @@ it('works off 20k bad events mixed with good ones: leases kept, one dead letter 
   assert.deepEqual(node.owned(), [0, 1, 2, 3, 4, 5, 6, 7]);
   // Aggregated: a line per code and interval, not one per dead letter.
   assert.ok(lines < BAD / 100, `${lines} log lines for ${BAD} dead letters`);
+});
+
+it('dead letters left in outboxes by a crash are published once at restart, read in one pass', async () => {
+  const own = await startTestNats({ partitions: 2 });
+  try {
+    const nc = await own.connect();
+    const jsm = await jetstreamManager(nc);
+    const dataDir = join(own.dir, 'crash-node');
+    const first = await spawnPartita([
+      'node',
+      '--nats',
+      own.url,
+      '--data',
+      dataDir,
+      '--metrics-port',
+      '0',
+      '--stall-timeout',
+      '100ms',
+    ]);
+    // The dead-letter stream is gone: the batches commit, and their dead letters wait in outboxes.
+    await jsm.streams.delete(DLQ_STREAM);
+    const js = jetstream(nc);
+    const n = 3000;
+    let inFlight: Promise<unknown>[] = [];
+    for (let i = 0; i < n; i++) {
+      inFlight.push(js.publish(`events.nosuchtype.c${i}`, '{}'));
+      if (inFlight.length >= 500) {
+        await Promise.all(inFlight);
+        inFlight = [];
+      }
+    }
+    await Promise.all(inFlight);
+    await check(
+      async () =>
+        /^partita_partitions_stalled 2$/m.test(await (await fetch(`${first.ready.metrics}/metrics`)).text()),
+      30_000,
+      'both partitions stuck publishing',
+    );
+    await first.kill('SIGKILL');
+    await ensureTopology(nc);
+    const again = await startNode({
+      natsUrl: own.url,
+      dataDir,
+      threads: 1,
+      logger: createLogger({}, new Writable({ write: (_c, _e, done) => done() })),
+    });
+    try {
+      await check(
+        async () => (await jsm.streams.info(DLQ_STREAM)).state.messages >= n,
+        60_000,
+        'every dead letter stored',
+      );
+      const { state } = await jsm.streams.info(DLQ_STREAM);
+      assert.equal(state.messages, n, 'one dead letter per bad event across the crash');
+    } finally {
+      await again.stop();
+    }
+  } finally {
+    await own.stop();
+  }
 });
