@@ -338,7 +338,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   stallTimer.unref();
   let stopStep = '';
 
-  const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log);
+  const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log, deps.publisher, deps.repeated);
   let server: MetricsServer | undefined;
   let coordinator: Coordinator | undefined;
   let control: NatsConnection | undefined;
