@@ -523,6 +523,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       stopStep = 'draining the NATS connections';
       await control?.drain().catch(() => undefined);
       await nc.drain().catch(() => undefined);
+      // The counts of failures that repeated since their last line.
+      deps.repeated.flush();
       stopStep = 'closing the store';
       await store.close();
       markStateDirClean(opts.dataDir, durability);
