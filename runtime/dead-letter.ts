@@ -1,5 +1,5 @@
-// Writes dead letters: the original payload and headers on `partita.dlq.<type>`, plus the reason.
-import type { JetStreamClient } from '@nats-io/jetstream';
+// Dead letters as messages: the original payload and headers for `partita.dlq.<type>`, plus the
+// reason; they go out through the stored publisher with the rest of a batch (acked-publisher.ts).
 import { type MsgHdrs, headers as natsHeaders } from '@nats-io/transport-node';
 import type { Outgoing } from './acked-publisher.js';
 import { DLQ_PREFIX, dlqTypeOf } from './subjects.js';
@@ -65,16 +65,6 @@ export function deadLetterMessage(d: DeadLetterInput & { key?: string; size?: nu
   if (d.epoch) h.set(EPOCH_HEADER, String(d.epoch));
   h.set('Nats-Msg-Id', d.msgID ?? `dlq:${d.stream}:${d.seq}:${d.actor ?? '-'}`);
   return { subject: `${DLQ_PREFIX}.${d.type ?? dlqTypeOf(d.subject)}`, data: d.data, headers: h };
-}
-
-/**
- * Publishes a dead letter and waits for JetStream's ack; its message id makes a retry a no-op.
- * Resolves false when JetStream dropped it as a duplicate of one already written (count only true).
- */
-export async function publishDeadLetter(js: JetStreamClient, d: DeadLetterInput): Promise<boolean> {
-  const m = deadLetterMessage(d);
-  const ack = await js.publish(m.subject, m.data, { headers: m.headers });
-  return !ack.duplicate;
 }
 
 /** `partita.in.<p>.<type>.<key>` was published by a producer as `events.<type>.<key>`. */
