@@ -12,23 +12,44 @@ export interface Outgoing {
 }
 
 export interface Stored {
-  /** Indexes (into the items given) that were not stored: no PubAck in time, or an error. */
+  /** Indexes (into the items given) that were not stored for now: no PubAck in time, or an error
+   * that may pass (no responders, a stream without a leader). Retrying them is safe. */
   failed: number[];
   /** The first error a stream answered with, if any. */
   error?: string;
-  /** The stream sequence each stored item got (0 where it failed). */
+  /** The stream sequence each stored item got (0 where it failed or was refused). */
   seqs: number[];
+  /** Items that can never be stored, with why: retrying them would fail forever. */
+  refused: Map<number, string>;
+  /** 1 where the stream answered that it already held a message with the item's id. */
+  duplicate: Uint8Array;
 }
 
 interface Call {
   seqs: number[];
   answered: Uint8Array;
+  duplicate: Uint8Array;
+  refused: Map<number, string>;
   left: number;
   error?: string;
   done: () => void;
 }
 
 const decoder = new TextDecoder();
+
+/**
+ * JetStream errors no retry can cure: the message is larger than the stream's `max_msg_size`
+ * (10054) or its headers than the server allows (10097). Limits that free up with time (a full
+ * stream with discard new) and every other error are retried.
+ */
+const PERMANENT_JS_ERRORS = new Set([10054, 10097]);
+
+/**
+ * nats-server closes a connection whose protocol line (`HPUB <subject> <reply> <sizes>`) is
+ * longer than `max_control_line` (4096 by default): a subject that long must never be sent, or
+ * every output of the node is cut off with it.
+ */
+export const MAX_CONTROL_LINE = 4096;
 
 export class AckedPublisher {
   private readonly prefix = createInbox();
@@ -53,9 +74,18 @@ export class AckedPublisher {
           call.error ??= `status ${status || 'empty reply'} ${m.headers?.description ?? ''}`.trim();
         } else {
           const text = decoder.decode(m.data);
-          const ack = JSON.parse(text) as { seq?: number; error?: { description?: string } };
-          if (ack.error || typeof ack.seq !== 'number') call.error ??= ack.error?.description ?? text;
-          else call.seqs[i] = ack.seq;
+          const ack = JSON.parse(text) as {
+            seq?: number;
+            duplicate?: boolean;
+            error?: { description?: string; err_code?: number };
+          };
+          if (ack.error && PERMANENT_JS_ERRORS.has(ack.error.err_code ?? 0)) {
+            call.refused.set(i, ack.error.description ?? text);
+          } else if (ack.error || typeof ack.seq !== 'number') call.error ??= ack.error?.description ?? text;
+          else {
+            call.seqs[i] = ack.seq;
+            if (ack.duplicate) call.duplicate[i] = 1;
+          }
         }
         if (call.left === 0) call.done();
       },
@@ -68,41 +98,61 @@ export class AckedPublisher {
    * (the stream drops duplicates).
    */
   publish(items: readonly Outgoing[], timeoutMs: number): Promise<Stored> {
-    if (items.length === 0) return Promise.resolve({ failed: [], seqs: [] });
+    if (items.length === 0)
+      return Promise.resolve({ failed: [], seqs: [], refused: new Map(), duplicate: new Uint8Array(0) });
     const id = this.nextCall++;
     return new Promise<Stored>((resolve) => {
       let timer: NodeJS.Timeout | undefined;
       const call: Call = {
         seqs: new Array<number>(items.length).fill(0),
         answered: new Uint8Array(items.length),
+        duplicate: new Uint8Array(items.length),
+        refused: new Map(),
         left: items.length,
         done: () => {
           clearTimeout(timer);
           this.calls.delete(id);
           const failed: number[] = [];
-          for (let i = 0; i < items.length; i++) if (call.seqs[i] === 0) failed.push(i);
+          for (let i = 0; i < items.length; i++)
+            if (call.seqs[i] === 0 && !call.refused.has(i)) failed.push(i);
           const error =
             failed.length > 0
               ? (call.error ?? `${failed.length} not acknowledged in ${timeoutMs} ms`)
               : undefined;
-          resolve({ failed, seqs: call.seqs, error });
+          resolve({ failed, seqs: call.seqs, error, refused: call.refused, duplicate: call.duplicate });
         },
       };
       this.calls.set(id, call);
       timer = setTimeout(call.done, timeoutMs);
-      try {
-        for (let i = 0; i < items.length; i++) {
-          const it = items[i]!;
-          this.nc.publish(it.subject, it.data, {
-            reply: `${this.prefix}.${id}.${i}`,
-            ...(it.headers ? { headers: it.headers } : {}),
-          });
+      const refuse = (i: number, why: string) => {
+        call.refused.set(i, why);
+        call.answered[i] = 1;
+        call.left--;
+      };
+      for (let i = 0; i < items.length; i++) {
+        const it = items[i]!;
+        const reply = `${this.prefix}.${id}.${i}`;
+        // The sizes and the verb take well under 64 bytes.
+        if (Buffer.byteLength(it.subject) + reply.length + 64 > MAX_CONTROL_LINE) {
+          refuse(i, `subject of ${Buffer.byteLength(it.subject)} bytes is longer than NATS allows`);
+          continue;
         }
-      } catch (err) {
-        // The connection is closed or draining: nothing more goes out; what went is counted.
-        call.error = (err as Error).message;
-        call.done();
+        try {
+          this.nc.publish(it.subject, it.data, { reply, ...(it.headers ? { headers: it.headers } : {}) });
+        } catch (err) {
+          const msg = (err as Error).message;
+          // nats.js checks the server's max_payload before sending: that item can never go.
+          if (/max_payload/.test(msg)) {
+            refuse(i, `${msg} (server max_payload ${this.nc.info?.max_payload ?? '?'} bytes)`);
+            continue;
+          }
+          // The connection is closed or draining: nothing more goes out; what went is counted.
+          call.error = msg;
+          call.done();
+          return;
+        }
       }
+      if (call.left === 0) call.done();
     });
   }
 

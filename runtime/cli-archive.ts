@@ -1,7 +1,7 @@
 // `partita archive`: the compliance archive (see archive.ts).
 import { resolve } from 'node:path';
 import { startArchive } from './archive.js';
-import { type Command, int, natsUrlOf, ready, untilSignal } from './cli-kit.js';
+import { type Command, int, natsUnreachable, natsUrlOf, ready, untilSignal } from './cli-kit.js';
 import { piiSecretFrom } from './governance.js';
 
 export const archiveCommand: Command = {
@@ -21,6 +21,8 @@ export const archiveCommand: Command = {
       piiSecret: piiSecretFrom(v['pii-secret-file'] as string | undefined),
       flushMs: int(v['flush-ms'] as string | undefined, 'flush-ms'),
       maxEvents: int(v['max-events'] as string | undefined, 'max-events'),
+    }).catch((err) => {
+      throw natsUnreachable(err, natsUrl);
     });
     ready({ archive: dir, nats: natsUrl });
     await untilSignal();

@@ -1,7 +1,6 @@
 // `partita dead-letters [--since 1h] [--type T] [--limit N] [--json]`: the dead-letter stream,
 // summed by code, type and actor over a recent window, with the latest entries.
-import { connect } from '@nats-io/transport-node';
-import { type Command, int, natsUrlOf, UsageError } from './cli-kit.js';
+import { type Command, connectCli, int, natsUrlOf, UsageError } from './cli-kit.js';
 import { formatDeadLetters, readDeadLetters } from './dead-letter-report.js';
 
 const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
@@ -23,7 +22,7 @@ export const deadLettersCommand: Command = {
   },
   async run(v) {
     const ms = sinceMs(v.since as string | undefined);
-    const nc = await connect({ servers: natsUrlOf(v), name: 'partita-dead-letters' });
+    const nc = await connectCli(natsUrlOf(v), { name: 'partita-dead-letters' });
     try {
       const r = await readDeadLetters(nc, {
         sinceMs: ms,

@@ -5,9 +5,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import { connect, type NatsConnection } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/transport-node';
 import { recordAudit } from './audit.js';
-import { type Command, int, natsUrlOf, UsageError } from './cli-kit.js';
+import { type Command, connectCli, int, natsUrlOf, UsageError } from './cli-kit.js';
 import {
   buildReport,
   type DrillReport,
@@ -206,7 +206,7 @@ export const drillCommand: Command = {
     const seed = int(v.seed as string | undefined, 'seed') ?? Math.floor(Math.random() * 2 ** 31);
     const count = int(v.count as string | undefined, 'count') ?? faults.length;
     const servers = natsUrlOf(v);
-    const nc = await connect({ servers, name: 'partita-drill', maxReconnectAttempts: -1 });
+    const nc = await connectCli(servers, { name: 'partita-drill', maxReconnectAttempts: -1 });
     try {
       const report = await runDrill(nc, {
         seed,

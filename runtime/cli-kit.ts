@@ -1,5 +1,6 @@
 // What every `partita` command shares: the command shape, usage errors, the ready line.
 // A command may live in a module of its own (`cli-<name>.ts`) and be listed in cli.ts.
+import { type ConnectionOptions, connect } from '@nats-io/transport-node';
 import { PartitaError } from './errors.js';
 import { defaultNatsUrl } from './node.js';
 
@@ -53,4 +54,72 @@ export function durationMs(v: string | undefined, name: string): number | undefi
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(v.trim());
   if (!m) throw new UsageError(`--${name} must be a duration such as 90d, 36h or 500ms, got "${v}"`);
   return Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
+}
+
+/**
+ * `err` as the one line a user needs when it is a failure to reach NATS (nothing listens at the
+ * URL, a DNS name that does not resolve, a timeout): the URLs tried and what to do. Any other
+ * error is returned as it is.
+ */
+export function natsUnreachable(err: unknown, servers: string | readonly string[]): unknown {
+  const e = err as Error & { code?: string; cause?: Error };
+  if (e instanceof PartitaError) return err;
+  const text = `${e?.message ?? ''} ${e?.cause?.message ?? ''}`;
+  const connectFailed =
+    e?.name === 'ConnectionError' ||
+    /ECONNREFUSED|ENOTFOUND|EAI_AGAIN|connection refused|timeout/i.test(text);
+  if (!connectFailed) return err;
+  const urls = typeof servers === 'string' ? servers : servers.join(',');
+  return new PartitaError(
+    'PARTITA_ERR_NATS_UNREACHABLE',
+    `nothing answers at ${urls} (${e.message}): start NATS with \`partita nats\` (or everything with \`partita dev\`), or pass --nats URL`,
+    { cause: err },
+  );
+}
+
+/** `connect` for commands: a NATS that does not answer is one clear line, not a stack. */
+export async function connectCli(servers: string[], opts: Omit<ConnectionOptions, 'servers'> = {}) {
+  try {
+    return await connect({ servers, ...opts });
+  } catch (err) {
+    throw natsUnreachable(err, servers);
+  }
+}
+
+/**
+ * Runs `stop` once the first SIGTERM or SIGINT has come (the caller awaited it), bounded: if it
+ * takes longer than `timeoutMs`, or a second signal comes, writes why (`waiting` says what the stop
+ * is waiting for) and exits 1 at once. A stop that hangs (outputs NATS never acknowledges, a
+ * worker that never answers) must not leave a process that only SIGKILL ends.
+ */
+export async function stopWithin(
+  command: string,
+  timeoutMs: number,
+  stop: () => Promise<void>,
+  waiting: () => string = () => '',
+): Promise<number> {
+  const bail = (why: string): never => {
+    const detail = waiting();
+    process.stderr.write(`partita ${command}: ${why}${detail ? ` (waiting for: ${detail})` : ''}; exiting\n`);
+    process.exit(1);
+  };
+  let timer: NodeJS.Timeout | undefined;
+  const onSignal = (s: NodeJS.Signals) => bail(`${s} while stopping`);
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  const timedOut = Symbol('timed out');
+  try {
+    const r = await Promise.race([
+      stop(),
+      new Promise<symbol>((res) => {
+        timer = setTimeout(() => res(timedOut), timeoutMs);
+      }),
+    ]);
+    if (r === timedOut) bail(`did not stop within ${timeoutMs} ms`);
+    return 0;
+  } finally {
+    clearTimeout(timer);
+    process.removeListener('SIGTERM', onSignal);
+    process.removeListener('SIGINT', onSignal);
+  }
 }

@@ -1,7 +1,6 @@
 // `partita replay --actor A [--partition P] (--from-seq N | --from-time T)`: rebuild an actor's state
 // from the input streams with the handler the nodes run now. See replay.ts for the semantics.
-import { connect } from '@nats-io/transport-node';
-import { type Command, int, natsUrlOf, UsageError } from './cli-kit.js';
+import { type Command, connectCli, int, natsUrlOf, UsageError } from './cli-kit.js';
 import { runReplay } from './replay.js';
 
 export const replayCommand: Command = {
@@ -25,7 +24,7 @@ export const replayCommand: Command = {
     if (fromSeq === 0) throw new UsageError('--from-seq counts from 1');
     const timeoutS = int(v.timeout as string | undefined, 'timeout');
     const ownerWaitS = int(v['owner-wait'] as string | undefined, 'owner-wait');
-    const nc = await connect({ servers: natsUrlOf(v), name: 'partita-replay' });
+    const nc = await connectCli(natsUrlOf(v), { name: 'partita-replay' });
     try {
       const results = await runReplay(nc, {
         actor,

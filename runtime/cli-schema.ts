@@ -1,7 +1,6 @@
 // `partita schema add|list|check`: the schema registry from the command line.
 import { readFileSync } from 'node:fs';
-import { connect } from '@nats-io/transport-node';
-import { type Command, natsUrlOf, UsageError } from './cli-kit.js';
+import { type Command, connectCli, natsUrlOf, UsageError } from './cli-kit.js';
 import { COMPAT_MODES, type CompatMode, isCompatMode, type SchemaFormat } from './schema-compat.js';
 import { openSchemaRegistry } from './schema-registry.js';
 
@@ -41,7 +40,7 @@ export const schemaCommand: Command = {
     } else throw new UsageError('usage: partita schema add|list|check ...');
     const compat = compatOf(v.compat);
     const input = file ? readSchema(file) : undefined;
-    const nc = await connect({ servers: natsUrlOf(v) });
+    const nc = await connectCli(natsUrlOf(v));
     try {
       const registry = await openSchemaRegistry(nc);
       if (sub === 'list') {

@@ -10,10 +10,13 @@ import { deadLettersCommand } from './cli-dead-letters.js';
 import { drillCommand } from './cli-drill.js';
 import {
   type Command,
+  connectCli,
   durationMs,
   int,
+  natsUnreachable,
   natsUrlOf,
   ready,
+  stopWithin,
   UsageError,
   untilSignal,
   type Values,
@@ -22,6 +25,7 @@ import { replayCommand } from './cli-replay.js';
 import { schemaCommand } from './cli-schema.js';
 import { startDemoProducer } from './demo-producer.js';
 import { INJECTED_DEFECTS, type InjectedDefect } from './drill-faults.js';
+import { PartitaError } from './errors.js';
 import { piiSecretFrom } from './governance.js';
 import { startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
@@ -34,14 +38,17 @@ const USAGE = `usage: partita <command> [options]
 
   dev [--demo] [--actors DIR] [--port N] [--nats-port N] [--data DIR] [--partitions N]
       [--events-max-age D] [--aggregates-max-age D] [--pii-secret-file FILE] [--handler-timeout D]
+      [--dlq-max-age D] [--dlq-max-bytes N] [--stall-timeout D] [--shutdown-timeout D]
       everything on one machine: a nats-server child, one node, the gateway
   nats [--port N] [--data DIR] [--partitions N] [--events-max-age DURATION]
+       [--dlq-max-age D] [--dlq-max-bytes N]
        [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
       a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
        [--durability sync|process] [--events-max-age D] [--aggregates-max-age D]
        [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills] [--handler-timeout D]
+       [--dlq-max-age D] [--dlq-max-bytes N] [--stall-timeout D] [--shutdown-timeout D]
       one worker node (/metrics, /healthz, /readyz on loopback unless --metrics-host 0.0.0.0);
       retention of raw events (default 90d) and of window results (default 2y), as 90d, 12h, 2y
       or ms (also $PARTITA_EVENTS_MAX_AGE, $PARTITA_AGGREGATES_MAX_AGE); --allow-drills (or
@@ -73,7 +80,11 @@ const USAGE = `usage: partita <command> [options]
 --nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.
 --events-max-age: how long the input streams keep raw events (90d, 36h, ...; 0 keeps them forever),
   default $PARTITA_EVENTS_MAX_AGE, else 90d. --pii-secret-file: the key of x-pii "hash" fields,
-  default $PARTITA_PII_SECRET; give every node and the archive the same one.`;
+  default $PARTITA_PII_SECRET; give every node and the archive the same one.
+--dlq-max-age / --dlq-max-bytes: retention of dead letters (default 30d and 1g; 0: no limit), also
+  $PARTITA_DLQ_MAX_AGE, $PARTITA_DLQ_MAX_BYTES. --stall-timeout: /readyz fails while a partition has
+  work waiting and no progress for this long (default 60s). --shutdown-timeout: a stop that takes
+  longer exits 1 anyway (default 20s); a second SIGTERM or SIGINT exits at once.`;
 
 /** `preferred` when it is free on loopback, else 0 (any free port): the ready line names the one used. */
 async function freeOr(preferred: number): Promise<number> {
@@ -102,6 +113,46 @@ function eventsMaxAgeOf(v: Values): number | undefined {
   const raw =
     (v['events-max-age'] as string | undefined) ?? (process.env.PARTITA_EVENTS_MAX_AGE || undefined);
   return durationMs(raw, 'events-max-age');
+}
+
+/** `--dlq-max-bytes`: bytes, or with a binary unit (512m, 2g); 0 means no limit. */
+function bytesOf(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  const m = /^(\d+)\s*([kmg])?i?b?$/i.exec(v.trim());
+  if (!m) throw new UsageError(`--${name} must be a size such as 1073741824, 512m or 2g, got "${v}"`);
+  const n = Number(m[1]) * 1024 ** ' kmg'.indexOf((m[2] ?? ' ').toLowerCase());
+  return n === 0 ? -1 : n;
+}
+
+/** `--dlq-max-age` and `--dlq-max-bytes`: the retention of PARTITA_DLQ. */
+function dlqRetentionOf(v: Values): { dlqMaxAgeMs?: number; dlqMaxBytes?: number } {
+  return {
+    dlqMaxAgeMs: durationMs(v['dlq-max-age'] as string | undefined, 'dlq-max-age'),
+    dlqMaxBytes: bytesOf(v['dlq-max-bytes'] as string | undefined, 'dlq-max-bytes'),
+  };
+}
+
+const DLQ_OPTIONS = { 'dlq-max-age': { type: 'string' }, 'dlq-max-bytes': { type: 'string' } } as const;
+/** How long a node may take to stop before it exits anyway, and when a stuck partition fails /readyz. */
+const LIFECYCLE_OPTIONS = {
+  'shutdown-timeout': { type: 'string' },
+  'stall-timeout': { type: 'string' },
+} as const;
+const DEFAULT_SHUTDOWN_MS = 20_000;
+
+/** `--stall-timeout` as the node's stall threshold. */
+function stallOf(v: Values): { stallThresholdMs?: number } {
+  return { stallThresholdMs: durationMs(v['stall-timeout'] as string | undefined, 'stall-timeout') };
+}
+
+/** A port nats-server could not bind, as one line naming it and the option that picks another. */
+function portTaken(err: unknown, option: string): unknown {
+  if (err instanceof PartitaError && /address already in use/.test(err.message))
+    return new PartitaError(
+      'PARTITA_ERR_NATS_SERVER',
+      `${err.message.split(': ').slice(1).join(': ')}; stop what listens there, or choose another port with ${option} N`,
+    );
+  return err;
 }
 
 /** `--events-max-age` and `--aggregates-max-age` as node options (durations like 90d, 2y, or ms). */
@@ -135,6 +186,7 @@ const COMMANDS: Record<string, Command> = {
       routes: { type: 'string' },
       name: { type: 'string' },
       'events-max-age': { type: 'string' },
+      ...DLQ_OPTIONS,
     },
     async run(v) {
       const partitions = int(v.partitions as string | undefined, 'partitions');
@@ -149,6 +201,7 @@ const COMMANDS: Record<string, Command> = {
           '--cluster needs --name NAME, unique in the cluster and the same across restarts',
         );
       }
+      const dlq = dlqRetentionOf(v);
       const server = await startNatsServer({
         port: int(v.port as string | undefined, 'port') ?? 4222,
         dataDir: resolve(
@@ -163,13 +216,18 @@ const COMMANDS: Record<string, Command> = {
               routes: ((v.routes as string | undefined) ?? '').split(',').filter((r) => r !== ''),
             }
           : undefined,
+      }).catch((err) => {
+        throw portTaken(
+          err,
+          clusterName && /:\d+: address/.test(String(err)) ? '--port or --cluster-port' : '--port',
+        );
       });
       // A cluster member does not create the topology: JetStream has no meta leader until enough
       // members run, and the ready line must not wait for the others. Nodes create the topology
       // (idempotently) when they start.
       if (!clusterName) {
         const nc = await connect({ servers: server.url });
-        await ensureTopology(nc, { partitions, eventsMaxAgeMs: eventsMaxAgeOf(v) });
+        await ensureTopology(nc, { partitions, eventsMaxAgeMs: eventsMaxAgeOf(v), ...dlq });
         await nc.close();
       }
       ready({ nats: server.url, cluster: server.clusterUrl });
@@ -196,13 +254,17 @@ const COMMANDS: Record<string, Command> = {
       'events-max-age': { type: 'string' },
       'aggregates-max-age': { type: 'string' },
       'handler-timeout': { type: 'string' },
+      ...DLQ_OPTIONS,
+      ...LIFECYCLE_OPTIONS,
     },
     async run(v) {
       const id = v.id as string | undefined;
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/node');
       mkdirSync(dataDir, { recursive: true });
+      const natsUrl = (v.nats as string | undefined) ?? defaultNatsUrl();
+      const shutdownMs = durationMs(v['shutdown-timeout'] as string | undefined, 'shutdown-timeout');
       const node = await startNode({
-        natsUrl: (v.nats as string | undefined) ?? defaultNatsUrl(),
+        natsUrl,
         actorsDir: v.actors as string | undefined,
         dataDir,
         threads: int(v.threads as string | undefined, 'threads'),
@@ -216,11 +278,19 @@ const COMMANDS: Record<string, Command> = {
         piiSecret: piiSecretFrom(v['pii-secret-file'] as string | undefined),
         handlerTimeoutMs: durationMs(v['handler-timeout'] as string | undefined, 'handler-timeout'),
         ...retentionOf(v),
+        ...dlqRetentionOf(v),
+        ...stallOf(v),
+      }).catch((err) => {
+        throw natsUnreachable(err, natsUrl);
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
       await untilSignal();
-      await node.stop();
-      return 0;
+      return stopWithin(
+        'node',
+        shutdownMs ?? DEFAULT_SHUTDOWN_MS,
+        () => node.stop(),
+        () => node.stopping(),
+      );
     },
   },
   gateway: {
@@ -239,6 +309,7 @@ const COMMANDS: Record<string, Command> = {
         ...parseTokenList(process.env.PARTITA_TOKENS ?? ''),
       ];
       const perSecond = int(v['rate-limit'] as string | undefined, 'rate-limit');
+      const natsUrl = (v.nats as string | undefined) ?? defaultNatsUrl();
       const gw = await startGateway({
         natsUrl: v.nats as string | undefined,
         port: int(v.port as string | undefined, 'port') ?? 8080,
@@ -246,6 +317,8 @@ const COMMANDS: Record<string, Command> = {
         tokens,
         rateLimit: perSecond === undefined ? undefined : { perSecond },
         featureMaxAgeSeconds: int(v['feature-max-age'] as string | undefined, 'feature-max-age'),
+      }).catch((err) => {
+        throw natsUnreachable(err, natsUrl);
       });
       ready({ gateway: gw.url, nats: (v.nats as string | undefined) ?? defaultNatsUrl() });
       await untilSignal();
@@ -265,24 +338,31 @@ const COMMANDS: Record<string, Command> = {
       'pii-secret-file': { type: 'string' },
       'aggregates-max-age': { type: 'string' },
       'handler-timeout': { type: 'string' },
+      ...DLQ_OPTIONS,
+      ...LIFECYCLE_OPTIONS,
     },
     async run(v) {
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
       const eventsMaxAgeMs = eventsMaxAgeOf(v);
       const piiSecret = piiSecretFrom(v['pii-secret-file'] as string | undefined);
       const partitions = int(v.partitions as string | undefined, 'partitions');
+      const shutdownMs = durationMs(v['shutdown-timeout'] as string | undefined, 'shutdown-timeout');
+      const dlq = dlqRetentionOf(v);
       const server = await startNatsServer({
         port: int(v['nats-port'] as string | undefined, 'nats-port') ?? (await freeOr(4222)),
         dataDir: resolve(dataDir, 'nats'),
         partitions,
+      }).catch((err) => {
+        throw portTaken(err, '--nats-port');
       });
+      let node: Awaited<ReturnType<typeof startNode>> | undefined;
       const stops: (() => Promise<void>)[] = [() => server.stop()];
       try {
         if (eventsMaxAgeMs !== undefined) {
           const admin = await connect({ servers: server.url });
           await ensureTopology(admin, { partitions, eventsMaxAgeMs }).finally(() => admin.close());
         }
-        const node = await startNode({
+        node = await startNode({
           natsUrl: server.url,
           actorsDir: v.actors as string | undefined,
           dataDir: resolve(dataDir, 'node'),
@@ -292,13 +372,21 @@ const COMMANDS: Record<string, Command> = {
           piiSecret,
           handlerTimeoutMs: durationMs(v['handler-timeout'] as string | undefined, 'handler-timeout'),
           ...retentionOf(v),
+          ...dlq,
+          ...stallOf(v),
         });
-        stops.unshift(() => node.stop());
+        const started = node;
+        stops.unshift(() => started.stop());
         const { startGateway } = await import('../gateway/index.js');
-        const gw = await startGateway({
-          natsUrl: server.url,
-          port: int(v.port as string | undefined, 'port') ?? 8080,
-        });
+        const port = int(v.port as string | undefined, 'port') ?? 8080;
+        const gw = await startGateway({ natsUrl: server.url, port }).catch(
+          (err: Error & { code?: string }) => {
+            if (err.code !== 'EADDRINUSE') throw err;
+            throw new UsageError(
+              `port ${port} is already in use (the gateway's): stop what listens there, or choose another port with --port N`,
+            );
+          },
+        );
         stops.unshift(() => gw.stop());
         if (v.demo) {
           const nc = await connect({ servers: server.url, name: 'partita-demo' });
@@ -315,16 +403,25 @@ const COMMANDS: Record<string, Command> = {
           );
         }
         await untilSignal();
-      } finally {
+      } catch (err) {
         for (const stop of stops) await stop().catch(() => undefined);
+        throw err;
       }
-      return 0;
+      // Whatever ends the stop, the nats-server goes with this process (see nats-server.ts).
+      return stopWithin(
+        'dev',
+        shutdownMs ?? DEFAULT_SHUTDOWN_MS,
+        async () => {
+          for (const stop of stops) await stop().catch(() => undefined);
+        },
+        () => node?.stopping() ?? '',
+      );
     },
   },
   status: {
     options: { nats: { type: 'string' }, json: { type: 'boolean' } },
     async run(v) {
-      const nc = await connect({ servers: natsUrlOf(v) });
+      const nc = await connectCli(natsUrlOf(v));
       try {
         const s = await readStatus(nc);
         process.stdout.write(v.json ? `${JSON.stringify(s, null, 2)}\n` : `${formatStatus(s)}\n`);
@@ -344,7 +441,7 @@ const audit: Command = {
     json: { type: 'boolean' },
   },
   async run(v) {
-    const nc = await connect({ servers: natsUrlOf(v) });
+    const nc = await connectCli(natsUrlOf(v));
     try {
       const records = await readAudit(nc, {
         action: v.action as string | undefined,

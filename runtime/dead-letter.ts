@@ -1,6 +1,7 @@
-// Writes dead letters: the original payload and headers on `partita.dlq.<type>`, plus the reason.
-import type { JetStreamClient } from '@nats-io/jetstream';
+// Dead letters as messages: the original payload and headers for `partita.dlq.<type>`, plus the
+// reason; they go out through the stored publisher with the rest of a batch (acked-publisher.ts).
 import { type MsgHdrs, headers as natsHeaders } from '@nats-io/transport-node';
+import type { Outgoing } from './acked-publisher.js';
 import { DLQ_PREFIX, dlqTypeOf } from './subjects.js';
 
 /** On emitted events and dead letters: the lease epoch of the owner that produced them. */
@@ -14,7 +15,14 @@ export const DLQ_HEADERS = {
   seq: 'Partita-Stream-Seq',
   stream: 'Partita-Stream',
   actor: 'Partita-Actor',
+  /** On refused outputs (`PARTITA_ERR_OUTPUT_REFUSED`): the key whose output it was. */
+  key: 'Partita-Key',
+  /** On refused outputs whose payload was left out (it was the cause): its size in bytes. */
+  size: 'Partita-Original-Size',
 } as const;
+
+/** Header values cannot hold line breaks, and long ones count against the server's limits. */
+const headerValue = (v: string) => v.replace(/[\r\n]+/g, ' ').slice(0, 1024);
 
 export interface DeadLetterInput {
   /** The subject the event was stored under. */
@@ -30,13 +38,15 @@ export interface DeadLetterInput {
   actor?: string | null;
   /** The lease epoch of the partition's owner that wrote it. */
   epoch?: number;
+  /** The `partita.dlq.<type>` token. @default the type of `subject` */
+  type?: string;
+  /** @default `dlq:<stream>:<seq>:<actor>` */
+  msgID?: string;
 }
 
-/**
- * Publishes a dead letter and waits for JetStream's ack; its message id makes a retry a no-op.
- * Resolves false when JetStream dropped it as a duplicate of one already written (count only true).
- */
-export async function publishDeadLetter(js: JetStreamClient, d: DeadLetterInput): Promise<boolean> {
+/** A dead letter as a message: the original headers (but NATS's own) plus the reason, with an id
+ * that makes a retry (or a second writer) a no-op within the stream's duplicate window. */
+export function deadLetterMessage(d: DeadLetterInput & { key?: string; size?: number }): Outgoing {
   const h = natsHeaders();
   if (d.headers) {
     for (const k of d.headers.keys()) {
@@ -45,18 +55,16 @@ export async function publishDeadLetter(js: JetStreamClient, d: DeadLetterInput)
     }
   }
   h.set(DLQ_HEADERS.code, d.code);
-  // Header values cannot hold line breaks.
-  h.set(DLQ_HEADERS.error, d.message.replace(/[\r\n]+/g, ' ').slice(0, 1024));
-  h.set(DLQ_HEADERS.subject, d.originalSubject ?? d.subject);
+  h.set(DLQ_HEADERS.error, headerValue(d.message));
+  h.set(DLQ_HEADERS.subject, headerValue(d.originalSubject ?? d.subject));
   h.set(DLQ_HEADERS.stream, d.stream);
-  h.set(DLQ_HEADERS.seq, String(d.seq));
+  if (d.seq > 0) h.set(DLQ_HEADERS.seq, String(d.seq));
   if (d.actor) h.set(DLQ_HEADERS.actor, d.actor);
+  if (d.key !== undefined) h.set(DLQ_HEADERS.key, headerValue(d.key));
+  if (d.size !== undefined) h.set(DLQ_HEADERS.size, String(d.size));
   if (d.epoch) h.set(EPOCH_HEADER, String(d.epoch));
-  const ack = await js.publish(`${DLQ_PREFIX}.${dlqTypeOf(d.subject)}`, d.data, {
-    headers: h,
-    msgID: `dlq:${d.stream}:${d.seq}:${d.actor ?? '-'}`,
-  });
-  return !ack.duplicate;
+  h.set('Nats-Msg-Id', d.msgID ?? `dlq:${d.stream}:${d.seq}:${d.actor ?? '-'}`);
+  return { subject: `${DLQ_PREFIX}.${d.type ?? dlqTypeOf(d.subject)}`, data: d.data, headers: h };
 }
 
 /** `partita.in.<p>.<type>.<key>` was published by a producer as `events.<type>.<key>`. */

@@ -1,4 +1,6 @@
 // The runtime's public face. Other folders import only from here.
+
+export { AckedPublisher, type Outgoing, type Stored } from './acked-publisher.js';
 export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 export { type Aggregation, compileAggregation } from './aggregations.js';
 export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';

@@ -11,14 +11,16 @@ export async function startMetricsServer(opts: {
   port: number;
   host?: string;
   registry: Registry;
-  ready: () => boolean;
+  /** Undefined when ready, else why not (the 503's `reason`). */
+  notReady: () => string | undefined;
   beforeScrape?: () => void;
 }): Promise<MetricsServer> {
   const app = Fastify({ logger: false });
   app.get('/healthz', async () => ({ status: 'ok' }));
   app.get('/readyz', async (_req, reply) => {
-    if (opts.ready()) return { status: 'ready' };
-    return reply.code(503).send({ status: 'not ready' });
+    const reason = opts.notReady();
+    if (reason === undefined) return { status: 'ready' };
+    return reply.code(503).send({ status: 'not ready', reason });
   });
   app.get('/metrics', async (_req, reply) => {
     opts.beforeScrape?.();

@@ -37,6 +37,8 @@ export interface NodeMetrics {
   readonly replayEvents: Counter<'actor'>;
   readonly lateEvents: Counter<'actor'>;
   readonly watermarkLagSeconds: Gauge<'partition'>;
+  /** Partitions with work waiting and no progress for longer than the stall threshold. */
+  readonly partitionsStalled: Gauge<string>;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60];
@@ -218,6 +220,11 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       name: 'partita_handler_timeouts_total',
       help: 'Calls into actor code stopped at the handler time limit (their worker thread replaced)',
       labelNames: ['actor'],
+      registers: r,
+    }),
+    partitionsStalled: new Gauge({
+      name: 'partita_partitions_stalled',
+      help: 'Partitions of this node with work waiting and no progress for longer than the stall threshold',
       registers: r,
     }),
     batchFailures: new Counter({

@@ -109,7 +109,12 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   });
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
-  child.once('exit', () => process.removeListener('exit', killOnExit));
+  const guardian = guard(child);
+  child.once('exit', () => {
+    process.removeListener('exit', killOnExit);
+    // Its server is gone: the guardian must not signal the pid later (it may be reused).
+    guardian?.kill('SIGKILL');
+  });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-4000);
@@ -142,9 +147,13 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   }
   if (!url) {
     child.kill('SIGKILL');
+    // A port in use is the common case: one line naming the address, not the server's banner.
+    const inUse = /listen tcp ([^\s:]*:\d+): bind: address already in use/.exec(stderr);
     throw new PartitaError(
       'PARTITA_ERR_NATS_SERVER',
-      `${natsServerBinary()}: ${stderr.trim() || 'no ports file'}`,
+      inUse
+        ? `${inUse[1]}: address already in use (port ${inUse[1]!.split(':').pop()})`
+        : `${natsServerBinary()}: ${stderr.trim() || 'no ports file'}`,
     );
   }
   const port = Number(new URL(url).port);
@@ -161,6 +170,39 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       await exit;
     },
   };
+}
+
+/**
+ * The server must not outlive this process, whatever ends it: an `exit` handler does not run on
+ * SIGKILL (or a crash of the runtime), and the server runs in its own process group (so a Ctrl-C
+ * reaches this process first). A tiny shell reads a pipe from this process, which only the kernel
+ * closes, when this process is gone, however it ended; it then sends the server SIGTERM. Null if
+ * no shell could be started (the exit handler still covers an ordinary exit).
+ */
+function guard(server: ChildProcess): ChildProcess | null {
+  if (server.pid === undefined) return null;
+  try {
+    const g = spawn(
+      'sh',
+      [
+        '-c',
+        'while read -r _; do :; done; kill -TERM "$1" 2>/dev/null',
+        'partita-nats-guard',
+        String(server.pid),
+      ],
+      {
+        stdio: ['pipe', 'ignore', 'ignore'],
+        detached: true,
+      },
+    );
+    g.once('error', () => undefined);
+    // Neither the guardian nor its pipe keeps this process alive.
+    g.unref();
+    (g.stdin as unknown as { unref?: () => void } | null)?.unref?.();
+    return g;
+  } catch {
+    return null;
+  }
 }
 
 /** A member's route URL; a wildcard listen address is reached on loopback. */

@@ -18,7 +18,7 @@ import { PartitaError } from './errors.js';
 import { timeFeaturesOf } from './event-time.js';
 import { startSchemaSync } from './governance.js';
 import { LagMonitor } from './lag-monitor.js';
-import { createLogger, type Logger } from './logger.js';
+import { createLogger, type Logger, RepeatedLog } from './logger.js';
 import { createNodeMetrics, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
 import type { PartitionLease } from './partition-lease.js';
@@ -111,6 +111,15 @@ export interface NodeOptions {
    * at least this often, ms (0: only then). @default 600000
    */
   stateAuditMs?: number;
+  /**
+   * A partition with work waiting that has committed and published nothing for this long is
+   * stalled: `/readyz` answers 503 and `partita_partitions_stalled` counts it. @default 60000
+   */
+  stallThresholdMs?: number;
+  /** Retention of dead letters in PARTITA_DLQ, ms (0: forever). @default 30 days ($PARTITA_DLQ_MAX_AGE) */
+  dlqMaxAgeMs?: number;
+  /** Most bytes PARTITA_DLQ keeps; the oldest go first (-1: no limit). @default 1 GiB ($PARTITA_DLQ_MAX_BYTES) */
+  dlqMaxBytes?: number;
   logger?: Logger;
 }
 
@@ -132,6 +141,8 @@ export interface PartitaNode {
   progress(): { partition: number; committedSeq: number; lastCommitAt: number }[];
   /** Checkpoints, releases the partitions and closes everything. */
   stop(): Promise<void>;
+  /** While `stop()` runs: what it is waiting for (for a stop that takes too long to say why). */
+  stopping(): string;
   /** How many schema sets this node has put in force (1 after start; +1 per registration seen). */
   schemaRevision(): number;
 }
@@ -169,6 +180,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
           leaseTtlMs: opts.leaseTtlMs,
           eventsMaxAgeMs: opts.eventsMaxAgeMs,
           aggregatesMaxAgeMs: opts.aggregatesMaxAgeMs,
+          dlqMaxAgeMs: opts.dlqMaxAgeMs,
+          dlqMaxBytes: opts.dlqMaxBytes,
         });
         break;
       } catch (err) {
@@ -239,6 +252,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     jsm: topology.jsm,
     dispatcher,
     publisher: new AckedPublisher(nc),
+    repeated: new RepeatedLog(log),
     store,
     metrics,
     log,
@@ -337,7 +351,24 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metrics.ownedPartitions.set(runners.size);
   };
 
-  const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log);
+  // Health tells the truth: a partition that cannot progress (a publish that never completes, a
+  // worker that never answers) fails readiness and shows in a gauge, though the process is up.
+  const stallThresholdMs = opts.stallThresholdMs ?? 60_000;
+  const stalledPartitions = () => {
+    const now = Date.now();
+    const stalled = [...runners.values()]
+      .filter((r) => r.stalledMs(now) > stallThresholdMs)
+      .map((r) => r.partition)
+      .sort((a, b) => a - b);
+    metrics.partitionsStalled.set(stalled.length);
+    return stalled;
+  };
+  // The gauge follows without a scrape or a probe, for `stopping()` and embedded nodes.
+  const stallTimer = setInterval(stalledPartitions, Math.min(5000, Math.max(100, stallThresholdMs / 4)));
+  stallTimer.unref();
+  let stopStep = '';
+
+  const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log, deps.publisher, deps.repeated);
   let server: MetricsServer | undefined;
   let coordinator: Coordinator | undefined;
   let control: NatsConnection | undefined;
@@ -409,8 +440,15 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         port: opts.metricsPort,
         host: opts.metricsHost,
         registry: metrics.registry,
-        ready: () => status === 'RUNNING' && !nc.isClosed(),
+        notReady: () => {
+          if (status !== 'RUNNING') return `node ${status.toLowerCase()}`;
+          if (nc.isClosed()) return 'NATS connection closed';
+          const stalled = stalledPartitions();
+          if (stalled.length === 0) return undefined;
+          return `partition${stalled.length > 1 ? 's' : ''} ${stalled.join(', ')}: work waiting and no progress for over ${stallThresholdMs} ms`;
+        },
         beforeScrape: () => {
+          stalledPartitions();
           lag.refreshAges();
           const now = Date.now();
           for (const r of runners.values()) {
@@ -448,6 +486,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     auditor.start();
   } catch (err) {
     status = 'FAILED';
+    clearInterval(stallTimer);
     schemas?.stop();
     await replays.stop();
     await coordinator?.stop().catch(() => undefined);
@@ -484,23 +523,43 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         committedSeq: r.committedSeq,
         lastCommitAt: r.lastCommitAt,
       })),
+    stopping() {
+      if (status !== 'DRAINING') return status.toLowerCase();
+      const busy = [...runners.values()]
+        .filter((r) => r.status !== 'STOPPED')
+        .map(
+          (r) =>
+            `${r.partition} (${r.status.toLowerCase()}${r.stalledMs() > 0 ? `, stalled ${r.stalledMs()} ms` : ''})`,
+        );
+      return `${stopStep}${busy.length > 0 ? `; partitions not stopped: ${busy.join(', ')}` : ''}`;
+    },
     async stop() {
       if (status === 'STOPPED' || status === 'DRAINING') return;
       status = 'DRAINING';
+      clearInterval(stallTimer);
       drills?.unsubscribe();
+      stopStep = 'stopping replays';
       await replays.stop();
       await lag.stop();
+      stopStep = 'stopping the state audit';
       await auditor.stop();
+      stopStep = 'stopping unrouted dead-lettering';
       await unrouted.stop();
       // Checkpoint, publish, release: the next owners start at once.
+      stopStep = 'publishing the last batches and releasing the leases';
       await coordinator?.stop();
       schemas?.stop();
       metrics.ownedPartitions.set(0);
+      stopStep = 'closing the metrics server and the worker pool';
       await server?.close();
       dispatcher.close();
       await pool.destroy();
+      stopStep = 'draining the NATS connections';
       await control?.drain().catch(() => undefined);
       await nc.drain().catch(() => undefined);
+      // The counts of failures that repeated since their last line.
+      deps.repeated.flush();
+      stopStep = 'closing the store';
       await store.close();
       markStateDirClean(opts.dataDir, durability);
       status = 'STOPPED';

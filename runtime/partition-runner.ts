@@ -9,19 +9,20 @@ import {
   type JetStreamManager,
   type JsMsg,
 } from '@nats-io/jetstream';
-import { type NatsConnection, headers as natsHeaders } from '@nats-io/transport-node';
+import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from '@nats-io/transport-node';
 import type { AckedPublisher, Outgoing } from './acked-publisher.js';
 import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
 import { consumerNames } from './consumer-names.js';
-import { EPOCH_HEADER, PARTITION_HEADER, producerSubject, publishDeadLetter } from './dead-letter.js';
+import { deadLetterMessage, EPOCH_HEADER, PARTITION_HEADER, producerSubject } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
 import { lineageOfRecord } from './lineage.js';
-import { actorLogger, type Logger } from './logger.js';
+import { type Logger, RepeatedLog } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionTicker } from './partition-ticker.js';
+import { emitInfo, type OutputInfo, refusedOutput, stateInfo } from './refused-output.js';
 import type { Outbox, StateRecord, StateStore } from './state-store.js';
 import {
   consumerPrefix,
@@ -53,6 +54,25 @@ export interface PartitionDeps {
   ackBeforeCommit?: boolean;
   /** Some actor uses event time: tick idle partitions every this many ms (0: never). */
   tickMs?: number;
+  /** Repeated failures (dead letters, publishing retries) as one line per kind and interval. */
+  repeated?: RepeatedLog;
+}
+
+/** An event to dead-letter, as its stream holds it. */
+export interface Original {
+  subject: string;
+  data: Uint8Array;
+  headers?: MsgHdrs;
+}
+
+/** One output on its way: what it is (for dead letters and logs), and for dead letters their code. */
+interface Item {
+  out: Outgoing;
+  info: () => OutputInfo;
+  code?: string;
+  message?: string;
+  /** A refused output's dead letter, with its payload or already without. */
+  refusal?: 'payload' | 'bare';
 }
 
 export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
@@ -77,6 +97,8 @@ export class PartitionRunner {
   /** Every state committed at or below this sequence is stored in the state bucket. */
   publishedSeq = 0;
   lastCommitAt = 0;
+  /** When the partition last committed or finished publishing a batch (or started, or went idle). */
+  private lastProgressAt = Date.now();
   private lastQueuedSeq = 0;
   private queue: JsMsg[] = [];
   private busy: Promise<void> | null = null;
@@ -99,6 +121,7 @@ export class PartitionRunner {
   private rebuildTo = 0;
   private readonly label: { partition: string };
   private readonly log: Logger;
+  private readonly repeated: RepeatedLog;
   /** The partition's input stream. */
   readonly stream: string;
   /** Event time for idle partitions; see partition-ticker.ts. */
@@ -115,6 +138,7 @@ export class PartitionRunner {
     this.label = { partition: String(partition) };
     this.stream = inStream(partition);
     this.log = deps.log.child({ partition });
+    this.repeated = deps.repeated ?? new RepeatedLog(deps.log);
     if (deps.tickMs)
       this.ticker = new PartitionTicker(
         deps.nc,
@@ -157,8 +181,25 @@ export class PartitionRunner {
       'partition running',
     );
     this.status = 'RUNNING';
+    this.lastProgressAt = Date.now();
     this.ticker?.start();
     await this.consume();
+  }
+
+  /**
+   * How long the partition has had work waiting (events queued, a batch being computed or
+   * published) without committing or publishing any of it; 0 while it progresses or is idle. A
+   * partition failed closed holds its lease and does no work at all: it counts from its failure.
+   */
+  stalledMs(now = Date.now()): number {
+    if (this.status === 'FAILED') return now - this.lastProgressAt;
+    if (this.status !== 'RUNNING') return 0;
+    const waiting = this.queue.length > 0 || this.busy !== null || this.unpublished > 0;
+    if (!waiting) {
+      this.lastProgressAt = now;
+      return 0;
+    }
+    return now - this.lastProgressAt;
   }
 
   /**
@@ -186,6 +227,7 @@ export class PartitionRunner {
     this.log.error({ code: err.code }, err.message);
     this.deps.metrics.retentionGaps.inc(this.label);
     this.status = 'FAILED';
+    this.lastProgressAt = Date.now();
     this.queue = [];
     this.messages?.stop();
   }
@@ -336,6 +378,8 @@ export class PartitionRunner {
       return;
     }
     this.lastQueuedSeq = m.seq;
+    // Work arriving at an idle partition: a stall is counted from now, not from the last batch.
+    if (this.queue.length === 0 && !this.busy && this.unpublished === 0) this.lastProgressAt = Date.now();
     if (this.deps.ackBeforeCommit) m.ack();
     this.queue.push(m);
     this.ticker?.onMessage();
@@ -412,6 +456,7 @@ export class PartitionRunner {
     }
     this.committedSeq = result.lastSeq;
     this.lastCommitAt = Date.now();
+    this.lastProgressAt = this.lastCommitAt;
     metrics.handlerSeconds.observe(result.handlerMs / 1000);
     metrics.checkpointSeconds.observe(result.commitMs / 1000);
     metrics.actors.inc(result.created);
@@ -424,14 +469,17 @@ export class PartitionRunner {
     this.unpublished++;
     this.publishing = (async () => {
       await previous;
-      let bySeq: Map<number, JsMsg> | undefined;
-      if (done.dead.length > 0) bySeq = new Map(batch.map((m) => [m.seq, m]));
       const rebuilding = done.lastSeq <= this.rebuildTo;
       const published = rebuilding
         ? done.lastSeq < this.rebuildTo || (await this.finishRebuild())
-        : await this.publishOutputs(done.changes, done.emits, done.dead, async (seq) => {
-            const m = bySeq?.get(seq);
-            return m ? { subject: m.subject, data: m.data, headers: m.headers } : undefined;
+        : await this.publishOutputs(done.changes, done.emits, done.dead, async (seqs) => {
+            const bySeq = new Map(batch.map((m) => [m.seq, m]));
+            const found = new Map<number, Original | null>();
+            for (const seq of seqs) {
+              const m = bySeq.get(seq);
+              found.set(seq, m ? { subject: m.subject, data: m.data, headers: m.headers } : null);
+            }
+            return found;
           });
       if (!this.settle(published, done.lastSeq)) return;
       const now = Date.now();
@@ -489,6 +537,7 @@ export class PartitionRunner {
     }
     void this.deps.store.deleteOutbox(this.partition, lastSeq);
     if (this.rebuildTo === 0) this.publishedSeq = lastSeq;
+    this.lastProgressAt = Date.now();
     return true;
   }
 
@@ -497,79 +546,110 @@ export class PartitionRunner {
    * committed. Emits and dead letters are stored before the state changes: a new owner restores the
    * states and resumes at the acknowledged position, so an event whose state change is stored is
    * never processed again, and its emits and dead letters must be stored already. The input is
-   * acknowledged only after both (the caller does that).
+   * acknowledged only after both (the caller does that). All go through the stored publisher, a
+   * batch at a time (one `js.publish` awaited per dead letter could not keep up with a flood of bad
+   * events). An output NATS refuses for good becomes a dead letter (refused-output.ts) in its place.
    */
   private async publishOutputs(
     changes: [string, Uint8Array | string][],
     emits: Outbox['emits'],
     dead: Outbox['dead'],
-    original: (
-      seq: number,
-    ) => Promise<{ subject: string; data: Uint8Array; headers?: JsMsg['headers'] } | undefined>,
+    /** The events dead-lettered, by sequence: null where the stream no longer holds one; throws
+     * when it cannot tell now (the dead letters are then retried). */
+    originals: (seqs: number[]) => Promise<Map<number, Original | null>>,
   ): Promise<boolean> {
-    const { js, metrics, publisher } = this.deps;
-    const first: Outgoing[] = [];
+    const { metrics, publisher } = this.deps;
+    const ctx = { stream: this.stream, partition: this.partition, epoch: this.lease.epoch };
+    const first: Item[] = [];
     for (const [subject, msgID, json] of emits) {
       // Proof of the lease the output was produced under: readers can drop older epochs.
       const h = natsHeaders();
       h.set(EPOCH_HEADER, String(this.lease.epoch));
       h.set(PARTITION_HEADER, String(this.partition));
       h.set('Nats-Msg-Id', msgID);
-      first.push({ subject, data: json, headers: h });
+      first.push({ out: { subject, data: json, headers: h }, info: () => emitInfo(subject, msgID) });
     }
-    const second: Outgoing[] = changes.map(([kvKey, json]) => ({
-      subject: `${KV_STATE_PREFIX}${kvKey}`,
-      data: json,
+    const second: Item[] = changes.map(([kvKey, json]) => ({
+      out: { subject: `${KV_STATE_PREFIX}${kvKey}`, data: json },
+      info: () => stateInfo(json),
     }));
-    // Dead letters still to store, by index into `dead`.
-    let deadLeft = dead.map((_, i) => i);
+    // Dead letters whose original event is still to read.
+    let deadLeft = dead;
     let pending = first;
     let phase: 1 | 2 = 1;
     for (let attempt = 1; ; attempt++) {
       if (this.fenced || !this.lease.valid()) return false;
       try {
-        const storing = publisher.publish(pending, PUBLISH_TIMEOUT_MS);
-        const failedDead: number[] = [];
         if (phase === 1 && deadLeft.length > 0) {
-          await Promise.all(
-            deadLeft.map(async (i) => {
-              const [seq, code, message, actor] = dead[i]!;
-              try {
-                const m = await original(seq);
-                if (!m) {
-                  this.log.error(
-                    { seq, code },
-                    'dead letter lost its original event: the stream no longer holds it',
-                  );
-                  return;
-                }
-                const written = await publishDeadLetter(js, {
-                  subject: m.subject,
-                  originalSubject: producerSubject(m.subject),
-                  data: m.data,
-                  headers: m.headers,
-                  stream: this.stream,
-                  seq,
-                  code,
-                  message,
-                  actor,
-                  epoch: this.lease.epoch,
-                });
-                if (!written) return;
-                metrics.deadLetters.inc({ code });
-                actorLogger(this.log, actor).warn({ seq, code, err: message }, 'event dead-lettered');
-              } catch {
-                failedDead.push(i);
-              }
-            }),
-          );
+          const found = await originals(deadLeft.map(([seq]) => seq));
+          const later: Outbox['dead'] = [];
+          for (const d of deadLeft) {
+            const [seq, code, message, actor] = d;
+            const m = found.get(seq);
+            if (m === undefined) later.push(d);
+            else if (m === null)
+              this.log.error(
+                { seq, code, actor },
+                'dead letter lost its original event: the stream no longer holds it',
+              );
+            else {
+              const out = deadLetterMessage({
+                subject: m.subject,
+                originalSubject: producerSubject(m.subject),
+                data: m.data,
+                headers: m.headers,
+                stream: this.stream,
+                seq,
+                code,
+                message,
+                actor,
+                epoch: this.lease.epoch,
+              });
+              pending.push({ out, info: () => ({ kind: 'dead-letter', actor, seq, code }), code, message });
+            }
+          }
+          deadLeft = later;
         }
-        const stored = await storing;
-        pending = stored.failed.map((i) => pending[i]!);
-        deadLeft = failedDead;
+        const stored = await publisher.publish(
+          pending.map((p) => p.out),
+          PUBLISH_TIMEOUT_MS,
+        );
+        const retry: Item[] = [];
+        for (let i = 0; i < pending.length; i++) {
+          const p = pending[i]!;
+          const refusal = stored.refused.get(i);
+          if (refusal !== undefined) {
+            const letter = this.refused(p, refusal, ctx);
+            if (letter) retry.push(letter);
+            continue;
+          }
+          if (stored.seqs[i] === 0) {
+            retry.push(p);
+            continue;
+          }
+          // A duplicate was stored before (a retry, an outbox published again): count it once.
+          if (p.code && !stored.duplicate[i]) {
+            metrics.deadLetters.inc({ code: p.code });
+            const info = p.info();
+            this.repeated.warn(
+              `dead:${p.code}:${info.actor ?? ''}`,
+              {
+                partition: this.partition,
+                actor: info.actor,
+                key: info.key,
+                seq: info.seq,
+                code: p.code,
+                err: p.message,
+              },
+              'event dead-lettered',
+            );
+          }
+        }
+        pending = retry;
         if (pending.length > 0 || deadLeft.length > 0) {
+          const what = pending[0] ? pending[0].info() : undefined;
           throw new Error(
-            `${pending.length + deadLeft.length} not stored${stored.error ? `: ${stored.error}` : ''}`,
+            `${pending.length + deadLeft.length} not stored${stored.error ? `: ${stored.error}` : ''}${what ? ` (first: ${what.kind} of actor ${what.actor ?? '?'} key ${JSON.stringify((what.key ?? '?').slice(0, 200))})` : ''}`,
           );
         }
         if (phase === 1) {
@@ -582,13 +662,47 @@ export class PartitionRunner {
         metrics.eventsOut.inc(emits.length);
         return true;
       } catch (err) {
-        this.log.warn(
-          { err: (err as Error).message, attempt, phase },
+        this.repeated.warn(
+          `publish:${this.partition}`,
+          { partition: this.partition, err: (err as Error).message, attempt, phase },
           'publishing committed outputs failed; retrying',
         );
         await sleep(Math.min(2000, 50 * 2 ** attempt));
       }
     }
+  }
+
+  /** The dead letter that stands for an output NATS refused for good; logged each time (rare). */
+  private refused(
+    p: Item,
+    why: string,
+    ctx: { stream: string; partition: number; epoch: number },
+  ): Item | undefined {
+    const info = p.info();
+    const fields = {
+      partition: this.partition,
+      actor: info.actor,
+      key: info.key?.slice(0, 200),
+      seq: info.seq,
+    };
+    // Nothing smaller than a bare dead letter can be sent: say so, and stop retrying it.
+    if (p.refusal === 'bare') {
+      this.log.error({ ...fields, err: why }, 'dead letter of a refused output refused too: dropped');
+      return undefined;
+    }
+    this.log.error(
+      { ...fields, kind: info.kind, err: why },
+      'output refused by NATS for good: dead-lettering it',
+    );
+    // A dead letter refused in turn goes again without its payload.
+    const bare = info.kind === 'dead-letter' || p.refusal === 'payload';
+    return {
+      out: refusedOutput(p.out, info, why, ctx, bare),
+      info: () => ({ ...info, kind: 'dead-letter' }),
+      code: 'PARTITA_ERR_OUTPUT_REFUSED',
+      message: why,
+      refusal: bare ? 'bare' : 'payload',
+    };
   }
 
   /**
@@ -601,7 +715,7 @@ export class PartitionRunner {
     let changes: [string, string][] = [];
     let states = 0;
     const flush = async () => {
-      const ok = await this.publishOutputs(changes, [], [], async () => undefined);
+      const ok = await this.publishOutputs(changes, [], [], async () => new Map());
       changes = [];
       return ok;
     };
@@ -646,7 +760,7 @@ export class PartitionRunner {
         if (rec && rec.q <= this.publishedSeq) changes.push(this.stateChange(actor, key, rec, n));
       }
       if (changes.length === 0) return 0;
-      return (await this.publishOutputs(changes, [], [], async () => undefined)) ? changes.length : 0;
+      return (await this.publishOutputs(changes, [], [], async () => new Map())) ? changes.length : 0;
     });
     this.publishing = run.then(
       () => undefined,
@@ -683,7 +797,7 @@ export class PartitionRunner {
    */
   private async recoverOutboxes(outboxes: readonly Outbox[]): Promise<void> {
     if (outboxes.length === 0) return;
-    const { store, jsm } = this.deps;
+    const { store } = this.deps;
     const n = outboxes[outboxes.length - 1]!.n;
     const keys = new Map<string, [string, string]>();
     for (const ob of outboxes)
@@ -697,17 +811,53 @@ export class PartitionRunner {
       changes,
       outboxes.flatMap((ob) => ob.emits),
       outboxes.flatMap((ob) => ob.dead),
-      async (seq) => {
-        // Only the server saying it has no such message (null) means the event is gone; a timeout or
-        // a stream without a leader (a NATS server just died) throws, and the dead letter is retried.
-        const sm = await jsm.streams.getMessage(this.stream, { seq });
-        return sm ? { subject: sm.subject, data: sm.data, headers: sm.header } : undefined;
-      },
+      (seqs) => this.readEvents(seqs),
     );
     // Not published (the lease lapsed meanwhile): keep the outboxes for the next owner run; deleting
     // them would lose these state changes downstream.
     if (!published)
       throw new Error(`partition ${this.partition}: lease lapsed while publishing its outboxes`);
+  }
+
+  /**
+   * Reads the events `seqs` of the partition's stream in one pass (an ordered consumer from the
+   * lowest to the highest), not with a request each: the outboxes of a flood of bad events hold
+   * thousands of dead letters. Null where the stream no longer holds one; a read that does not
+   * reach the highest in time throws (the dead letters are retried).
+   */
+  private async readEvents(seqs: number[]): Promise<Map<number, Original | null>> {
+    const found = new Map<number, Original | null>();
+    if (seqs.length === 0) return found;
+    const want = new Set(seqs);
+    const lo = seqs.reduce((a, b) => Math.min(a, b));
+    const hi = seqs.reduce((a, b) => Math.max(a, b));
+    const { state } = await this.deps.jsm.streams.info(this.stream);
+    for (const seq of want) if (seq < state.first_seq || seq > state.last_seq) found.set(seq, null);
+    const from = Math.max(lo, state.first_seq);
+    if (from <= Math.min(hi, state.last_seq)) {
+      const consumer = await this.deps.js.consumers.get(this.stream, {
+        deliver_policy: DeliverPolicy.StartSequence,
+        opt_start_seq: from,
+      });
+      const messages = await consumer.consume({ max_messages: 1000 });
+      const timer = setTimeout(() => messages.stop(), PUBLISH_TIMEOUT_MS * 2);
+      let reached = 0;
+      try {
+        for await (const m of messages) {
+          reached = m.seq;
+          if (want.has(m.seq)) found.set(m.seq, { subject: m.subject, data: m.data, headers: m.headers });
+          if (m.seq >= hi) break;
+        }
+      } finally {
+        clearTimeout(timer);
+        messages.stop();
+      }
+      const end = Math.min(hi, state.last_seq);
+      if (reached < end) throw new Error(`read events ${from}..${end} of ${this.stream} only to ${reached}`);
+      // Skipped by the read: deleted from the stream.
+      for (const seq of want) if (!found.has(seq)) found.set(seq, null);
+    }
+    return found;
   }
 }
 

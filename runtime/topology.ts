@@ -44,6 +44,10 @@ export interface TopologyOptions {
   leaseTtlMs?: number;
   /** Max age of window results in PARTITA_AGG, in ms; 0 keeps them forever. @default 2 years */
   aggregatesMaxAgeMs?: number;
+  /** Max age of dead letters in PARTITA_DLQ, in ms; 0 keeps them forever. @default 30 days */
+  dlqMaxAgeMs?: number;
+  /** Most bytes PARTITA_DLQ holds, the oldest dead letters dropped first; -1: no limit. @default 1 GiB */
+  dlqMaxBytes?: number;
 }
 
 export interface Topology {
@@ -90,6 +94,60 @@ async function ensureStream(
       });
     }
   }
+}
+
+/** Dead letters are duplicates within this window drop: long enough to cover a batch published
+ * again after its partition was fenced and taken again, or a node restarted. */
+const DLQ_DUPLICATE_WINDOW_MS = 10 * 60_000;
+
+/**
+ * PARTITA_DLQ, with a retention (a flood of bad events must not fill the disk: age and size, the
+ * oldest dropped first). Only an explicit value (option or environment) changes an existing one.
+ */
+async function ensureDlqStream(
+  jsm: JetStreamManager,
+  replicas: number,
+  opts: TopologyOptions,
+): Promise<void> {
+  const ageExplicit = opts.dlqMaxAgeMs ?? envMs('PARTITA_DLQ_MAX_AGE');
+  const envBytes = process.env.PARTITA_DLQ_MAX_BYTES;
+  const bytesExplicit = opts.dlqMaxBytes ?? (envBytes ? Number(envBytes) : undefined);
+  if (bytesExplicit !== undefined && !(Number.isInteger(bytesExplicit) && bytesExplicit >= -1))
+    throw new PartitaError(
+      'PARTITA_ERR_USAGE',
+      `PARTITA_DLQ_MAX_BYTES must be a whole number, got "${envBytes}"`,
+    );
+  const maxAge = ageExplicit ?? 30 * DAY_MS;
+  const limits = {
+    max_age: nanos(maxAge),
+    max_bytes: bytesExplicit ?? 1024 ** 3,
+    // The server refuses a duplicate window longer than the max age.
+    duplicate_window: nanos(maxAge > 0 ? Math.min(maxAge, DLQ_DUPLICATE_WINDOW_MS) : DLQ_DUPLICATE_WINDOW_MS),
+  };
+  await ensureStream(jsm, {
+    name: DLQ_STREAM,
+    subjects: [`${DLQ_PREFIX}.>`],
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    num_replicas: replicas,
+    ...limits,
+  });
+  if (ageExplicit === undefined && bytesExplicit === undefined) return;
+  const info = await jsm.streams.info(DLQ_STREAM);
+  const want = {
+    ...info.config,
+    ...(ageExplicit !== undefined
+      ? { max_age: limits.max_age, duplicate_window: limits.duplicate_window }
+      : {}),
+    ...(bytesExplicit !== undefined ? { max_bytes: limits.max_bytes } : {}),
+  };
+  if (
+    want.max_age !== info.config.max_age ||
+    want.max_bytes !== info.config.max_bytes ||
+    want.duplicate_window !== info.config.duplicate_window
+  )
+    await jsm.streams.update(DLQ_STREAM, want);
 }
 
 export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions = {}): Promise<Topology> {
@@ -158,14 +216,7 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
     duplicate_window: nanos(120_000),
     num_replicas: replicas,
   });
-  await ensureStream(jsm, {
-    name: DLQ_STREAM,
-    subjects: [`${DLQ_PREFIX}.>`],
-    storage: StorageType.File,
-    retention: RetentionPolicy.Limits,
-    duplicate_window: nanos(120_000),
-    num_replicas: replicas,
-  });
+  await ensureDlqStream(jsm, replicas, opts);
   await ensureAuditStream(nc, replicas);
   // Event time: late events' side output, and every window result (the aggregates' history).
   await ensureStream(

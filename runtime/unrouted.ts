@@ -1,12 +1,14 @@
 // Dead-letters what the partition mapping did not route: subjects under `events.>` of another
 // shape (too many or too few tokens), or every event when the server lacks the mapping.
-import { AckPolicy, type JetStreamClient, type JetStreamManager } from '@nats-io/jetstream';
-import { publishDeadLetter } from './dead-letter.js';
-import type { Logger } from './logger.js';
+import { AckPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
+import type { AckedPublisher, Outgoing } from './acked-publisher.js';
+import { DLQ_HEADERS, deadLetterMessage } from './dead-letter.js';
+import type { Logger, RepeatedLog } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import { UNROUTED_STREAM } from './subjects.js';
 
 const NAME = 'partita-unrouted';
+const PUBLISH_TIMEOUT_MS = 5000;
 
 export class UnroutedDeadLetterer {
   private running = true;
@@ -18,6 +20,9 @@ export class UnroutedDeadLetterer {
     private readonly jsm: JetStreamManager,
     private readonly metrics: NodeMetrics,
     private readonly log: Logger,
+    /** A fetch's dead letters go out together, as a batch's do (see partition-runner.ts). */
+    private readonly publisher: AckedPublisher,
+    private readonly repeated: RepeatedLog,
   ) {}
 
   async start(): Promise<void> {
@@ -31,26 +36,9 @@ export class UnroutedDeadLetterer {
         try {
           const it = await consumer.fetch({ max_messages: 256, expires: 2000 });
           this.stopFetch = () => it.stop();
-          for await (const m of it) {
-            const tokens = m.subject.split('.');
-            const unmapped = tokens.length === 3;
-            const code = unmapped ? 'PARTITA_ERR_UNMAPPED' : 'PARTITA_ERR_UNROUTABLE';
-            const message = unmapped
-              ? 'the server has no partition mapping for events.*.*: start it with `partita nats` or a config from deploy/'
-              : `subject "${m.subject}" does not have the shape events.<type>.<key>`;
-            const written = await publishDeadLetter(this.js, {
-              subject: m.subject,
-              data: m.data,
-              headers: m.headers,
-              stream: UNROUTED_STREAM,
-              seq: m.seq,
-              code,
-              message,
-            });
-            // A redelivery (after a crash between publish and ack) was deduplicated: count it once.
-            if (written) this.metrics.deadLetters.inc({ code });
-            await m.ackAck();
-          }
+          const fetched: JsMsg[] = [];
+          for await (const m of it) fetched.push(m);
+          if (fetched.length > 0) await this.deadLetter(fetched);
         } catch (err) {
           if (!this.running) break;
           this.log.warn({ err: (err as Error).message }, 'unrouted dead-lettering failed; retrying');
@@ -58,6 +46,66 @@ export class UnroutedDeadLetterer {
         }
       }
     })();
+  }
+
+  /** Stores the dead letters of `msgs` and acknowledges each stored one; the rest is redelivered. */
+  private async deadLetter(msgs: JsMsg[]): Promise<void> {
+    const codes: string[] = [];
+    let out: Outgoing[] = msgs.map((m) => {
+      const unmapped = m.subject.split('.').length === 3;
+      const code = unmapped ? 'PARTITA_ERR_UNMAPPED' : 'PARTITA_ERR_UNROUTABLE';
+      codes.push(code);
+      const message = unmapped
+        ? 'the server has no partition mapping for events.*.*: start it with `partita nats` or a config from deploy/'
+        : `subject "${m.subject}" does not have the shape events.<type>.<key>`;
+      return deadLetterMessage({
+        subject: m.subject,
+        data: m.data,
+        headers: m.headers,
+        stream: UNROUTED_STREAM,
+        seq: m.seq,
+        code,
+        message,
+      });
+    });
+    let stored = await this.publisher.publish(out, PUBLISH_TIMEOUT_MS);
+    // One the dead-letter stream refuses for good (its payload over the stream's limit) goes again
+    // without its payload, its size in a header.
+    if (stored.refused.size > 0) {
+      out = out.map((o, i) => {
+        if (!stored.refused.has(i)) return o;
+        const data = typeof o.data === 'string' ? Buffer.byteLength(o.data) : o.data.length;
+        o.headers?.set(DLQ_HEADERS.size, String(data));
+        return { ...o, data: new Uint8Array(0) };
+      });
+      const refused = [...stored.refused.keys()];
+      const again = await this.publisher.publish(
+        refused.map((i) => out[i]!),
+        PUBLISH_TIMEOUT_MS,
+      );
+      const seqs = [...stored.seqs];
+      const duplicate = new Uint8Array(stored.duplicate);
+      refused.forEach((i, j) => {
+        seqs[i] = again.seqs[j]!;
+        duplicate[i] = again.duplicate[j]!;
+      });
+      stored = { ...stored, seqs, duplicate };
+    }
+    for (let i = 0; i < msgs.length; i++) {
+      if (stored.seqs[i] === 0) continue;
+      // A redelivery (after a crash between publish and ack) was deduplicated: count it once.
+      if (!stored.duplicate[i]) {
+        this.metrics.deadLetters.inc({ code: codes[i]! });
+        this.repeated.warn(
+          `unrouted:${codes[i]}`,
+          { code: codes[i], subject: msgs[i]!.subject.slice(0, 200), seq: msgs[i]!.seq },
+          'event dead-lettered',
+        );
+      }
+      msgs[i]!.ack();
+    }
+    if (stored.error)
+      throw new Error(`${stored.failed.length} unrouted dead letters not stored: ${stored.error}`);
   }
 
   async stop(): Promise<void> {
