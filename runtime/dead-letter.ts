@@ -56,11 +56,12 @@ export function deadLetterMessage(d: DeadLetterInput & { key?: string; size?: nu
   }
   h.set(DLQ_HEADERS.code, d.code);
   h.set(DLQ_HEADERS.error, headerValue(d.message));
-  h.set(DLQ_HEADERS.subject, headerValue(d.originalSubject ?? d.subject));
+  // Whole, not cut: it is where a fixed event is published again (subjects hold no line breaks).
+  h.set(DLQ_HEADERS.subject, d.originalSubject ?? d.subject);
   h.set(DLQ_HEADERS.stream, d.stream);
   if (d.seq > 0) h.set(DLQ_HEADERS.seq, String(d.seq));
   if (d.actor) h.set(DLQ_HEADERS.actor, d.actor);
-  if (d.key !== undefined) h.set(DLQ_HEADERS.key, headerValue(d.key));
+  if (d.key !== undefined) h.set(DLQ_HEADERS.key, d.key.replace(/[\r\n]+/g, ' '));
   if (d.size !== undefined) h.set(DLQ_HEADERS.size, String(d.size));
   if (d.epoch) h.set(EPOCH_HEADER, String(d.epoch));
   h.set('Nats-Msg-Id', d.msgID ?? `dlq:${d.stream}:${d.seq}:${d.actor ?? '-'}`);
