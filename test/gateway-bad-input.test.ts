@@ -61,6 +61,10 @@ describe('gateway: bad input', () => {
     assertPartitaError(long, 414, 'PARTITA_ERR_URI_TOO_LONG');
     const badUrl = await app.inject({ method: 'GET', url: '/v1/actors/a/%E0%A4%A' });
     assertPartitaError(badUrl, 400, 'PARTITA_ERR_BAD_REQUEST');
+    // The governance routes' own answers too.
+    for (const url of ['/v1/schemas/nosuch', '/v1/actors/acct/nobody/lineage', '/no/such/route']) {
+      assertPartitaError(await app.inject({ method: 'GET', url }), 404, 'PARTITA_ERR_NOT_FOUND');
+    }
   });
 
   it('refuses every name longer than MAX_KEY_BYTES with 400 PARTITA_ERR_KEY_TOO_LONG', async () => {
