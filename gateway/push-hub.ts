@@ -591,20 +591,21 @@ export class PushHub {
     }
   }
 
-  /** The consumer's messages, one fetch of a chunk at a time: the next only once these are taken. */
+  /**
+   * The consumer's messages, one fetch of a chunk at a time: the next only once these are taken.
+   * Only the entries there at the start: later ones reach the client as live changes, and a busy
+   * bucket would otherwise keep a snapshot going for ever.
+   */
   private async *readChunks(c: PushClient, consumer: Consumer): AsyncIterable<StateMsg> {
     const prefixLen = `$KV.${STATE_BUCKET}.`.length;
-    let pending = (await consumer.info(true)).num_pending;
-    while (pending > 0 && !c.closed) {
-      const msgs = await consumer.fetch({
-        max_messages: Math.min(this.snapshotChunk, pending),
-        expires: 5000,
-      });
+    let left = (await consumer.info(true)).num_pending;
+    while (left > 0 && !c.closed) {
+      const msgs = await consumer.fetch({ max_messages: Math.min(this.snapshotChunk, left), expires: 5000 });
       const got: StateMsg[] = [];
       let n = 0;
       for await (const m of msgs) {
         n++;
-        pending = m.info.pending;
+        left = m.info.pending === 0 ? 0 : left - 1;
         const op = m.headers?.get('KV-Operation');
         if (op === 'DEL' || op === 'PURGE' || m.data.length === 0) continue;
         const tail = m.subject.slice(prefixLen);
