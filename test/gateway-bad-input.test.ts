@@ -104,6 +104,23 @@ describe('gateway: bad input', () => {
     }
   });
 
+  it('answers a failed state read with 500 in the Partita shape', async () => {
+    const down = await startTestNats({ partitions: 2 });
+    const dkv = await new Kvm(await down.connect()).open(STATE_BUCKET);
+    const gw = buildGateway({ state: dkv, connected: () => false });
+    try {
+      await down.server.stop('SIGKILL');
+      assertPartitaError(
+        await gw.inject({ method: 'GET', url: '/v1/actors/acct/k-1' }),
+        500,
+        'PARTITA_ERR_INTERNAL',
+      );
+    } finally {
+      await gw.close();
+      await down.stop().catch(() => undefined);
+    }
+  });
+
   it('limits failed authentications per address, and not valid tokens from other addresses', async () => {
     const secured = buildGateway({
       state: kv,
