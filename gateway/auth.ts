@@ -3,6 +3,7 @@
 // any plugin get the check, because the hook is installed on the root instance.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import rateLimit from '@fastify/rate-limit';
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
 import { PartitaError } from '../runtime/index.js';
 import { sendError } from './http-error.js';
@@ -140,10 +141,6 @@ function deny(reply: FastifyReply, status: 401 | 403, scope: Scope, detail: stri
 }
 
 function check(req: FastifyRequest, reply: FastifyReply, table: TokenTable, scope: Scope) {
-  if (table.size === 0) {
-    req.principal = ANONYMOUS;
-    return undefined;
-  }
   const token = tokenOf(req);
   if (token === null) return deny(reply, 401, scope, 'send Authorization: Bearer <token>');
   const principal = token === '' ? null : table.lookup(token);
@@ -155,16 +152,48 @@ function check(req: FastifyRequest, reply: FastifyReply, table: TokenTable, scop
   return undefined;
 }
 
+export interface AuthFailureLimit {
+  /** Failed attempts (no token, an unknown one) an address may make per window. @default 10 */
+  max?: number;
+  /** @default 1000 */
+  windowMs?: number;
+}
+
 /**
  * Installs the check on the root instance: every route, in any plugin, needs its config's scope.
  * Call it before registering routes.
+ *
+ * Failed attempts are counted per client address (@fastify/rate-limit's store, an LRU): once an
+ * address used up its budget, every request from it that needs a token is a 429 with
+ * `Retry-After` until the window ends, even one with a valid token, so guessing gains nothing;
+ * other addresses are not affected.
  */
-export function installAuth(app: FastifyInstance, table: TokenTable): void {
+export function installAuth(app: FastifyInstance, table: TokenTable, failures: AuthFailureLimit = {}): void {
   app.decorateRequest('principal', null);
+  const max = failures.max ?? 10;
+  const windowMs = failures.windowMs ?? 1000;
+  if (table.size > 0) app.register(rateLimit, { global: false });
+  let limiter: ReturnType<FastifyInstance['createRateLimit']> | null = null;
   app.addHook('onRequest', async (req, reply) => {
     const scope = req.routeOptions.config?.scope ?? 'read';
     if (scope === 'public') return;
+    if (table.size === 0) {
+      req.principal = ANONYMOUS;
+      return;
+    }
+    // Created on first use: the plugin's decorator exists once the plugin has loaded.
+    limiter ??= app.createRateLimit({ max, timeWindow: windowMs });
+    const seen = await limiter(req, { increment: false });
+    if (!seen.isAllowed && seen.remaining === 0) {
+      reply.header('retry-after', String(Math.max(1, seen.ttlInSeconds)));
+      return sendError(
+        reply,
+        'PARTITA_ERR_RATE_LIMITED',
+        `more than ${max} failed authentications from ${req.ip} in ${windowMs} ms; retry later`,
+      );
+    }
     const denied = check(req, reply, table, scope);
+    if (denied && reply.statusCode === 401) await limiter(req);
     if (denied) return denied;
   });
 }

@@ -2,10 +2,12 @@
 // `POST /get-online-features` and `GET /health`. A Feast feature view is a Partita actor, a feature
 // is a field of its state (`<actor>:<field>`, a dotted path reaches nested fields), and the one
 // entity column lists actor keys.
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { KV } from '@nats-io/kv';
 import type { FastifyInstance } from 'fastify';
 import { stateKvKey } from '../runtime/index.js';
 import { sendError } from './http-error.js';
+import { tooLongName } from './key-limit.js';
 
 /** Feast's `FieldStatus` words. */
 export type FeastStatus = 'PRESENT' | 'NOT_FOUND' | 'NULL_VALUE' | 'OUTSIDE_MAX_AGE' | 'INVALID';
@@ -33,6 +35,8 @@ export interface FeatureOptions {
   connected: () => boolean;
   /** Values older than this (by their commit time) are `OUTSIDE_MAX_AGE`, like a Feast view's ttl. */
   maxAgeSeconds?: number;
+  /** Entities × features one request may ask for; above it, 413. @default 100000 */
+  maxCells?: number;
 }
 
 /** Feast prints timestamps as RFC 3339 in UTC, with fractional seconds only when there are some. */
@@ -41,7 +45,11 @@ export function feastTimestamp(ms: number): string {
 }
 const EPOCH = feastTimestamp(0);
 
-const MAX_LOOKUPS = 20_000;
+export const DEFAULT_MAX_FEATURE_CELLS = 100_000;
+/** State reads in flight for one request: enough to hide the round trip, few enough to share NATS. */
+const READS_IN_FLIGHT = 64;
+/** Cells built (or reads taken in) between two yields to the event loop. */
+const CELLS_PER_TURN = 2000;
 
 const requestSchema = {
   type: 'object',
@@ -185,46 +193,59 @@ export async function featureRoutes(app: FastifyInstance, opts: FeatureOptions):
         seen.add(n);
       }
       const [entityName, entityValues] = Object.entries(body.entities)[0]!;
-      const actors = [...new Set(refs.map((r) => r.actor))];
-      if (actors.length * entityValues.length > MAX_LOOKUPS) {
+      const maxCells = opts.maxCells ?? DEFAULT_MAX_FEATURE_CELLS;
+      if (entityValues.length * refs.length > maxCells) {
         return sendError(
           reply,
-          'PARTITA_ERR_BAD_REQUEST',
-          `${actors.length} actors × ${entityValues.length} entities is more than ${MAX_LOOKUPS} lookups; split the request`,
+          'PARTITA_ERR_FEATURE_REQUEST_TOO_LARGE',
+          `${entityValues.length} entities × ${refs.length} features is more than ${maxCells} cells; split the request`,
         );
       }
-      // One read per (actor, key), all in flight at once.
-      const stored = new Map<string, Promise<Stored | null>>();
+      const actors = [...new Set(refs.map((r) => r.actor))];
+      const long = tooLongName([
+        ...actors.map((a): [string, string] => [`the actor of a feature (${a.slice(0, 32)}…)`, a]),
+        ...entityValues.map((v, i): [string, string] => [`entities.${entityName}[${i}]`, String(v)]),
+      ]);
+      if (long) return sendError(reply, 'PARTITA_ERR_KEY_TOO_LONG', long);
+
+      // One read per (actor, key), a bounded number in flight, so one request neither floods NATS
+      // nor, taking the answers in, holds the event loop from other requests.
+      const lookups = new Map<string, [string, string]>();
       for (const actor of actors) {
-        for (const v of entityValues) {
-          const key = String(v);
-          const id = `${actor}\u0000${key}`;
-          if (stored.has(id)) continue;
-          stored.set(
-            id,
-            opts.state.get(stateKvKey(actor, key)).then((e) => {
-              if (e?.operation !== 'PUT' || e.length === 0) return null;
-              const v = e.json<{ state: unknown; updatedAt: string }>();
-              return { state: v.state, updatedAt: Date.parse(v.updatedAt) };
-            }),
-          );
-        }
+        for (const v of entityValues) lookups.set(`${actor}\u0000${String(v)}`, [actor, String(v)]);
       }
       const rows = new Map<string, Stored | null>();
-      await Promise.all([...stored].map(async ([id, p]) => rows.set(id, await p)));
+      const queue = [...lookups];
+      let taken = 0;
+      const reader = async () => {
+        for (let next = queue.pop(); next; next = queue.pop()) {
+          const [id, [actor, key]] = next;
+          const e = await opts.state.get(stateKvKey(actor, key));
+          if (e?.operation !== 'PUT' || e.length === 0) rows.set(id, null);
+          else {
+            const v = e.json<{ state: unknown; updatedAt: string }>();
+            rows.set(id, { state: v.state, updatedAt: Date.parse(v.updatedAt) });
+          }
+          if (++taken % CELLS_PER_TURN === 0) await nextTurn();
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, queue.length) }, reader));
 
       const now = Date.now();
       const maxAgeMs = opts.maxAgeSeconds !== undefined ? opts.maxAgeSeconds * 1000 : Infinity;
-      const results: FeastColumn[] = [
-        {
+      // Each column is serialized on its own, yielding between runs of cells.
+      const columns: string[] = [
+        JSON.stringify({
           values: entityValues,
           statuses: entityValues.map(() => 'PRESENT'),
           event_timestamps: entityValues.map(() => EPOCH),
-        },
+        }),
       ];
+      let built = 0;
       for (const r of refs) {
         const col: FeastColumn = { values: [], statuses: [], event_timestamps: [] };
         for (const v of entityValues) {
+          if (++built % CELLS_PER_TURN === 0) await nextTurn();
           const row = rows.get(`${r.actor}\u0000${String(v)}`);
           if (!row) {
             col.values.push(null);
@@ -254,14 +275,14 @@ export async function featureRoutes(app: FastifyInstance, opts: FeatureOptions):
             col.statuses.push('PRESENT');
           }
         }
-        results.push(col);
+        columns.push(JSON.stringify(col));
+        await nextTurn();
       }
-      const response: FeastResponse = {
-        metadata: { feature_names: [entityName, ...refs.map((r) => (full ? r.fullName : r.name))] },
-        results,
+      const metadata: FeastResponse['metadata'] = {
+        feature_names: [entityName, ...refs.map((r) => (full ? r.fullName : r.name))],
       };
       reply.header('content-type', 'application/json; charset=utf-8');
-      return JSON.stringify(response);
+      return `{"metadata":${JSON.stringify(metadata)},"results":[${columns.join(',')}]}`;
     },
   );
 }

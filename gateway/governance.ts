@@ -13,6 +13,7 @@ import {
   type SchemaFormat,
   stateKvKey,
 } from '../runtime/index.js';
+import { sendError } from './http-error.js';
 
 export interface GovernanceRoutesOptions {
   nc: NatsConnection;
@@ -33,7 +34,7 @@ function who(req: FastifyRequest): string {
 
 function fail(reply: FastifyReply, err: unknown) {
   if (err instanceof PartitaError)
-    return reply.code(err.status).send({ error: err.code, message: err.message });
+    return reply.code(err.status).send({ error: err.code, message: err.message, statusCode: err.status });
   throw err;
 }
 
@@ -70,9 +71,7 @@ export const governanceRoutes: FastifyPluginAsync<GovernanceRoutesOptions> = asy
     async (req, reply) => {
       const versions = await registry.versions(req.params.type);
       if (versions.length === 0)
-        return reply
-          .code(404)
-          .send({ error: 'PARTITA_ERR_NOT_FOUND', message: `no schema for type "${req.params.type}"` });
+        return sendError(reply, 'PARTITA_ERR_NOT_FOUND', `no schema for type "${req.params.type}"`);
       return { type: req.params.type, versions };
     },
   );
@@ -115,9 +114,7 @@ export const governanceRoutes: FastifyPluginAsync<GovernanceRoutesOptions> = asy
       const { actor, key } = req.params;
       const entry = await opts.state.get(stateKvKey(actor, key));
       if (entry?.operation !== 'PUT')
-        return reply
-          .code(404)
-          .send({ error: 'PARTITA_ERR_NOT_FOUND', message: `no state for ${actor}/${key}` });
+        return sendError(reply, 'PARTITA_ERR_NOT_FOUND', `no state for ${actor}/${key}`);
       const change = entry.json<{ seq: number; partition: number; cause?: unknown; lineage?: number[] }>();
       const stream = inStream(change.partition);
       const seqs = [...(change.lineage ?? [])].reverse();

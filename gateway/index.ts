@@ -2,11 +2,13 @@
 import { connect } from '@nats-io/transport-node';
 import type { FastifyInstance } from 'fastify';
 import { defaultNatsUrl, ensureStateBucket, PartitaError } from '../runtime/index.js';
-import type { TokenSpec } from './auth.js';
+import type { AuthFailureLimit, TokenSpec } from './auth.js';
+import { hostName, LOOPBACK_NAMES } from './origin-check.js';
 import type { RateLimitOptions } from './rate-limit.js';
 import { buildGateway, type GatewayDeps } from './server.js';
 
 export {
+  type AuthFailureLimit,
   loadTokensFile,
   type Principal,
   parseTokenList,
@@ -15,7 +17,9 @@ export {
   type TokenSpec,
 } from './auth.js';
 export type { FeastColumn, FeastRequest, FeastResponse, FeastStatus } from './features.js';
+export { DEFAULT_MAX_FEATURE_CELLS } from './features.js';
 export { errorBody, sendError } from './http-error.js';
+export type { OriginOptions } from './origin-check.js';
 export type { FrameType, PushFilter, PushHub, PushHubOptions } from './push-hub.js';
 export type { RateLimitOptions } from './rate-limit.js';
 export { buildGateway, type GatewayDeps } from './server.js';
@@ -32,6 +36,17 @@ export interface GatewayOptions {
   /** @default { perSecond: 100 } per token (or client address) */
   rateLimit?: RateLimitOptions;
   featureMaxAgeSeconds?: number;
+  /** Entities × features one feature request may ask for. @default 100000 */
+  maxFeatureCells?: number;
+  /** Failed authentications allowed per client address. @default 10 a second */
+  authFailures?: AuthFailureLimit;
+  /**
+   * More Host names to answer besides the listen address and loopback names; `*` answers any.
+   * A gateway on a wildcard address (0.0.0.0, ::) answers any unless this is given.
+   */
+  allowedHosts?: readonly string[];
+  /** Origins whose pages may open push subscriptions without tokens, besides the gateway's own. */
+  allowedOrigins?: readonly string[];
   push?: GatewayDeps['push'];
 }
 
@@ -42,6 +57,15 @@ export interface RunningGateway {
 }
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|::1|localhost)$/;
+const WILDCARD = /^(0\.0\.0\.0|::|\[::\])$/;
+
+/** The Host names a gateway listening on `host` answers; null answers any. */
+export function allowedHostsFor(host: string, extra: readonly string[] = []): string[] | null {
+  if (extra.includes('*')) return null;
+  // Behind a Service or proxy, a gateway on every interface cannot know its names: tokens protect it.
+  if (WILDCARD.test(host) && extra.length === 0) return null;
+  return [...LOOPBACK_NAMES, hostName(host), ...extra];
+}
 
 export async function startGateway(opts: GatewayOptions = {}): Promise<RunningGateway> {
   const host = opts.host ?? '127.0.0.1';
@@ -67,6 +91,9 @@ export async function startGateway(opts: GatewayOptions = {}): Promise<RunningGa
     tokens,
     rateLimit: opts.rateLimit,
     featureMaxAgeSeconds: opts.featureMaxAgeSeconds,
+    maxFeatureCells: opts.maxFeatureCells,
+    authFailures: opts.authFailures,
+    origins: { allowedHosts: allowedHostsFor(host, opts.allowedHosts), allowedOrigins: opts.allowedOrigins },
     push: opts.push,
   });
   let url: string;

@@ -2,8 +2,13 @@
 // once and handed to the clients whose filter matches. Nothing here ever waits for a client: a
 // client whose transport is full stops receiving frames and keeps only the latest change per key
 // (coalescing) until its transport drains, so a slow client costs memory bounded by the keys it
-// watches, never time of the runtime or of other clients.
-import { DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
+// watches, never time of the runtime or of other clients. A client whose transport stays full for
+// longer than `maxBlockedMs` is dropped, so a client that never reads holds nothing for long.
+//
+// Snapshots read the state bucket with one ordered pull consumer each, a chunk at a time as the
+// client takes them, and delete it when the snapshot ends or the client goes; at most
+// `maxSnapshots` are read at once, so a crowd of new clients cannot swamp JetStream's API.
+import { type Consumer, DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
@@ -34,8 +39,14 @@ export interface PushSink {
   send(frame: Buffer | string): boolean;
   /** Called once when the transport can take more after `write` returned false. */
   onDrain(cb: () => void): void;
-  close(reason: 'overflow' | 'shutdown'): void;
+  /**
+   * Ends the transport: `overflow` after a last overflow frame; `stalled` at once (the client
+   * has not read for `maxBlockedMs`, nothing more can reach it); `shutdown` when the gateway stops.
+   */
+  close(reason: CloseReason): void;
 }
+
+export type CloseReason = 'overflow' | 'stalled' | 'shutdown';
 
 export interface PushHubOptions {
   /** Distinct keys a blocked client may hold before it is disconnected. @default 10000 */
@@ -46,6 +57,10 @@ export interface PushHubOptions {
   statusMs?: number;
   /** Changes per snapshot frame. @default 500 */
   snapshotChunk?: number;
+  /** How long a client's transport may stay full before the client is dropped. @default 30000 */
+  maxBlockedMs?: number;
+  /** Snapshots read from the state bucket at once (one consumer each); others wait. @default 32 */
+  maxSnapshots?: number;
   /** Reads the cluster status for `status` frames (partitions, owners, lag). */
   readStatus?: () => Promise<unknown>;
   registry?: Registry;
@@ -105,6 +120,9 @@ export class PushClient {
   /** Changes replaced by a newer one of the same key before they were sent. */
   coalesced = 0;
   sent = 0;
+  private stallTimer: NodeJS.Timeout | null = null;
+  private readonly ended: Promise<void>;
+  private end!: () => void;
 
   constructor(
     private readonly hub: PushHub,
@@ -114,6 +132,9 @@ export class PushClient {
     this.actorTok = filter.actor !== undefined ? kvToken(filter.actor) : null;
     this.keyTok = filter.key !== undefined ? kvToken(filter.key) : null;
     this.prefixTok = filter.prefix !== undefined && filter.prefix !== '' ? kvToken(filter.prefix) : null;
+    this.ended = new Promise((r) => {
+      this.end = r;
+    });
   }
 
   get closed(): boolean {
@@ -178,13 +199,40 @@ export class PushClient {
 
   private block(): void {
     this.blocked = true;
+    this.watchStall();
     this.sink.onDrain(() => {
       this.blocked = false;
+      this.clearStall();
       // During a snapshot the held changes wait for it to finish (it releases them).
       if (this.phase !== 'live') return;
       this.releasePending();
       if (this.batch.length > 0) this.hub.markDirty(this);
     });
+  }
+
+  /** Drops the client once its transport has been full for `maxBlockedMs`. */
+  private watchStall(): void {
+    this.stallTimer ??= setTimeout(() => this.close('stalled'), this.hub.maxBlockedMs);
+    this.stallTimer.unref();
+  }
+
+  private clearStall(): void {
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+  }
+
+  /** Resolves when the transport drains or the client ends, whichever comes first. */
+  private drained(): Promise<void> {
+    this.watchStall();
+    return Promise.race([
+      new Promise<void>((r) =>
+        this.sink.onDrain(() => {
+          this.clearStall();
+          r();
+        }),
+      ),
+      this.ended,
+    ]);
   }
 
   private releasePending(): void {
@@ -211,7 +259,7 @@ export class PushClient {
     let count = 0;
     const send = async (type: FrameType, json: string) => {
       if (this.sink.send(this.sink.encode(type, json))) return;
-      await new Promise<void>((r) => this.sink.onDrain(r));
+      await this.drained();
     };
     for await (const m of read(this)) {
       if (this.closed) return;
@@ -225,6 +273,7 @@ export class PushClient {
         const c = chunk;
         chunk = [];
         await send('snapshot', `{"type":"snapshot","changes":[${c.join(',')}]}`);
+        if (this.closed) return; // leaving the loop ends the read (its consumer is deleted)
       }
     }
     if (this.closed) return;
@@ -246,12 +295,14 @@ export class PushClient {
     if (!this.sink.send(this.sink.encode(type, json))) this.block();
   }
 
-  close(reason: 'overflow' | 'shutdown'): void {
+  close(reason: CloseReason): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    this.clearStall();
+    this.end();
     this.pending.clear();
     this.batch = [];
-    if (reason === 'overflow') this.hub.metrics.overflows.inc();
+    if (reason !== 'shutdown') this.hub.metrics.overflows.inc();
     this.sink.close(reason);
     this.hub.remove(this);
   }
@@ -260,6 +311,10 @@ export class PushClient {
   gone(): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
+    this.clearStall();
+    this.end();
+    this.pending.clear();
+    this.batch = [];
     this.hub.remove(this);
   }
 }
@@ -299,7 +354,7 @@ function pushMetrics(registry: Registry | undefined): PushMetrics {
     }),
     overflows: new Counter({
       name: 'partita_gateway_push_overflows_total',
-      help: 'Clients disconnected because they fell behind by more than the pending-key bound',
+      help: 'Clients disconnected because they fell behind by more than the pending-key bound or stayed blocked longer than the time bound',
       registers,
     }),
     commitToGateway: new Histogram({
@@ -353,6 +408,8 @@ export class PushHub {
   readonly metrics: PushMetrics;
   readonly maxPendingKeys: number;
   readonly snapshotChunk: number;
+  readonly maxBlockedMs: number;
+  private readonly snapshotSlots: Slots;
   /** State changes received since start. */
   received = 0;
   /** False while the NATS connection is down (between disconnect and reconnect). */
@@ -367,6 +424,8 @@ export class PushHub {
     this.metrics = pushMetrics(opts.registry);
     this.maxPendingKeys = opts.maxPendingKeys ?? 10_000;
     this.snapshotChunk = opts.snapshotChunk ?? 500;
+    this.maxBlockedMs = opts.maxBlockedMs ?? 30_000;
+    this.snapshotSlots = new Slots(opts.maxSnapshots ?? 32);
   }
 
   get clientCount(): number {
@@ -512,34 +571,50 @@ export class PushHub {
       }
       return;
     }
-    const filterSubject = `$KV.${STATE_BUCKET}.${c.actorTok ?? '*'}.>`;
-    const consumer = await this.js.consumers.getPushConsumer(`KV_${STATE_BUCKET}`, {
-      filter_subjects: filterSubject,
-      // The bucket keeps one entry per key, so All is the latest per key (and quick to set up on 2.9).
-      deliver_policy: DeliverPolicy.All,
-    });
-    const count = (await consumer.info(true)).num_pending;
-    if (count === 0) {
-      await consumer.delete().catch(() => undefined);
-      return;
-    }
-    const msgs = await consumer.consume();
-    const prefixLen = `$KV.${STATE_BUCKET}.`.length;
-    let i = 0;
+    await this.snapshotSlots.take();
     try {
-      for await (const m of msgs) {
-        i++;
-        const op = m.headers?.get('KV-Operation');
-        if (op !== 'DEL' && op !== 'PURGE' && m.data.length > 0) {
-          const tail = m.subject.slice(prefixLen);
-          const dot = tail.indexOf('.');
-          const keyTok = tail.slice(dot + 1);
-          if (c.matches(keyTok)) yield new StateMsg(0, tail, tail.slice(0, dot), keyTok, m.string());
-        }
-        if (i >= count || m.info.pending === 0 || c.closed) break;
+      if (c.closed) return;
+      // Deleted below; the threshold only covers a gateway that dies mid-snapshot.
+      const consumer = await this.js.consumers.get(`KV_${STATE_BUCKET}`, {
+        filter_subjects: `$KV.${STATE_BUCKET}.${c.actorTok ?? '*'}.>`,
+        // The bucket keeps one entry per key, so All is the latest per key (and quick to set up on 2.9).
+        deliver_policy: DeliverPolicy.All,
+        inactive_threshold: this.maxBlockedMs + 30_000,
+      });
+      try {
+        yield* this.readChunks(c, consumer);
+      } finally {
+        await consumer.delete().catch(() => undefined);
       }
     } finally {
-      msgs.stop();
+      this.snapshotSlots.give();
+    }
+  }
+
+  /**
+   * The consumer's messages, one fetch of a chunk at a time: the next only once these are taken.
+   * Only the entries there at the start: later ones reach the client as live changes, and a busy
+   * bucket would otherwise keep a snapshot going for ever.
+   */
+  private async *readChunks(c: PushClient, consumer: Consumer): AsyncIterable<StateMsg> {
+    const prefixLen = `$KV.${STATE_BUCKET}.`.length;
+    let left = (await consumer.info(true)).num_pending;
+    while (left > 0 && !c.closed) {
+      const msgs = await consumer.fetch({ max_messages: Math.min(this.snapshotChunk, left), expires: 5000 });
+      const got: StateMsg[] = [];
+      let n = 0;
+      for await (const m of msgs) {
+        n++;
+        left = m.info.pending === 0 ? 0 : left - 1;
+        const op = m.headers?.get('KV-Operation');
+        if (op === 'DEL' || op === 'PURGE' || m.data.length === 0) continue;
+        const tail = m.subject.slice(prefixLen);
+        const dot = tail.indexOf('.');
+        const keyTok = tail.slice(dot + 1);
+        if (c.matches(keyTok)) got.push(new StateMsg(0, tail, tail.slice(0, dot), keyTok, m.string()));
+      }
+      if (n === 0) return; // the entries went meanwhile
+      yield* got;
     }
   }
 
@@ -549,5 +624,25 @@ export class PushHub {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
     for (const set of [...this.byActor.values()]) for (const c of [...set]) c.close('shutdown');
+  }
+}
+
+/** A counting semaphore: at most n holders, the others wait in order. */
+class Slots {
+  private readonly waiting: (() => void)[] = [];
+  constructor(private free: number) {}
+
+  async take(): Promise<void> {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    await new Promise<void>((r) => this.waiting.push(r));
+  }
+
+  give(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
   }
 }

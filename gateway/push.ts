@@ -6,7 +6,7 @@ import type { Socket } from 'node:net';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { WebSocket } from 'ws';
 import { sendError } from './http-error.js';
-import type { PushFilter, PushHub, PushSink } from './push-hub.js';
+import type { CloseReason, PushFilter, PushHub, PushSink } from './push-hub.js';
 
 export interface PushRouteOptions {
   hub: PushHub | null;
@@ -38,6 +38,9 @@ const filterQuery = {
   additionalProperties: false,
 } as const;
 
+/** How long an ended SSE response may take to reach a client before its socket is destroyed. */
+const END_GRACE_MS = 30_000;
+
 function filterOf(q: FilterQuery): PushFilter | string {
   if (q.key !== undefined && q.prefix !== undefined) return 'give key or prefix, not both';
   return { actor: q.actor, key: q.key, prefix: q.prefix, status: q.status === true };
@@ -67,6 +70,7 @@ export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): 
   app.get<{ Querystring: FilterQuery }>(
     '/v1/subscribe',
     {
+      config: { sameOrigin: true },
       schema: {
         summary: 'Server-Sent Events: a snapshot of the matching states, then every committed change',
         description:
@@ -98,10 +102,18 @@ export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): 
         send: (frame) => res.write(frame),
         onDrain: (cb) => res.once('drain', cb),
         close: (reason) => {
+          if (reason === 'stalled') {
+            res.destroy();
+            return;
+          }
           if (reason === 'overflow') {
             res.write(`event: overflow\ndata: {"type":"overflow","error":"PARTITA_ERR_PUSH_OVERFLOW"}\n\n`);
           }
           res.end();
+          // A client that does not read never takes the end: its socket must not outlive it.
+          const t = setTimeout(() => res.destroy(), END_GRACE_MS);
+          t.unref();
+          res.once('close', () => clearTimeout(t));
         },
       };
       const client = hub.add(sink, filter);
@@ -113,6 +125,7 @@ export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): 
     '/v1/ws',
     {
       websocket: true,
+      config: { sameOrigin: true },
       schema: {
         summary: 'WebSocket: a snapshot of the matching states, then every committed change',
         description:
@@ -144,8 +157,9 @@ export async function pushRoutes(app: FastifyInstance, opts: PushRouteOptions): 
           for (const f of w) f();
         }
       };
-      const close = (reason: 'overflow' | 'shutdown') => {
-        if (reason === 'overflow') {
+      const close = (reason: CloseReason) => {
+        if (reason === 'stalled') socket.terminate();
+        else if (reason === 'overflow') {
           socket.send('{"type":"overflow","error":"PARTITA_ERR_PUSH_OVERFLOW"}');
           socket.close(4008, 'fell behind');
         } else socket.close(1001, 'gateway stopping');

@@ -14,12 +14,14 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 import { readStatus } from '../runtime/status.js';
-import { installAuth, type TokenSpec, TokenTable } from './auth.js';
+import { type AuthFailureLimit, installAuth, type TokenSpec, TokenTable } from './auth.js';
 import { dashboardRoutes } from './dashboard.js';
 import { featureRoutes } from './features.js';
 import { governanceRoutes } from './governance.js';
-import { installErrorHandler } from './http-error.js';
+import { clientErrorHandler, frameworkErrors, installErrorHandler } from './http-error.js';
+import { installKeyLimit } from './key-limit.js';
 import { installOpenApi } from './openapi.js';
+import { installOriginCheck, type OriginOptions } from './origin-check.js';
 import { pushRoutes } from './push.js';
 import { PushHub, type PushHubOptions } from './push-hub.js';
 import { installRateLimit, type RateLimitOptions } from './rate-limit.js';
@@ -38,6 +40,12 @@ export interface GatewayDeps {
   /** Bearer tokens; none means every route is open (and `startGateway` listens on loopback only). */
   tokens?: readonly TokenSpec[];
   rateLimit?: RateLimitOptions;
+  /** Failed authentications allowed per client address. @default 10 a second */
+  authFailures?: AuthFailureLimit;
+  /** The Host names served and the origins allowed to subscribe without tokens. */
+  origins?: OriginOptions;
+  /** Entities × features one feature request may ask for. @default 100000 */
+  maxFeatureCells?: number;
   /** Feature values committed longer ago than this are served as OUTSIDE_MAX_AGE. */
   featureMaxAgeSeconds?: number;
   push?: PushHubOptions & { wsHighWaterBytes?: number };
@@ -54,6 +62,11 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: 4 * 1024 * 1024,
+    // A key of MAX_KEY_BYTES percent-encoded is three times as long; longer keys still reach the
+    // route, to be refused as PARTITA_ERR_KEY_TOO_LONG (Node bounds the whole URL at 16 KB).
+    routerOptions: { maxParamLength: 8 * 1024 },
+    frameworkErrors,
+    clientErrorHandler,
     // No array coercion (a string where a list belongs is a 400, not a list of one), and an unknown
     // property is an error, not silently dropped.
     ajv: { customOptions: { allowUnionTypes: true, coerceTypes: true, removeAdditional: false } },
@@ -85,8 +98,11 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
   // Order matters: hooks on the root instance apply to every plugin registered after them.
   installErrorHandler(app);
   installOpenApi(app, { title: 'Partita gateway', version: '0.1.0' });
-  installAuth(app, new TokenTable(deps.tokens ?? []));
+  const tokens = new TokenTable(deps.tokens ?? []);
+  installOriginCheck(app, deps.origins ?? {}, tokens.size === 0);
+  installAuth(app, tokens, deps.authFailures);
   installRateLimit(app, deps.rateLimit);
+  installKeyLimit(app);
 
   const nc = deps.nc;
   const status = nc ? () => readStatus(nc) : undefined;
@@ -128,6 +144,7 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
     state: deps.state,
     connected: deps.connected,
     maxAgeSeconds: deps.featureMaxAgeSeconds,
+    maxCells: deps.maxFeatureCells,
   });
   app.register(pushRoutes, { hub, wsHighWaterBytes: deps.push?.wsHighWaterBytes });
   app.register(dashboardRoutes);

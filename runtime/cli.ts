@@ -55,8 +55,11 @@ const USAGE = `usage: partita <command> [options]
       PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill; --handler-timeout: longest a
       handler may run on one event (default 5s), past it the event is dead-lettered
   gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N] [--feature-max-age S]
+          [--max-feature-cells N] [--allowed-hosts H,H] [--allowed-origins URL,URL]
       the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS
-      (name:secret:scope[+scope],...); without tokens it listens on loopback only
+      (name:secret:scope[+scope],...); without tokens it listens on loopback only; it answers
+      Host names of its address and loopback (and --allowed-hosts, * for any); without tokens,
+      push subscriptions only from its own pages (and --allowed-origins)
   status [--nats URL] [--json]
       partitions, owners, lag and checkpoint age
   drill [--nats URL] [--faults crash,stall,handoff] [--count N] [--seed S] [--stall-ms MS]
@@ -301,9 +304,19 @@ const COMMANDS: Record<string, Command> = {
       tokens: { type: 'string' },
       'rate-limit': { type: 'string' },
       'feature-max-age': { type: 'string' },
+      'max-feature-cells': { type: 'string' },
+      'allowed-hosts': { type: 'string' },
+      'allowed-origins': { type: 'string' },
     },
     async run(v) {
       const { startGateway, loadTokensFile, parseTokenList } = await import('../gateway/index.js');
+      const list = (s: unknown) =>
+        typeof s === 'string'
+          ? s
+              .split(',')
+              .map((x) => x.trim())
+              .filter((x) => x !== '')
+          : undefined;
       const tokens = [
         ...(v.tokens ? loadTokensFile(resolve(v.tokens as string)) : []),
         ...parseTokenList(process.env.PARTITA_TOKENS ?? ''),
@@ -317,6 +330,9 @@ const COMMANDS: Record<string, Command> = {
         tokens,
         rateLimit: perSecond === undefined ? undefined : { perSecond },
         featureMaxAgeSeconds: int(v['feature-max-age'] as string | undefined, 'feature-max-age'),
+        maxFeatureCells: int(v['max-feature-cells'] as string | undefined, 'max-feature-cells'),
+        allowedHosts: list(v['allowed-hosts']),
+        allowedOrigins: list(v['allowed-origins']),
       }).catch((err) => {
         throw natsUnreachable(err, natsUrl);
       });

@@ -80,6 +80,26 @@ export const ERRORS = {
     message: 'a push client fell too far behind and was disconnected',
     status: 503,
   },
+  PARTITA_ERR_HOST_NOT_ALLOWED: {
+    message: 'the Host header names a host the gateway does not serve',
+    status: 403,
+  },
+  PARTITA_ERR_ORIGIN_NOT_ALLOWED: {
+    message: 'a push subscription from a web page of another origin',
+    status: 403,
+  },
+  PARTITA_ERR_FEATURE_REQUEST_TOO_LARGE: {
+    message: 'the feature request asks for more cells (entities × features) than the gateway serves at once',
+    status: 413,
+  },
+  PARTITA_ERR_BODY_TOO_LARGE: { message: 'the request body is larger than the gateway accepts', status: 413 },
+  PARTITA_ERR_URI_TOO_LONG: { message: 'a path segment of the request is too long', status: 414 },
+  PARTITA_ERR_UNSUPPORTED_MEDIA_TYPE: {
+    message: 'the request body has a content type the route does not take',
+    status: 415,
+  },
+  PARTITA_ERR_HEADERS_TOO_LARGE: { message: 'the request line and headers are too large', status: 431 },
+  PARTITA_ERR_INTERNAL: { message: 'the gateway failed to answer the request', status: 500 },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERRORS;

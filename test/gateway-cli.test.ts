@@ -1,6 +1,7 @@
 // `partita gateway` with tokens: open only on loopback, tokens from a file or PARTITA_TOKENS.
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
@@ -32,6 +33,71 @@ describe('partita gateway (command)', () => {
       spawnPartita(['gateway', '--nats', nats.url, '--port', '0', '--tokens', file]),
       /PARTITA_ERR_GATEWAY_CONFIG.*token "x" must be a string of at least 16 characters/s,
     );
+  });
+
+  it('takes --allowed-hosts, --allowed-origins and --max-feature-cells', async () => {
+    const gw = await spawnPartita(
+      [
+        'gateway',
+        '--nats',
+        nats.url,
+        '--port',
+        '0',
+        '--allowed-hosts',
+        'gw.example',
+        '--allowed-origins',
+        'https://app.example',
+        '--max-feature-cells',
+        '4',
+      ],
+      { PARTITA_TOKENS: '' },
+    );
+    try {
+      const url = new URL(gw.ready.gateway!);
+      const status = (path: string, headers: Record<string, string>, body?: string) =>
+        new Promise<number>((res, rej) => {
+          const req = request(
+            url.origin + path,
+            { method: body ? 'POST' : 'GET', headers: { ...headers, 'content-type': 'application/json' } },
+            (r) => {
+              r.resume();
+              res(r.statusCode ?? 0);
+            },
+          );
+          req.on('error', rej);
+          req.end(body);
+        });
+      assert.equal(await status('/healthz', { host: `gw.example:${url.port}` }), 200);
+      assert.equal(await status('/healthz', { host: `other.example:${url.port}` }), 403);
+      const ws = (origin: string) =>
+        new Promise<number | 'open'>((res) => {
+          const c = new WebSocket(`ws://${url.host}/v1/ws`, { origin });
+          c.on('unexpected-response', (req, r) => {
+            res(r.statusCode ?? 0);
+            req.destroy();
+          });
+          c.on('open', () => {
+            res('open');
+            c.terminate();
+          });
+          c.on('error', () => undefined);
+        });
+      assert.equal(await ws('https://app.example'), 'open');
+      assert.equal(await ws('https://other.example'), 403);
+      const features = (n: number) =>
+        status(
+          '/get-online-features',
+          {},
+          JSON.stringify({
+            features: ['a:x', 'a:y'],
+            entities: { id: Array.from({ length: n }, (_, i) => `k${i}`) },
+          }),
+        );
+      assert.equal(await features(2), 200);
+      assert.equal(await features(3), 413);
+    } finally {
+      assert.equal(await gw.kill('SIGTERM'), 0);
+    }
   });
 
   it('serves every route but /healthz only with a token from the file or PARTITA_TOKENS', async () => {

@@ -255,6 +255,8 @@ describe('gateway: Feast features, auth, validation', () => {
         { name: 'dash', token: READ, scopes: ['read'] },
         { name: 'ops', token: ADMIN, scopes: ['admin'] },
       ],
+      // This test fails on purpose more often than one address may (see the failed-auth limit test).
+      authFailures: { max: 1000 },
     });
     // Routes another module adds (governance) ask for admin as data, or with the preHandler.
     secured.register(async (gov) => {
