@@ -111,7 +111,11 @@ try {
   };
   // The streams may still be taking the burst in: wait until they hold all of it (or give up).
   let inStreams = 0;
-  for (let i = 0; i < 120 && (inStreams = (await stored()) - before) < BAD + GOOD; i++) await sleep(250);
+  for (let i = 0; i < 120; i++) {
+    inStreams = (await stored()) - before;
+    if (inStreams >= BAD + GOOD) break;
+    await sleep(250);
+  }
   const deadline = Date.now() + LIMIT_S * 1000;
   let dead = 0;
   let goodApplied = 0;
