@@ -7,7 +7,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { jetstreamManager, type StoredMsg } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
-import type { NatsConnection } from '@nats-io/transport-node';
+import { headers, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
 import {
   DLQ_HEADERS,
   DLQ_STREAM,
@@ -23,6 +23,7 @@ import { startTestNats, type TestNats } from './helpers/nats.js';
 const ACTORS = fileURLToPath(new URL('./fixtures/poison-actors/', import.meta.url));
 const enc = new TextEncoder();
 const EVENTS = 240;
+const MAX_EVENT_BYTES = 64 * 1024;
 
 interface Bad {
   subject: string;
@@ -44,6 +45,7 @@ describe('random poison among good events', () => {
       dataDir: join(nats.dir, 'node'),
       threads: 1,
       handlerTimeoutMs: 500,
+      maxEventBytes: MAX_EVENT_BYTES,
     });
   });
   after(async () => {
@@ -62,10 +64,13 @@ describe('random poison among good events', () => {
     const sender = new Map<string, number>();
     const bump = (m: Map<string, number>, k: string) => m.set(k, (m.get(k) ?? 0) + 1);
     const bad: Bad[] = [];
-    const sends: [string, Uint8Array][] = [];
+    const sends: [string, Uint8Array, MsgHdrs | undefined][] = [];
     // Costly kinds (a loop costs the time limit; a big state, a few 5 MB strings) stay few.
     const budget: Record<string, number> = { loop: 2, exit: 2, big: 3 };
-    const kinds = ['work', 'work', 'grow', 'send', 'loop', 'exit', 'long', 'big', 'emit', 'json', 'type'];
+    const kinds = [
+      ...['work', 'work', 'grow', 'send', 'loop', 'exit', 'throw', 'long', 'big', 'emit'],
+      ...['json', 'msgpack', 'size', 'type', 'shape'],
+    ];
     for (let id = 0; id < EVENTS; id++) {
       let kind = pick(kinds);
       const left = budget[kind];
@@ -75,8 +80,8 @@ describe('random poison among good events', () => {
       }
       const key = pick(keys);
       const json = (v: object) => enc.encode(JSON.stringify({ id, ...v }));
-      const add = (subject: string, payload: Uint8Array, code?: ErrorCode) => {
-        sends.push([subject, payload]);
+      const add = (subject: string, payload: Uint8Array, code?: ErrorCode, h?: MsgHdrs) => {
+        sends.push([subject, payload, h]);
         if (code) bad.push({ subject, payload, code });
       };
       switch (kind) {
@@ -104,6 +109,9 @@ describe('random poison among good events', () => {
         case 'exit':
           add(`events.work.${key}`, json({ exit: true }), 'PARTITA_ERR_HANDLER');
           break;
+        case 'throw':
+          add(`events.work.${key}`, json({ throw: true }), 'PARTITA_ERR_HANDLER');
+          break;
         case 'long': {
           const ch = pick(['k', '=', 'é']);
           const bytes = 513 + Math.floor(rnd() * 1500);
@@ -130,12 +138,35 @@ describe('random poison among good events', () => {
         case 'json':
           add(`events.work.${key}`, enc.encode(`{"id": ${id}, `), 'PARTITA_ERR_DECODE');
           break;
+        case 'msgpack': {
+          // Declared msgpack, but truncated: a map of two entries that holds one.
+          const h = headers();
+          h.set('Content-Type', 'application/msgpack');
+          add(
+            `events.work.${key}`,
+            Uint8Array.of(0x82, 0xa2, 0x69, 0x64, 0xcd, id >> 8, id & 0xff),
+            'PARTITA_ERR_DECODE',
+            h,
+          );
+          break;
+        }
+        case 'size':
+          add(
+            `events.work.${key}`,
+            json({ pad: 'x'.repeat(MAX_EVENT_BYTES + Math.floor(rnd() * 4096)) }),
+            'PARTITA_ERR_OVERSIZED',
+          );
+          break;
+        case 'shape':
+          // Not events.<type>.<key>: captured by PARTITA_UNROUTED, dead-lettered from there.
+          add(pick([`events.work`, `events.work.${key}.extra`]), json({}), 'PARTITA_ERR_UNROUTABLE');
+          break;
         case 'type':
           add(`events.nosuch.${key}`, json({}), 'PARTITA_ERR_UNKNOWN_TYPE');
           break;
       }
     }
-    for (const [subject, payload] of sends) nc.publish(subject, payload);
+    for (const [subject, payload, h] of sends) nc.publish(subject, payload, h ? { headers: h } : undefined);
     await nc.flush();
 
     const kv = await new Kvm(nc).open(STATE_BUCKET);
