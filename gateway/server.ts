@@ -12,7 +12,7 @@ import { jetstream } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Registry } from 'prom-client';
 import { readStatus } from '../runtime/status.js';
 import { type AuthFailureLimit, installAuth, type TokenSpec, TokenTable } from './auth.js';
 import { dashboardRoutes } from './dashboard.js';
@@ -20,6 +20,7 @@ import { featureRoutes } from './features.js';
 import { governanceRoutes } from './governance.js';
 import { clientErrorHandler, frameworkErrors, installErrorHandler } from './http-error.js';
 import { installKeyLimit } from './key-limit.js';
+import { installRequestMetrics } from './metrics.js';
 import { installOpenApi } from './openapi.js';
 import { installOriginCheck, type OriginOptions } from './origin-check.js';
 import { pushRoutes } from './push.js';
@@ -73,26 +74,11 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
   });
   const registry = deps.registry ?? new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'partita_gateway_' });
-  const requests = new Counter({
-    name: 'partita_gateway_requests_total',
-    help: 'HTTP requests served by the gateway',
-    labelNames: ['route', 'status'],
-    registers: [registry],
-  });
-  const duration = new Histogram({
-    name: 'partita_gateway_request_seconds',
-    help: 'HTTP request duration',
-    labelNames: ['route'],
-    buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1],
-    registers: [registry],
-  });
-  app.addHook('onResponse', async (req, reply) => {
+  installRequestMetrics(app, registry);
+  app.addHook('onResponse', async (req) => {
     // A WebSocket upgrade refused over HTTP (401, 403, 429) before @fastify/websocket's own hooks
     // saw it: nothing else ends its socket, and a lingering one would hold up close().
     if (req.headers.upgrade && !req.ws) req.raw.socket.destroy();
-    const route = req.routeOptions.url ?? 'unknown';
-    requests.inc({ route, status: String(reply.statusCode) });
-    duration.observe({ route }, reply.elapsedTime / 1000);
   });
 
   // Order matters: hooks on the root instance apply to every plugin registered after them.

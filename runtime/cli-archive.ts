@@ -1,7 +1,7 @@
 // `partita archive`: the compliance archive (see archive.ts).
 import { resolve } from 'node:path';
 import { startArchive } from './archive.js';
-import { type Command, int, natsUnreachable, natsUrlOf, ready, untilSignal } from './cli-kit.js';
+import { type Command, int, LOG_OPTIONS, natsUnreachable, natsUrlOf, ready, untilSignal } from './cli-kit.js';
 import { piiSecretFrom } from './governance.js';
 
 export const archiveCommand: Command = {
@@ -11,6 +11,7 @@ export const archiveCommand: Command = {
     'pii-secret-file': { type: 'string' },
     'flush-ms': { type: 'string' },
     'max-events': { type: 'string' },
+    ...LOG_OPTIONS,
   },
   async run(v) {
     const dir = resolve((v.dir as string | undefined) ?? '.partita/archive');

@@ -2,6 +2,7 @@
 // A command may live in a module of its own (`cli-<name>.ts`) and be listed in cli.ts.
 import { type ConnectionOptions, connect } from '@nats-io/transport-node';
 import { PartitaError } from './errors.js';
+import { LOG_FORMATS, type LogFormat, setLogFormat } from './logger.js';
 import { defaultNatsUrl } from './node.js';
 
 export type Values = Record<string, string | boolean | undefined>;
@@ -24,6 +25,21 @@ export function int(v: string | undefined, name: string): number | undefined {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a whole number, got "${v}"`);
   return n;
+}
+
+/** `--log-format`, for the long-running commands (those that log). */
+export const LOG_OPTIONS = { 'log-format': { type: 'string' } } as const;
+
+/**
+ * Applies `--log-format auto|json|pretty` before a command starts anything that logs: pretty on a
+ * terminal and JSON elsewhere by default (auto), or as asked.
+ */
+export function applyLogFormat(v: Values): void {
+  const f = v['log-format'];
+  if (f === undefined) return;
+  if (!LOG_FORMATS.includes(f as LogFormat))
+    throw new UsageError(`--log-format must be ${LOG_FORMATS.join(', ')}, got "${String(f)}"`);
+  setLogFormat(f as LogFormat);
 }
 
 export function ready(pairs: Record<string, string | undefined>): void {

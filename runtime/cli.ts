@@ -9,10 +9,12 @@ import { archiveCommand } from './cli-archive.js';
 import { deadLettersCommand } from './cli-dead-letters.js';
 import { drillCommand } from './cli-drill.js';
 import {
+  applyLogFormat,
   type Command,
   connectCli,
   durationMs,
   int,
+  LOG_OPTIONS,
   natsUnreachable,
   natsUrlOf,
   ready,
@@ -81,6 +83,8 @@ const USAGE = `usage: partita <command> [options]
       dead letters over a recent window by code, type and actor, and the latest ones
 
 --nats defaults to $PARTITA_NATS, else nats://127.0.0.1:4222.
+--log-format auto|json|pretty (dev, nats, node, gateway, archive): logs go to stderr, readable on a
+  terminal and JSON otherwise (auto, the default; also $PARTITA_LOG_FORMAT), or as asked.
 --events-max-age: how long the input streams keep raw events (90d, 36h, ...; 0 keeps them forever),
   default $PARTITA_EVENTS_MAX_AGE, else 90d. --pii-secret-file: the key of x-pii "hash" fields,
   default $PARTITA_PII_SECRET; give every node and the archive the same one.
@@ -190,6 +194,7 @@ const COMMANDS: Record<string, Command> = {
       name: { type: 'string' },
       'events-max-age': { type: 'string' },
       ...DLQ_OPTIONS,
+      ...LOG_OPTIONS,
     },
     async run(v) {
       const partitions = int(v.partitions as string | undefined, 'partitions');
@@ -259,6 +264,7 @@ const COMMANDS: Record<string, Command> = {
       'handler-timeout': { type: 'string' },
       ...DLQ_OPTIONS,
       ...LIFECYCLE_OPTIONS,
+      ...LOG_OPTIONS,
     },
     async run(v) {
       const id = v.id as string | undefined;
@@ -307,6 +313,7 @@ const COMMANDS: Record<string, Command> = {
       'max-feature-cells': { type: 'string' },
       'allowed-hosts': { type: 'string' },
       'allowed-origins': { type: 'string' },
+      ...LOG_OPTIONS,
     },
     async run(v) {
       const { startGateway, loadTokensFile, parseTokenList } = await import('../gateway/index.js');
@@ -356,6 +363,7 @@ const COMMANDS: Record<string, Command> = {
       'handler-timeout': { type: 'string' },
       ...DLQ_OPTIONS,
       ...LIFECYCLE_OPTIONS,
+      ...LOG_OPTIONS,
     },
     async run(v) {
       const dataDir = resolve((v.data as string | undefined) ?? '.partita/dev');
@@ -510,6 +518,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   try {
+    applyLogFormat(values);
     return await cmd.run(values, positionals);
   } catch (err) {
     if (err instanceof UsageError) {

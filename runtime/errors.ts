@@ -104,6 +104,26 @@ export const ERRORS = {
 
 export type ErrorCode = keyof typeof ERRORS;
 
+/**
+ * The codes an event is dead-lettered with (`Partita-Error-Code`), each marked "Dead-letter code"
+ * in docs/errors.md: the label values of `partita_events_dead_lettered_total`, known in advance.
+ */
+export const DEAD_LETTER_CODES = [
+  'PARTITA_ERR_DECODE',
+  'PARTITA_ERR_UNKNOWN_TYPE',
+  'PARTITA_ERR_UNROUTABLE',
+  'PARTITA_ERR_UNMAPPED',
+  'PARTITA_ERR_OVERSIZED',
+  'PARTITA_ERR_HANDLER',
+  'PARTITA_ERR_HANDLER_TIMEOUT',
+  'PARTITA_ERR_KEY_TOO_LONG',
+  'PARTITA_ERR_STATE_TOO_LARGE',
+  'PARTITA_ERR_OUTPUT_REFUSED',
+  'PARTITA_ERR_PARTITION_MISMATCH',
+  'PARTITA_ERR_SCHEMA',
+  'PARTITA_ERR_PII_SECRET',
+] as const satisfies readonly ErrorCode[];
+
 export class PartitaError extends Error {
   readonly code: ErrorCode;
   readonly status: number;

@@ -5,7 +5,7 @@ export { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from '
 export { type Aggregation, compileAggregation } from './aggregations.js';
 export { DLQ_HEADERS, EPOCH_HEADER, PARTITION_HEADER } from './dead-letter.js';
 export { type DeadLetterReport, readDeadLetters } from './dead-letter-report.js';
-export { ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
+export { DEAD_LETTER_CODES, ERRORS, type ErrorCode, isErrorCode, PartitaError } from './errors.js';
 export {
   AGG_PREFIX,
   type Clock,

@@ -20,7 +20,8 @@ export interface LagSource {
 export class LagMonitor {
   private timer: NodeJS.Timeout | null = null;
   private sampling: Promise<void> | null = null;
-  private readonly labelled = new Set<number>();
+  /** Owned partitions with series, and when this node first saw each run (for checkpoint age). */
+  private readonly labelled = new Map<number, number>();
 
   constructor(
     private readonly jsm: JetStreamManager,
@@ -42,18 +43,23 @@ export class LagMonitor {
     await this.sampling;
   }
 
-  /** Checkpoint age needs no I/O: set it synchronously (before a scrape). */
+  /**
+   * Checkpoint age needs no I/O: set it synchronously (before a scrape). A partition that never
+   * committed counts from when this node started running it, so it has a series from the start and
+   * a first batch that never commits still ages (and pages).
+   */
   refreshAges(now = Date.now()): void {
     const owned = new Set<number>();
     for (const s of this.sources()) {
       owned.add(s.partition);
-      if (s.lastCommitAt > 0)
-        this.metrics.checkpointAgeSeconds.set(
-          { partition: String(s.partition) },
-          Math.max(0, (now - s.lastCommitAt) / 1000),
-        );
+      if (!this.labelled.has(s.partition)) this.labelled.set(s.partition, now);
+      const since = s.lastCommitAt > 0 ? s.lastCommitAt : this.labelled.get(s.partition)!;
+      this.metrics.checkpointAgeSeconds.set(
+        { partition: String(s.partition) },
+        Math.max(0, (now - since) / 1000),
+      );
     }
-    for (const p of this.labelled) {
+    for (const p of this.labelled.keys()) {
       if (owned.has(p)) continue;
       // Every gauge labelled by partition alone (lag, checkpoint age, watermark lag, ...). Counters
       // stay: they are cumulative, and removing them would reset their rates.
@@ -64,7 +70,6 @@ export class LagMonitor {
       }
       this.labelled.delete(p);
     }
-    for (const p of owned) this.labelled.add(p);
   }
 
   /** One sample of every owned partition; concurrent calls share it. */

@@ -1,6 +1,7 @@
 // The node's Prometheus metrics. Worker threads report through their batch results, so one
 // registry on the main thread holds every observation of the process.
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { DEAD_LETTER_CODES } from './errors.js';
 
 export interface NodeMetrics {
   readonly registry: Registry;
@@ -234,4 +235,43 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       registers: r,
     }),
   };
+}
+
+/** What a node knows at start that its labelled series are about. */
+export interface SeriesScope {
+  /** Partitions of the deployment. */
+  partitions: number;
+  /** The actors the node loaded; `timeAware` for those with windows, rollups or timers. */
+  actors: readonly { name: string; timeAware: boolean }[];
+}
+
+/**
+ * Gives every labelled counter whose label values are known at start a series at 0, so that
+ * `rate()`, `increase()` and `absent()` see 0 rather than nothing before the first increment, and
+ * the first increment is counted (a series that appears at 1 has no rate). The rules are in
+ * docs/metrics.md, "Series from the start". Per-partition gauges are not here: they follow
+ * ownership (lag-monitor.ts), and a counter by partition covers every partition of the deployment,
+ * since counters stay when a partition moves.
+ */
+export function initialiseSeries(m: NodeMetrics, scope: SeriesScope): void {
+  for (const code of DEAD_LETTER_CODES) m.deadLetters.inc({ code }, 0);
+  for (const kind of ['missing', 'stale', 'restore']) m.stateRepairs.inc({ kind }, 0);
+  for (const { name: actor, timeAware } of scope.actors) {
+    m.handlerTimeouts.inc({ actor }, 0);
+    m.replayEvents.inc({ actor }, 0);
+    for (const result of ['ok', 'failed']) m.replays.inc({ actor, result }, 0);
+    // Only an actor with windows, rollups or timers has a watermark to be late for.
+    if (timeAware) m.lateEvents.inc({ actor }, 0);
+  }
+  const byPartition = [
+    m.eventsIn,
+    m.eventsApplied,
+    m.batchFailures,
+    m.fencedBatches,
+    m.leaseLosses,
+    m.retentionGaps,
+    m.deliveryResumes,
+    m.stateRebuilds,
+  ];
+  for (let p = 0; p < scope.partitions; p++) for (const c of byPartition) c.inc({ partition: String(p) }, 0);
 }

@@ -19,7 +19,7 @@ import { timeFeaturesOf } from './event-time.js';
 import { startSchemaSync } from './governance.js';
 import { LagMonitor } from './lag-monitor.js';
 import { createLogger, type Logger, RepeatedLog } from './logger.js';
-import { createNodeMetrics, type NodeMetrics } from './metrics.js';
+import { createNodeMetrics, initialiseSeries, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
@@ -208,6 +208,10 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   metrics.actors.set(store.states.getCount());
   metrics.partitions.set(topology.partitions);
   metrics.nodeInfo.set({ node: id }, 1);
+  initialiseSeries(metrics, {
+    partitions: topology.partitions,
+    actors: actors.map((a) => ({ name: a.name, timeAware: timeFeaturesOf(a.def) !== undefined })),
+  });
   // The main thread (NATS I/O) needs a core of its own; on a 2-core machine one worker thread also
   // makes every LMDB commit come from one writer, which lmdb-js groups into shared transactions.
   const threads = opts.threads ?? Math.max(1, availableParallelism() - 1);
@@ -341,6 +345,9 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       }),
     );
     metrics.ownedPartitions.set(runners.size);
+    // The new partitions' lag and checkpoint age now, not at the next sample (per-partition gauges
+    // follow ownership: they appear when a partition is taken).
+    void lag.sample();
   };
   const stopPartition = async (p: number, graceful: boolean) => {
     const r = runners.get(p);
