@@ -18,6 +18,7 @@ const TYPES: Record<string, string> = {
   js: 'text/javascript; charset=utf-8',
   css: 'text/css; charset=utf-8',
   html: 'text/html; charset=utf-8',
+  svg: 'image/svg+xml',
 };
 
 /** Every file is read once, at start. */
@@ -27,6 +28,8 @@ function loadAssets(): Map<string, { body: Buffer; type: string }> {
   const uplot = require.resolve('uplot/dist/uPlot.iife.min.js');
   const files: [string, string][] = [
     ['app.js', `${dir}app.js`],
+    ['rollup.js', `${dir}rollup.js`],
+    ['favicon.svg', `${dir}favicon.svg`],
     ['style.css', `${dir}style.css`],
     ['uPlot.iife.min.js', uplot],
     ['uPlot.min.css', uplot.replace(/uPlot\.iife\.min\.js$/, 'uPlot.min.css')],
