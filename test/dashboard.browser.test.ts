@@ -174,6 +174,20 @@ describe('dashboard in chromium', () => {
     const shot = join(ARTIFACTS, 'dashboard-first-view.png');
     await page.screenshot({ path: shot, fullPage: true });
     process.stderr.write(`screenshot: ${shot}\n`);
+
+    // An actor without rollups (order) charts live fields, but never its timestamps.
+    nc.publish('events.orders.ord-first', JSON.stringify({ status: 'created', warehouse: 'wh-ams' }));
+    await page.goto(`${gw.url}/?actor=order`);
+    await page.waitForFunction(
+      "window.partita.view?.kind === 'state' && window.partita.view.points > 0",
+      null,
+      {
+        timeout: 10_000,
+      },
+    );
+    const live = (await page.evaluate('window.partita.view')) as { measure: string; measures: string[] };
+    assert.equal(live.measure, 'exceptions');
+    assert.deepEqual(live.measures, ['exceptions'], 'createdAt, updatedAt and slaDue are not metrics');
     assert.deepEqual(failed, [], 'failed requests');
   });
 

@@ -98,14 +98,22 @@
   let rollupLabels = '';
   let rollupData = [[]];
 
+  // Without a closed window yet: the actor with the richest state (the most metric fields; an
+  // analytics actor rather than an entity's record), then the one with the most keys.
   const stateView = (actor) => {
-    const actors = [...latest.keys()].filter((a) => R.stateMeasures(latest, a).length > 0);
+    const fields = new Map([...latest.keys()].map((a) => [a, R.stateMeasures(latest, a)]));
+    const actors = [...fields.keys()].filter((a) => fields.get(a).length > 0);
     const a =
       actor && actors.includes(actor)
         ? actor
-        : actors.sort((x, y) => latest.get(y).size - latest.get(x).size)[0];
+        : actors.sort(
+            (x, y) =>
+              fields.get(y).length - fields.get(x).length ||
+              latest.get(y).size - latest.get(x).size ||
+              x.localeCompare(y),
+          )[0];
     if (!a) return null;
-    const measures = R.stateMeasures(latest, a);
+    const measures = fields.get(a);
     const measure = measures.includes(want.measure) ? want.measure : measures[0];
     return { kind: 'state', actor: a, measure, measures, granularities: [] };
   };
@@ -119,7 +127,9 @@
         if (!want.rollup) want = { ...want, actor: r.actor, rollup: r.rollup };
         const every = r.granularities.includes(want.every) ? want.every : r.granularities[0];
         const measures = R.rollupMeasures(latest, r.actor, r.rollup, every);
-        const measure = measures.includes(want.measure) ? want.measure : measures[0];
+        // A measure is named as the window's value names it (`traffic.ctr`), or by its path.
+        const asked = [want.measure, `value.${want.measure}`].find((m) => measures.includes(m));
+        const measure = asked ?? measures[0];
         return {
           kind: 'rollup',
           id: r.id,
@@ -259,7 +269,7 @@
         labels.map((l) => (l.startsWith('sum of ') ? sum : (byKey.get(l) ?? null))),
       );
       rollup.setData(rollupData);
-      keys = rows.map((r) => r.key);
+      keys = labels.filter((l) => byKey.has(l));
       points = rollupData[0].length;
       renderTable(rows);
     }
@@ -281,7 +291,10 @@
   const summary = (c) => {
     const s = c.state;
     const focus = s && typeof s === 'object' && s.last && typeof s.last === 'object' ? s.last : s;
-    return JSON.stringify(focus);
+    // Timestamps read as times of day, not as 13-digit numbers.
+    return JSON.stringify(focus, (k, v) =>
+      typeof v === 'number' && R.isTimestamp(k, v) ? new Date(v).toLocaleTimeString() : v,
+    );
   };
   const tailMatches = (c) => {
     const actor = tailSel.value || 'warehouse';

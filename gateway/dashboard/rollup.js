@@ -30,8 +30,11 @@ window.PartitaRollup = (() => {
   // (2001 to 5138), which no count of this dashboard's scale reaches.
   const NOT_METRIC = /(^|\.)(ts|time|timestamp|at|id|seq|epoch|version)$|(At|Time|Ts|Due|Id|Seq)$/;
   const EPOCH_MS = [1e12, 1e14];
-  const isMetric = (path, v) =>
-    !NOT_METRIC.test(path) && !(Math.abs(v) >= EPOCH_MS[0] && Math.abs(v) < EPOCH_MS[1]);
+  const inEpochMs = (v) => Math.abs(v) >= EPOCH_MS[0] && Math.abs(v) < EPOCH_MS[1];
+  const isMetric = (path, v) => !NOT_METRIC.test(path) && !inEpochMs(v);
+  /** A field that holds a time: named as one, with a value in epoch milliseconds. */
+  const isTimestamp = (name, v) =>
+    NOT_METRIC.test(name) && !/(^|\.)(id|seq|epoch|version)$|(Id|Seq)$/.test(name) && inEpochMs(v);
 
   // A sum over keys is drawn for counts and sums only: ratios, means, percentiles, extremes and
   // distinct counts of different keys do not add up. The state carries no aggregation kinds, so
@@ -43,7 +46,8 @@ window.PartitaRollup = (() => {
 
   /**
    * Every rollup some state of `latest` carries: `{ id, actor, rollup, granularities, keys,
-   * windows }`, granularities shortest first, `windows` the closed windows kept at the shortest.
+   * windows, measures }`, granularities shortest first, `windows` the closed windows kept at the
+   * shortest, `measures` how many numbers a window's value holds.
    */
   const rollups = (latest) => {
     const found = new Map();
@@ -56,7 +60,7 @@ window.PartitaRollup = (() => {
           const id = `${actor}/${name}`;
           let f = found.get(id);
           if (!f) {
-            f = { id, actor, rollup: name, counts: new Map(), keys: 0 };
+            f = { id, actor, rollup: name, counts: new Map(), keys: 0, measures: 0 };
             found.set(id, f);
           }
           let has = false;
@@ -64,6 +68,7 @@ window.PartitaRollup = (() => {
             const n = Array.isArray(list) ? list.filter(isResult).length : 0;
             if (n === 0) continue;
             f.counts.set(every, (f.counts.get(every) ?? 0) + n);
+            f.measures = Math.max(f.measures, numericPaths(list.filter(isResult).at(-1).value).length);
             has = true;
           }
           if (has) f.keys++;
@@ -79,9 +84,16 @@ window.PartitaRollup = (() => {
       .sort((a, b) => a.id.localeCompare(b.id));
   };
 
-  /** The first view: the rollup with the most closed windows, then the most granularities. */
+  /**
+   * The first view: the rollup with the most closed windows, then the most granularities, then
+   * the most measures (right after start every rollup has one window per key: traffic, with
+   * impressions, clicks and CTR, says more than spend alone).
+   */
   const best = (list) =>
-    [...list].sort((a, b) => b.windows - a.windows || b.granularities.length - a.granularities.length)[0];
+    [...list].sort(
+      (a, b) =>
+        b.windows - a.windows || b.granularities.length - a.granularities.length || b.measures - a.measures,
+    )[0];
 
   /** What a rollup's windows carry: their values' numeric leaves, then `count` (events fed). */
   const rollupMeasures = (latest, actor, rollup, every) => {
@@ -148,12 +160,15 @@ window.PartitaRollup = (() => {
       x: starts.map((s) => s / 1000),
       series,
       keys: shown.map((k) => k.key),
-      rows: perKey.map((k) => ({
-        key: k.key,
-        value: at(k.last, measure),
-        window: k.last.start,
-        updatedAt: k.updatedAt,
-      })),
+      // The table: each key's last closed window, the highest values first.
+      rows: perKey
+        .map((k) => ({
+          key: k.key,
+          value: at(k.last, measure),
+          window: k.last.start,
+          updatedAt: k.updatedAt,
+        }))
+        .sort((a, b) => (b.value ?? Number.NEGATIVE_INFINITY) - (a.value ?? Number.NEGATIVE_INFINITY)),
     };
   };
 
@@ -202,10 +217,12 @@ window.PartitaRollup = (() => {
     return {
       scale: {
         time: true,
-        range: (_u, min, max) =>
-          min === null || max === null
-            ? [Date.now() / 1000 - step, Date.now() / 1000]
-            : [min - step / 2, max + step / 2],
+        // From the data itself: for a single point uPlot would pass a day-long span.
+        range: (u) => {
+          const xs = u.data[0] ?? [];
+          const now = Date.now() / 1000;
+          return xs.length === 0 ? [now - step, now] : [xs[0] - step / 2, xs[xs.length - 1] + step / 2];
+        },
       },
       axis: {
         splits: (u) => {
@@ -250,6 +267,7 @@ window.PartitaRollup = (() => {
     fmtTimes,
     fmtValue,
     fmtWindow,
+    isTimestamp,
     measureLabel,
     rollupMeasures,
     rollupSeries,
