@@ -76,6 +76,18 @@ export async function dashboardRoutes(app: FastifyInstance): Promise<void> {
     },
   );
 
+  // The page names its icon; browsers ask /favicon.ico of every other page (/metrics, the
+  // OpenAPI document), with no token: the same icon, public, rather than a 404.
+  const icon = assets.get('favicon.svg')!;
+  app.get(
+    '/favicon.ico',
+    {
+      config: { scope: 'public' },
+      schema: { summary: "The dashboard's icon (SVG)", tags: ['dashboard'], hide: true },
+    },
+    async (_req, reply) => reply.type(icon.type).header('cache-control', 'max-age=86400').send(icon.body),
+  );
+
   app.get<{ Params: { file: string } }>(
     '/dashboard/:file',
     {

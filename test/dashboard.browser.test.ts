@@ -177,16 +177,27 @@ describe('dashboard in chromium', () => {
 
     // An actor without rollups (order) charts live fields, but never its timestamps.
     nc.publish('events.orders.ord-first', JSON.stringify({ status: 'created', warehouse: 'wh-ams' }));
+    await check(() => readState('order', 'ord-first'), 10_000, 'the order state');
     await page.goto(`${gw.url}/?actor=order`);
     await page.waitForFunction(
-      "window.partita.view?.kind === 'state' && window.partita.view.points > 0",
+      "window.partita.view?.actor === 'order' && window.partita.view.points > 0",
       null,
       {
         timeout: 10_000,
       },
     );
-    const live = (await page.evaluate('window.partita.view')) as { measure: string; measures: string[] };
+    const live = (await page.evaluate('window.partita.view')) as {
+      kind: string;
+      measure: string;
+      measures: string[];
+    };
+    assert.equal(live.kind, 'state');
     assert.equal(live.measure, 'exceptions');
+    // Pages other than the dashboard (the OpenAPI document, /metrics) get the browser's own
+    // /favicon.ico request: an icon too.
+    const icon = await fetch(`${gw.url}/favicon.ico`);
+    assert.equal(icon.status, 200);
+    assert.equal(icon.headers.get('content-type'), 'image/svg+xml');
     assert.deepEqual(live.measures, ['exceptions'], 'createdAt, updatedAt and slaDue are not metrics');
     assert.deepEqual(failed, [], 'failed requests');
   });

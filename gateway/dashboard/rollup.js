@@ -238,9 +238,9 @@ window.PartitaRollup = (() => {
   /** A window's start as the axis labels it. */
   const fmtWindow = (every, start) =>
     (durationMs(every) < 86_400_000 ? timeFormats[1][1] : timeFormats[2][1]).format(new Date(start));
-  /** y from 0 (or below, for negatives), with headroom above the highest value. */
+  /** y from 0 (or below, for negatives), with headroom above the highest value (1 if none is). */
   const yRange = (_u, min, max) =>
-    min === null || max === null ? [0, 1] : uPlot.rangeNum(Math.min(0, min), Math.max(max, 1), 0.1, true);
+    min === null || max === null ? [0, 1] : uPlot.rangeNum(Math.min(0, min), max > 0 ? max : 1, 0.1, true);
   /**
    * uPlot's axis `size`, measured from the labels it is about to draw (after uPlot's autosize
    * demo). uPlot may ask again as the layout converges; never shrinking keeps every label seen
