@@ -76,15 +76,13 @@ export async function dashboardRoutes(app: FastifyInstance): Promise<void> {
     },
   );
 
-  // The page names its icon; browsers ask /favicon.ico of every other page (/metrics, the
-  // OpenAPI document), with no token: the same icon, public, rather than a 404.
+  // The page names its icon (with its token); browsers ask /favicon.ico of every other page
+  // (/metrics, the OpenAPI document): the same icon rather than a 404. It needs a token like every
+  // route but /healthz, so with tokens those pages' icon requests answer 401.
   const icon = assets.get('favicon.svg')!;
   app.get(
     '/favicon.ico',
-    {
-      config: { scope: 'public' },
-      schema: { summary: "The dashboard's icon (SVG)", tags: ['dashboard'], hide: true },
-    },
+    { schema: { summary: "The dashboard's icon (SVG)", tags: ['dashboard'], hide: true } },
     async (_req, reply) => reply.type(icon.type).header('cache-control', 'max-age=86400').send(icon.body),
   );
 
