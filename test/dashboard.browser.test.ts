@@ -170,6 +170,10 @@ describe('dashboard in chromium', () => {
     })()`)) as string[];
     assert.deepEqual(cut, [], 'y-axis labels wider than their axis');
 
+    // The screenshot once a status frame has filled the cards and partitions too.
+    await page.waitForFunction("document.querySelectorAll('#partitions tbody tr').length === 4", null, {
+      timeout: 10_000,
+    });
     mkdirSync(ARTIFACTS, { recursive: true });
     const shot = join(ARTIFACTS, 'dashboard-first-view.png');
     await page.screenshot({ path: shot, fullPage: true });
