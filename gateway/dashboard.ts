@@ -18,6 +18,7 @@ const TYPES: Record<string, string> = {
   js: 'text/javascript; charset=utf-8',
   css: 'text/css; charset=utf-8',
   html: 'text/html; charset=utf-8',
+  svg: 'image/svg+xml',
 };
 
 /** Every file is read once, at start. */
@@ -27,6 +28,8 @@ function loadAssets(): Map<string, { body: Buffer; type: string }> {
   const uplot = require.resolve('uplot/dist/uPlot.iife.min.js');
   const files: [string, string][] = [
     ['app.js', `${dir}app.js`],
+    ['rollup.js', `${dir}rollup.js`],
+    ['favicon.svg', `${dir}favicon.svg`],
     ['style.css', `${dir}style.css`],
     ['uPlot.iife.min.js', uplot],
     ['uPlot.min.css', uplot.replace(/uPlot\.iife\.min\.js$/, 'uPlot.min.css')],
@@ -71,6 +74,16 @@ export async function dashboardRoutes(app: FastifyInstance): Promise<void> {
         );
       return html.replaceAll('__QS__', escapeAttr(qs));
     },
+  );
+
+  // The page names its icon (with its token); browsers ask /favicon.ico of every other page
+  // (/metrics, the OpenAPI document): the same icon rather than a 404. It needs a token like every
+  // route but /healthz, so with tokens those pages' icon requests answer 401.
+  const icon = assets.get('favicon.svg')!;
+  app.get(
+    '/favicon.ico',
+    { schema: { summary: "The dashboard's icon (SVG)", tags: ['dashboard'], hide: true } },
+    async (_req, reply) => reply.type(icon.type).header('cache-control', 'max-age=86400').send(icon.body),
   );
 
   app.get<{ Params: { file: string } }>(

@@ -23,25 +23,35 @@
   let prevEvents = null;
 
   // ---- charts -------------------------------------------------------------------------------
+  const R = window.PartitaRollup;
   const width = (el) => Math.max(300, el.clientWidth - 8);
-  const seriesOpts = (label, stroke) => ({ label, stroke, width: 2, spanGaps: true });
-  const mkChart = (el, series, height = 200) =>
+  const seriesOpts = (label, stroke) => ({
+    label,
+    stroke,
+    width: 2,
+    spanGaps: true,
+    value: (_u, v) => R.fmtValue(v),
+  });
+  const axisOpts = { stroke: '#8a96a3', grid: { stroke: '#232d3a' }, ticks: { stroke: '#232d3a' } };
+  /** The x axis is the last HISTORY seconds of the clock, unless `x` says otherwise. */
+  const liveX = {
+    scale: {
+      time: true,
+      range: (_u, _min, max) => [(max ?? Date.now() / 1000) - HISTORY, max ?? Date.now() / 1000],
+    },
+    axis: { values: R.fmtTimes },
+  };
+  const mkChart = (el, series, height = 200, x = liveX) =>
     new uPlot(
       {
         width: width(el),
         height,
         series: [{}, ...series],
         axes: [
-          { stroke: '#8a96a3', grid: { stroke: '#232d3a' } },
-          { stroke: '#8a96a3', grid: { stroke: '#232d3a' } },
+          { ...axisOpts, ...x.axis },
+          { ...axisOpts, values: (_u, splits) => splits.map(R.fmtAxis), size: R.axisSize },
         ],
-        // The last HISTORY seconds, even while there are only a few points.
-        scales: {
-          x: {
-            time: true,
-            range: (_u, _min, max) => [(max ?? Date.now() / 1000) - HISTORY, max ?? Date.now() / 1000],
-          },
-        },
+        scales: { x: x.scale, y: { range: R.yRange } },
       },
       [[], ...series.map(() => [])],
       el,
@@ -55,112 +65,236 @@
     seriesOpts('p95', '#d29922'),
     seriesOpts('p99', '#f85149'),
   ]);
-  let rollup = null;
-  let rollupKeys = [];
   const tpData = [[], [], []];
   const latData = [[], [], [], []];
-  let rollupData = [[]];
   const push = (data, t, values) => {
     data[0].push(t);
     for (const [i, v] of values.entries()) data[i + 1].push(v);
     if (data[0].length > HISTORY) for (const a of data) a.shift();
   };
-
-  // ---- actor / field pickers (generic over whatever actors publish) ---------------------------
-  const numericPaths = (obj, prefix = '', depth = 0, out = []) => {
-    if (obj === null || typeof obj !== 'object' || depth > 2) return out;
-    for (const [k, v] of Object.entries(obj)) {
-      const p = prefix ? `${prefix}.${k}` : k;
-      if (typeof v === 'number') out.push(p);
-      else if (v && typeof v === 'object' && !Array.isArray(v)) numericPaths(v, p, depth + 1, out);
+  const fillSelect = (sel, options, value) => {
+    const have = [...sel.options].map((o) => `${o.value}\u0000${o.text}`).join('\u0001');
+    if (have !== options.map(([v, t]) => `${v}\u0000${t}`).join('\u0001')) {
+      sel.replaceChildren(...options.map(([v, t]) => new Option(t, v)));
     }
-    return out;
+    if (value !== undefined) sel.value = value;
   };
-  const at = (obj, path) =>
-    path.split('.').reduce((o, k) => (o && typeof o === 'object' ? o[k] : undefined), obj);
-  const fillSelect = (sel, values, keep) => {
-    const cur = sel.value || keep;
-    const have = [...sel.options].map((o) => o.value).join('\u0000');
-    if (have === values.join('\u0000')) return;
-    sel.replaceChildren(...values.map((v) => new Option(v === '*' ? '(all actors)' : v, v)));
-    if (values.includes(cur)) sel.value = cur;
+
+  // ---- rollup panel: what the states carry ----------------------------------------------------
+  // `want` is what was asked for (URL, controls); `view` completes it from the states each second.
+  // Asked for nothing, the panel opens on the rollup with the most closed windows, and stays there.
+  const sourceSel = $('chart-source');
+  const measureSel = $('chart-measure');
+  const everyBox = $('chart-every');
+  let want = {
+    kind: params.has('field') ? 'state' : undefined,
+    actor: params.get('actor') ?? undefined,
+    rollup: params.get('rollup') ?? undefined,
+    every: params.get('every') ?? undefined,
+    measure: params.get('field') ?? params.get('measure') ?? undefined,
   };
-  const actorSel = $('chart-actor');
-  const fieldSel = $('chart-field');
-  const tailSel = $('tail-actor');
-  const refreshPickers = () => {
-    const actors = [...latest.keys()].sort();
+  let view = null;
+  let rollup = null;
+  let rollupLabels = '';
+  let rollupData = [[]];
+
+  // Without a closed window yet: the actor with the richest state (the most metric fields; an
+  // analytics actor rather than an entity's record), then the one with the most keys.
+  const stateView = (actor) => {
+    const fields = new Map([...latest.keys()].map((a) => [a, R.stateMeasures(latest, a)]));
+    const actors = [...fields.keys()].filter((a) => fields.get(a).length > 0);
+    const a =
+      actor && actors.includes(actor)
+        ? actor
+        : actors.sort(
+            (x, y) =>
+              fields.get(y).length - fields.get(x).length ||
+              latest.get(y).size - latest.get(x).size ||
+              x.localeCompare(y),
+          )[0];
+    if (!a) return null;
+    const measures = fields.get(a);
+    const measure = measures.includes(want.measure) ? want.measure : measures[0];
+    return { kind: 'state', actor: a, measure, measures, granularities: [] };
+  };
+  const complete = (list) => {
+    if (want.kind !== 'state') {
+      const candidates = list.filter(
+        (r) => (!want.actor || r.actor === want.actor) && (!want.rollup || r.rollup === want.rollup),
+      );
+      const r = want.rollup ? candidates[0] : R.best(candidates);
+      if (r) {
+        if (!want.rollup) want = { ...want, actor: r.actor, rollup: r.rollup };
+        const every = r.granularities.includes(want.every) ? want.every : r.granularities[0];
+        const measures = R.rollupMeasures(latest, r.actor, r.rollup, every);
+        // A measure is named as the window's value names it (`traffic.ctr`), or by its path.
+        const asked = [want.measure, `value.${want.measure}`].find((m) => measures.includes(m));
+        const measure = asked ?? measures[0];
+        return {
+          kind: 'rollup',
+          id: r.id,
+          actor: r.actor,
+          rollup: r.rollup,
+          every,
+          measure,
+          measures,
+          granularities: r.granularities,
+        };
+      }
+    }
+    // No closed window yet (or asked for a field): live state fields.
+    return stateView(want.actor);
+  };
+  const viewKey = (v) => (v ? [v.kind, v.actor, v.rollup, v.every, v.measure].join('\u0000') : '');
+
+  const renderControls = (list) => {
+    const options = [
+      ...list.map((r) => [`rollup:${r.id}`, `${r.actor} · ${r.rollup}`]),
+      ...[...latest.keys()]
+        .sort()
+        .filter((a) => R.stateMeasures(latest, a).length > 0)
+        .map((a) => [`state:${a}`, `${a} · live state`]),
+    ];
     fillSelect(
-      actorSel,
-      actors,
-      params.get('actor') || (actors.includes('campaign') ? 'campaign' : actors[0]),
+      sourceSel,
+      options,
+      view ? (view.kind === 'rollup' ? `rollup:${view.id}` : `state:${view.actor}`) : undefined,
     );
     fillSelect(
-      tailSel,
-      ['*', ...new Set([...actors, 'warehouse'])].sort(),
-      params.get('tail') || 'warehouse',
+      measureSel,
+      (view?.measures ?? []).map((m) => [m, R.measureLabel(m)]),
+      view?.measure,
     );
-    const keys = latest.get(actorSel.value);
-    const fields = new Set();
-    if (keys)
-      for (const v of [...keys.values()].slice(0, 50)) for (const p of numericPaths(v.state)) fields.add(p);
-    fillSelect(fieldSel, [...fields].sort(), params.get('field') || 'impressions');
+    const evs = view?.granularities ?? [];
+    if ([...everyBox.children].map((b) => b.dataset.every).join() !== evs.join()) {
+      everyBox.replaceChildren(
+        ...evs.map((e) => {
+          const b = document.createElement('button');
+          b.type = 'button';
+          b.dataset.every = e;
+          b.textContent = e;
+          b.onclick = () => {
+            want = { ...want, every: e };
+            renderRollup(Date.now() / 1000);
+          };
+          return b;
+        }),
+      );
+    }
+    for (const b of everyBox.children)
+      b.setAttribute('aria-pressed', String(b.dataset.every === view?.every));
+    const summed = view && R.additive(view.measure);
+    $('chart-hint').textContent = !view
+      ? 'waiting for states'
+      : view.kind === 'rollup'
+        ? `closed windows of event time, by window start · ${summed ? 'all keys and ' : ''}the busiest keys${summed ? '' : ' (not summed: a ratio, mean, percentile or distinct count)'}`
+        : `live state, sampled each second${list.length === 0 ? ' (no closed rollup window yet)' : ''} · ${summed ? 'sum over keys and ' : ''}the top keys`;
   };
-  actorSel.onchange = fieldSel.onchange = () => {
-    refreshPickers();
-    resetRollup();
+  sourceSel.onchange = () => {
+    const [kind, rest] = sourceSel.value.split(/:(.*)/s);
+    want =
+      kind === 'rollup'
+        ? { actor: rest.split('/')[0], rollup: rest.slice(rest.indexOf('/') + 1) }
+        : { kind: 'state', actor: rest };
+    renderRollup(Date.now() / 1000);
   };
-  tailSel.onchange = () => renderTail(true);
+  measureSel.onchange = () => {
+    want = { ...want, measure: measureSel.value };
+    renderRollup(Date.now() / 1000);
+  };
 
   const resetRollup = () => {
     rollup?.destroy();
     rollup = null;
-    rollupKeys = [];
+    rollupLabels = '';
     rollupData = [[]];
   };
-  const topKeys = () => {
-    const keys = latest.get(actorSel.value);
-    if (!keys || !fieldSel.value) return [];
-    return [...keys.entries()]
-      .map(([k, v]) => [k, at(v.state, fieldSel.value), v.updatedAt])
-      .filter(([, v]) => typeof v === 'number')
-      .sort((a, b) => b[1] - a[1]);
+  const COLORS = ['#e6e6e6', '#f0883e', '#a371f7', '#3fb950', '#58a6ff', '#d29922'];
+  const chartFor = (labels, x) => {
+    if (rollup && rollupLabels === labels.join('\u0000')) return;
+    rollup?.destroy();
+    const offset = labels[0]?.startsWith('all keys') || labels[0]?.startsWith('sum of') ? 0 : 1;
+    rollup = mkChart(
+      $('chart-rollup'),
+      labels.map((l, i) => seriesOpts(l, COLORS[(i + offset) % COLORS.length])),
+      240,
+      x,
+    );
+    rollupLabels = labels.join('\u0000');
   };
-  const sampleRollup = (t) => {
-    const rows = topKeys();
-    if (rows.length === 0) return;
-    if (!rollup) {
-      rollupKeys = rows.slice(0, 5).map((r) => r[0]);
-      const colors = ['#f0883e', '#a371f7', '#3fb950', '#58a6ff', '#d29922'];
-      rollup = mkChart(
-        $('chart-rollup'),
-        [
-          seriesOpts(`sum of ${fieldSel.value}`, '#e6e6e6'),
-          ...rollupKeys.map((k, i) => seriesOpts(k, colors[i])),
-        ],
-        240,
-      );
-      rollupData = [[], [], ...rollupKeys.map(() => [])];
-    }
-    const byKey = new Map(rows.map((r) => [r[0], r[1]]));
-    const sum = rows.reduce((s, r) => s + r[1], 0);
-    push(rollupData, t, [sum, ...rollupKeys.map((k) => byKey.get(k) ?? null)]);
-    rollup.setData(rollupData);
-    const tbody = $('top-keys').tBodies[0];
-    tbody.replaceChildren(
-      ...rows.slice(0, 8).map(([k, v, u]) => {
+  const renderTable = (rows) => {
+    $('top-keys').tBodies[0].replaceChildren(
+      ...rows.slice(0, 8).map((r) => {
         const tr = document.createElement('tr');
-        for (const c of [k, fmtNum(v), ago(Date.parse(u))]) tr.insertCell().textContent = c;
+        const win = r.window === undefined ? '–' : R.fmtWindow(view.every, r.window);
+        for (const c of [r.key, R.fmtValue(r.value), win, ago(Date.parse(r.updatedAt))])
+          tr.insertCell().textContent = c;
         return tr;
       }),
     );
   };
+  /** Once a second and on every control change: the panel from the states as they are now. */
+  const renderRollup = (t) => {
+    const list = R.rollups(latest);
+    const next = complete(list);
+    if (viewKey(next) !== viewKey(view)) resetRollup();
+    view = next;
+    renderControls(list);
+    let keys = [];
+    let points = 0;
+    if (view?.kind === 'rollup') {
+      const d = R.rollupSeries(latest, view);
+      chartFor(
+        d.series.map((s) => s.label),
+        R.windowX(view.every),
+      );
+      rollup.setData([d.x, ...d.series.map((s) => s.values)]);
+      keys = d.keys;
+      points = d.x.length;
+      renderTable(d.rows);
+    } else if (view) {
+      const rows = R.stateRows(latest, view.actor, view.measure);
+      if (!rollup) {
+        const summed = R.additive(view.measure);
+        const top = rows.slice(0, 5).map((r) => r.key);
+        chartFor([...(summed ? [`sum of ${view.measure}`] : []), ...top], liveX);
+        rollupData = [[], ...rollupLabels.split('\u0000').map(() => [])];
+      }
+      const labels = rollupLabels.split('\u0000');
+      const byKey = new Map(rows.map((r) => [r.key, r.value]));
+      const sum = rows.reduce((s, r) => s + r.value, 0);
+      push(
+        rollupData,
+        t,
+        labels.map((l) => (l.startsWith('sum of ') ? sum : (byKey.get(l) ?? null))),
+      );
+      rollup.setData(rollupData);
+      keys = labels.filter((l) => byKey.has(l));
+      points = rollupData[0].length;
+      renderTable(rows);
+    }
+    window.partita.view = view && { ...view, keys, points };
+  };
 
   // ---- live tail ------------------------------------------------------------------------------
+  const tailSel = $('tail-actor');
+  const refreshTailActors = () => {
+    const actors = ['*', ...new Set([...latest.keys(), 'warehouse'])].sort();
+    const cur = tailSel.value || params.get('tail') || 'warehouse';
+    fillSelect(
+      tailSel,
+      actors.map((a) => [a, a === '*' ? '(all actors)' : a]),
+      actors.includes(cur) ? cur : undefined,
+    );
+  };
+  tailSel.onchange = () => renderTail(true);
   const summary = (c) => {
     const s = c.state;
     const focus = s && typeof s === 'object' && s.last && typeof s.last === 'object' ? s.last : s;
-    return JSON.stringify(focus);
+    // Timestamps read as times of day, not as 13-digit numbers.
+    return JSON.stringify(focus, (k, v) =>
+      typeof v === 'number' && R.isTimestamp(k, v) ? new Date(v).toLocaleTimeString() : v,
+    );
   };
   const tailMatches = (c) => {
     const actor = tailSel.value || 'warehouse';
@@ -206,7 +340,7 @@
     if (!keys) {
       keys = new Map();
       latest.set(c.actor, keys);
-      refreshPickers();
+      refreshTailActors();
     }
     const prev = keys.get(c.key);
     if (prev && prev.seq > c.seq) return;
@@ -225,7 +359,8 @@
         for (const c of f.changes) apply(c, false);
         break;
       case 'ready':
-        refreshPickers();
+        refreshTailActors();
+        renderRollup(Date.now() / 1000);
         break;
       case 'changes':
         for (const c of f.changes) apply(c, true);
@@ -245,8 +380,7 @@
     updateFreshness();
   };
 
-  const fmtNum = (v) =>
-    Math.abs(v) >= 1000 ? Math.round(v).toLocaleString() : String(Math.round(v * 1000) / 1000);
+  const fmtNum = R.fmtValue;
   const ago = (t) => {
     const s = (Date.now() - t) / 1000;
     return s < 1 ? 'now' : s < 60 ? `${Math.round(s)} s ago` : `${Math.round(s / 60)} min ago`;
@@ -324,7 +458,7 @@
     } else push(latData, t, [null, null, null]);
     latencies = [];
     latencyChart.setData(latData);
-    sampleRollup(t);
+    renderRollup(t);
     updateFreshness();
   }, 1000);
 
@@ -360,6 +494,11 @@
   window.partita = {
     latest,
     tail,
+    /** What the rollup panel shows: kind, actor, rollup, granularity, measure, keys, points. */
+    view: null,
+    get charts() {
+      return [throughput, latencyChart, rollup].filter(Boolean);
+    },
     get status() {
       return lastStatus;
     },
