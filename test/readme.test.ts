@@ -18,7 +18,7 @@
 //   orders-v2.json for it.
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -27,12 +27,19 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { inStream, partitionOf } from '../runtime/index.js';
 import { check } from './helpers/check.js';
-import { tempDir } from './helpers/nats.js';
+import { tempDir as makeTempDir } from './helpers/nats.js';
 import { type NodeProcess, PARTITA_BIN, spawnPartita } from './helpers/node-process.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const NATS_STAND_IN = fileURLToPath(new URL('./helpers/nats-cli.js', import.meta.url));
 const run = promisify(execFile);
+const dirs: string[] = [];
+/** A temporary directory, removed when the tests end. */
+function tempDir(prefix: string): string {
+  const d = makeTempDir(prefix);
+  dirs.push(d);
+  return d;
+}
 
 interface ShBlock {
   /** The line of the block's opening fence. */
@@ -124,7 +131,10 @@ async function serve(cmd: string, cwd: string, extra: string[] = []): Promise<Se
     },
     30_000,
     `${cmd}: its ready line`,
-  );
+  ).catch((e: unknown) => {
+    child.kill('SIGKILL');
+    throw e;
+  });
   const ready = Object.fromEntries(
     line
       .split(' ')
@@ -183,6 +193,7 @@ describe('README.md examples', () => {
   });
   after(async () => {
     const code = await dev?.kill('SIGTERM');
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
     assert.equal(code, 0, 'partita dev stops cleanly');
   });
 
