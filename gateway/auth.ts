@@ -3,7 +3,6 @@
 // any plugin get the check, because the hook is installed on the root instance.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import rateLimit from '@fastify/rate-limit';
 import type { FastifyInstance, FastifyReply, FastifyRequest, preHandlerAsyncHookHandler } from 'fastify';
 import { PartitaError } from '../runtime/index.js';
 import { sendError } from './http-error.js';
@@ -161,7 +160,7 @@ export interface AuthFailureLimit {
 
 /**
  * Installs the check on the root instance: every route, in any plugin, needs its config's scope.
- * Call it before registering routes.
+ * Call it after `installRateLimit` (which registers @fastify/rate-limit) and before registering routes.
  *
  * Failed attempts are counted per client address (@fastify/rate-limit's store, an LRU): once an
  * address used up its budget, every request from it that needs a token is a 429 with
@@ -172,7 +171,6 @@ export function installAuth(app: FastifyInstance, table: TokenTable, failures: A
   app.decorateRequest('principal', null);
   const max = failures.max ?? 10;
   const windowMs = failures.windowMs ?? 1000;
-  if (table.size > 0) app.register(rateLimit, { global: false });
   let limiter: ReturnType<FastifyInstance['createRateLimit']> | null = null;
   app.addHook('onRequest', async (req, reply) => {
     const scope = req.routeOptions.config?.scope ?? 'read';
@@ -182,7 +180,14 @@ export function installAuth(app: FastifyInstance, table: TokenTable, failures: A
       return;
     }
     // Created on first use: the plugin's decorator exists once the plugin has loaded.
-    limiter ??= app.createRateLimit({ max, timeWindow: windowMs });
+    // The plugin is registered by rate-limit.ts; this limiter has a store of its own, keyed by address
+    // only (a failed attempt has no principal) and never allow-listed.
+    limiter ??= app.createRateLimit({
+      max,
+      timeWindow: windowMs,
+      keyGenerator: (r) => r.ip,
+      allowList: () => false,
+    });
     const seen = await limiter(req, { increment: false });
     if (!seen.isAllowed && seen.remaining === 0) {
       reply.header('retry-after', String(Math.max(1, seen.ttlInSeconds)));

@@ -53,13 +53,18 @@ export function installErrorHandler(app: FastifyInstance): void {
     });
     return new Error(parts.join('; '));
   });
-  app.setErrorHandler((err: FastifyError, _req, reply) => {
+  app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err.validation) return sendError(reply, 'PARTITA_ERR_BAD_REQUEST', err.message);
     if (err instanceof PartitaError) {
       return reply.code(err.status).send({ error: err.code, message: err.message, statusCode: err.status });
     }
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     const code = FASTIFY_STATUS_CODES[status];
+    // curl -d sends application/x-www-form-urlencoded: say what to send instead.
+    if (status === 415) {
+      const sent = req.headers['content-type'] ?? 'none';
+      return sendError(reply, 'PARTITA_ERR_UNSUPPORTED_MEDIA_TYPE', `${sent}; ${JSON_HINT}`);
+    }
     if (code) return sendError(reply, code, err.message);
     // Another 4xx of fastify's (rare: 405-like cases): keep its status, in the Partita shape.
     return reply
@@ -70,6 +75,9 @@ export function installErrorHandler(app: FastifyInstance): void {
     sendError(reply, 'PARTITA_ERR_NOT_FOUND', `no route ${req.method} ${req.url.split('?')[0]}`),
   );
 }
+
+const JSON_HINT =
+  "send the body as JSON with the header Content-Type: application/json (curl: -H 'content-type: application/json')";
 
 /** The Partita code of each status fastify's own errors come with. */
 const FASTIFY_STATUS_CODES: Partial<Record<number, ErrorCode>> = {

@@ -33,7 +33,7 @@ export interface GatewayOptions {
   host?: string;
   /** Bearer tokens; without any, the gateway is open and listens on loopback only. */
   tokens?: readonly TokenSpec[];
-  /** @default { perSecond: 100 } per token (or client address) */
+  /** Requests per window per token holder (or client address without tokens). @default off */
   rateLimit?: RateLimitOptions;
   featureMaxAgeSeconds?: number;
   /** Entities × features one feature request may ask for. @default 100000 */

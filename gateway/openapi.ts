@@ -53,7 +53,10 @@ function operation(r: Collected): Json {
   if (r.scope !== 'public') {
     responses['401'] ??= { description: 'no or unknown bearer token (PARTITA_ERR_UNAUTHORIZED)' };
     responses['403'] ??= { description: `the token lacks scope "${r.scope}" (PARTITA_ERR_FORBIDDEN)` };
-    responses['429'] ??= { description: 'rate limited (PARTITA_ERR_RATE_LIMITED), see Retry-After' };
+    responses['429'] ??= {
+      description:
+        'over the request limit (--rate-limit, off by default) or after failed authentications (PARTITA_ERR_RATE_LIMITED); see Retry-After and X-RateLimit-*',
+    };
   }
   if (s.body || parameters.length > 0) {
     responses['400'] ??= { description: 'the request does not match the schema (PARTITA_ERR_BAD_REQUEST)' };

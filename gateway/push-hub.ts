@@ -1,5 +1,5 @@
 // Push fan-out. One NATS subscription to `partita.state.>` per gateway; every message is decoded
-// once and handed to the clients whose filter matches. Nothing here ever waits for a client: a
+// once, reduced to its public form (public-state.ts) and handed to the clients whose filter matches. Nothing here ever waits for a client: a
 // client whose transport is full stops receiving frames and keeps only the latest change per key
 // (coalescing) until its transport drains, so a slow client costs memory bounded by the keys it
 // watches, never time of the runtime or of other clients. A client whose transport stays full for
@@ -13,6 +13,7 @@ import type { KV } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { kvToken, STATE_BUCKET, STATE_PREFIX, stateKvKey } from '../runtime/index.js';
+import { publicChange } from './public-state.js';
 
 /** What a client watches; all given parts must match. */
 export interface PushFilter {
@@ -68,7 +69,6 @@ export interface PushHubOptions {
 
 /** One state change as received, decoded once for every client. */
 class StateMsg {
-  private seqCache = -1;
   constructor(
     /** Arrival order on the live subscription; 0 for snapshot entries. */
     readonly id: number,
@@ -76,30 +76,22 @@ class StateMsg {
     readonly tail: string,
     readonly actorTok: string,
     readonly keyTok: string,
+    /** The change's public JSON (public-state.ts): what every client is sent. */
     readonly raw: string,
+    readonly seq: number,
   ) {}
+}
 
-  /** The change's `seq`: the outermost `"seq":` is the last one (the state comes before it). */
-  get seq(): number {
-    if (this.seqCache < 0) this.seqCache = seqOf(this.raw);
-    return this.seqCache;
-  }
+/** A change as the bucket or subject carries it, reduced to its public form; null if unreadable. */
+function stateMsg(id: number, tail: string, actorTok: string, keyTok: string, text: string): StateMsg | null {
+  const p = publicChange(text);
+  return p ? new StateMsg(id, tail, actorTok, keyTok, p.json, p.seq) : null;
 }
 
 function changesFrame(batch: readonly StateMsg[]): string {
   let out = '{"type":"changes","changes":[';
   for (let i = 0; i < batch.length; i++) out += i === 0 ? batch[i]!.raw : `,${batch[i]!.raw}`;
   return `${out}]}`;
-}
-
-export function seqOf(raw: string): number {
-  const i = raw.lastIndexOf('"seq":');
-  return i < 0 ? 0 : Number.parseInt(raw.slice(i + 6, i + 30), 10) || 0;
-}
-
-export function updatedAtOf(raw: string): number {
-  const i = raw.lastIndexOf('"updatedAt":"');
-  return i < 0 ? Number.NaN : Date.parse(raw.slice(i + 13, i + 37));
 }
 
 const ALL = '\u0000all';
@@ -443,15 +435,24 @@ export class PushHub {
         const tail = m.subject.slice(prefixLen);
         const dot = tail.indexOf('.');
         if (dot < 0) return;
-        const raw = this.decoder.decode(m.data);
+        // Parsed once here for every client: what goes out is the public form, without `sys`.
+        const change = publicChange(this.decoder.decode(m.data));
+        if (!change) return;
         this.received++;
         this.metrics.received.inc();
-        const lat = Date.now() - updatedAtOf(raw);
+        const lat = Date.now() - change.updatedAt;
         if (Number.isFinite(lat)) {
           this.latency.add(lat);
           this.metrics.commitToGateway.observe(Math.max(0, lat) / 1000);
         }
-        const msg = new StateMsg(this.nextId++, tail, tail.slice(0, dot), tail.slice(dot + 1), raw);
+        const msg = new StateMsg(
+          this.nextId++,
+          tail,
+          tail.slice(0, dot),
+          tail.slice(dot + 1),
+          change.json,
+          change.seq,
+        );
         const forActor = this.byActor.get(msg.actorTok);
         if (forActor) for (const c of forActor) c.offer(msg);
         const forAll = this.byActor.get(ALL);
@@ -567,7 +568,8 @@ export class PushHub {
       if (e?.operation === 'PUT' && e.length > 0) {
         const a = kvToken(actor);
         const k = kvToken(key);
-        yield new StateMsg(0, `${a}.${k}`, a, k, e.string());
+        const msg = stateMsg(0, `${a}.${k}`, a, k, e.string());
+        if (msg) yield msg;
       }
       return;
     }
@@ -611,7 +613,8 @@ export class PushHub {
         const tail = m.subject.slice(prefixLen);
         const dot = tail.indexOf('.');
         const keyTok = tail.slice(dot + 1);
-        if (c.matches(keyTok)) got.push(new StateMsg(0, tail, tail.slice(0, dot), keyTok, m.string()));
+        const msg = c.matches(keyTok) ? stateMsg(0, tail, tail.slice(0, dot), keyTok, m.string()) : null;
+        if (msg) got.push(msg);
       }
       if (n === 0) return; // the entries went meanwhile
       yield* got;

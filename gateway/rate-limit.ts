@@ -1,49 +1,43 @@
-// A token bucket per token holder (or per client address without tokens): `perSecond` requests a
-// second on average, bursts of `burst`. A WebSocket or SSE subscription counts once, when it opens.
-import type { FastifyInstance } from 'fastify';
-import { sendError } from './http-error.js';
+// The request limit: @fastify/rate-limit, registered once for the whole gateway (auth.ts builds its
+// failed-authentication limiter on the same registration with `createRateLimit`). Off unless
+// configured: a gateway on loopback serves its own dashboards and feature clients, and a limit that
+// guesses their volume refuses ordinary work. When on, each token holder (or, without tokens, each
+// client address) gets `max` requests per window, fixed windows as the plugin counts them, with its
+// headers (`x-ratelimit-limit`, `-remaining`, `-reset`; `retry-after` on a 429). A WebSocket or SSE
+// subscription counts once, when it opens.
+import rateLimit from '@fastify/rate-limit';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { PartitaError } from '../runtime/index.js';
 
 export interface RateLimitOptions {
-  /** Requests per second per client; 0 turns the limit off. @default 100 */
-  perSecond?: number;
-  /** @default 2 × perSecond */
-  burst?: number;
+  /** Requests per window per token holder (or client address without tokens); 0 turns it off. @default 0 */
+  max?: number;
+  /** @default 1000 */
+  windowMs?: number;
 }
 
-interface Bucket {
-  tokens: number;
-  at: number;
+/** Who a request counts against: the token holder, else the client address. */
+export function rateLimitKey(req: FastifyRequest): string {
+  return req.principal && req.principal.name !== 'anonymous' ? `t:${req.principal.name}` : `ip:${req.ip}`;
 }
 
-/** Buckets idle this long are full again and can be forgotten. */
-const SWEEP_MS = 60_000;
-
+/** Registers the plugin; call it before `installAuth` and before any route. */
 export function installRateLimit(app: FastifyInstance, opts: RateLimitOptions = {}): void {
-  const perSecond = opts.perSecond ?? 100;
-  if (perSecond <= 0) return;
-  const burst = opts.burst ?? perSecond * 2;
-  const buckets = new Map<string, Bucket>();
-  const sweep = setInterval(() => {
-    const old = Date.now() - SWEEP_MS;
-    for (const [k, b] of buckets) if (b.at < old) buckets.delete(k);
-  }, SWEEP_MS);
-  sweep.unref();
-  app.addHook('onClose', async () => clearInterval(sweep));
-  // Runs after the auth hook (hooks run in the order added), so the principal is known.
-  app.addHook('onRequest', async (req, reply) => {
-    if (req.routeOptions.config?.scope === 'public') return;
-    const who =
-      req.principal && req.principal.name !== 'anonymous' ? `t:${req.principal.name}` : `ip:${req.ip}`;
-    const now = Date.now();
-    const b = buckets.get(who) ?? { tokens: burst, at: now };
-    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * perSecond);
-    b.at = now;
-    buckets.set(who, b);
-    if (b.tokens < 1) {
-      const wait = Math.ceil((1 - b.tokens) / perSecond);
-      reply.header('retry-after', String(Math.max(1, wait)));
-      return sendError(reply, 'PARTITA_ERR_RATE_LIMITED', `more than ${perSecond} requests/s; retry later`);
-    }
-    b.tokens -= 1;
+  const max = Math.max(0, Math.trunc(opts.max ?? 0));
+  const windowMs = opts.windowMs ?? 1000;
+  app.register(rateLimit, {
+    // Without a limit the plugin is still registered: auth's failure limiter is built on it.
+    global: max > 0,
+    max,
+    timeWindow: windowMs,
+    // The plugin's hook runs per route, after the root's auth hook, so the principal is known.
+    keyGenerator: rateLimitKey,
+    allowList: (req) => req.routeOptions.config?.scope === 'public',
+    // Thrown by the plugin, so the error handler answers in the one Partita error shape.
+    errorResponseBuilder: (_req, ctx) =>
+      new PartitaError(
+        'PARTITA_ERR_RATE_LIMITED',
+        `more than ${ctx.max} requests in ${ctx.after}; retry later`,
+      ),
   });
 }

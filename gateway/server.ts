@@ -40,6 +40,7 @@ export interface GatewayDeps {
   registry?: Registry;
   /** Bearer tokens; none means every route is open (and `startGateway` listens on loopback only). */
   tokens?: readonly TokenSpec[];
+  /** Requests per window per token holder or client address. @default off */
   rateLimit?: RateLimitOptions;
   /** Failed authentications allowed per client address. @default 10 a second */
   authFailures?: AuthFailureLimit;
@@ -86,8 +87,8 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
   installOpenApi(app, { title: 'Partita gateway', version: '0.1.0' });
   const tokens = new TokenTable(deps.tokens ?? []);
   installOriginCheck(app, deps.origins ?? {}, tokens.size === 0);
-  installAuth(app, tokens, deps.authFailures);
   installRateLimit(app, deps.rateLimit);
+  installAuth(app, tokens, deps.authFailures);
   installKeyLimit(app);
 
   const nc = deps.nc;

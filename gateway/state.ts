@@ -3,6 +3,7 @@ import type { KV } from '@nats-io/kv';
 import type { FastifyInstance } from 'fastify';
 import { stateKvKey } from '../runtime/index.js';
 import { ERROR_SCHEMA, sendError } from './http-error.js';
+import { publicChange } from './public-state.js';
 
 export interface StateRouteOptions {
   state: KV;
@@ -10,21 +11,24 @@ export interface StateRouteOptions {
   readStatus?: () => Promise<unknown>;
 }
 
+/** The public fields of a state change (public-state.ts; docs/state-changes.md). */
 const stateChangeSchema = {
   type: 'object',
-  description: 'the latest committed state change of the key, as published on partita.state.<actor>.<key>',
-  additionalProperties: true,
+  description:
+    "the latest committed state change of the key: the actor's state and its public metadata (docs/state-changes.md)",
+  additionalProperties: false,
   properties: {
     actor: { type: 'string' },
     key: { type: 'string' },
-    state: {},
+    state: { description: "the actor's state, as its handler returned it" },
     seq: { type: 'integer', description: 'input-stream sequence of the last event applied' },
     updatedAt: { type: 'string', format: 'date-time', description: 'commit time' },
-    partition: { type: 'integer' },
-    epoch: { type: 'integer' },
-    partitionKeys: {
-      type: 'integer',
-      description: "the partition's key count after the change (how restores tell that the bucket lost keys)",
+    partition: { type: 'integer', description: 'the partition of the key' },
+    epoch: { type: 'integer', description: 'the lease epoch of the node that committed it' },
+    cause: {
+      type: 'object',
+      description: 'the event that made this change (see /v1/actors/{actor}/{key}/lineage)',
+      properties: { stream: { type: 'string' }, seq: { type: 'integer' }, msgId: { type: 'string' } },
     },
   },
 } as const;
@@ -47,11 +51,10 @@ export async function stateRoutes(app: FastifyInstance, opts: StateRouteOptions)
     async (req, reply) => {
       const { actor, key } = req.params;
       const entry = await opts.state.get(stateKvKey(actor, key));
-      if (entry?.operation !== 'PUT' || entry.length === 0) {
-        return sendError(reply, 'PARTITA_ERR_NOT_FOUND', `no state for ${actor}/${key}`);
-      }
+      const change = entry?.operation === 'PUT' && entry.length > 0 ? publicChange(entry.string()) : null;
+      if (!change) return sendError(reply, 'PARTITA_ERR_NOT_FOUND', `no state for ${actor}/${key}`);
       reply.header('content-type', 'application/json; charset=utf-8');
-      return entry.string();
+      return change.json;
     },
   );
 

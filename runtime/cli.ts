@@ -59,7 +59,8 @@ const USAGE = `usage: partita <command> [options]
   gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N] [--feature-max-age S]
           [--max-feature-cells N] [--allowed-hosts H,H] [--allowed-origins URL,URL]
       the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS
-      (name:secret:scope[+scope],...); without tokens it listens on loopback only; it answers
+      (name:secret:scope[+scope],...); without tokens it listens on loopback only; --rate-limit N:
+      requests a second per token (or client address), off by default; it answers
       Host names of its address and loopback (and --allowed-hosts, * for any); without tokens,
       push subscriptions only from its own pages (and --allowed-origins)
   status [--nats URL] [--json]
@@ -335,7 +336,7 @@ const COMMANDS: Record<string, Command> = {
         port: int(v.port as string | undefined, 'port') ?? 8080,
         host: v.host as string | undefined,
         tokens,
-        rateLimit: perSecond === undefined ? undefined : { perSecond },
+        rateLimit: perSecond === undefined ? undefined : { max: perSecond, windowMs: 1000 },
         featureMaxAgeSeconds: int(v['feature-max-age'] as string | undefined, 'feature-max-age'),
         maxFeatureCells: int(v['max-feature-cells'] as string | undefined, 'max-feature-cells'),
         allowedHosts: list(v['allowed-hosts']),

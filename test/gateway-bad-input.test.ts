@@ -47,10 +47,14 @@ describe('gateway: bad input', () => {
         payload,
         headers: { 'content-type': contentType },
       });
-    assertPartitaError(
-      await post('<features/>', 'application/xml'),
-      415,
-      'PARTITA_ERR_UNSUPPORTED_MEDIA_TYPE',
+    const xml = await post('<features/>', 'application/xml');
+    assertPartitaError(xml, 415, 'PARTITA_ERR_UNSUPPORTED_MEDIA_TYPE');
+    // What curl -d sends: the answer says what to send instead.
+    const form = await post('{"features": []}', 'application/x-www-form-urlencoded');
+    assertPartitaError(form, 415, 'PARTITA_ERR_UNSUPPORTED_MEDIA_TYPE');
+    assert.match(
+      form.json().message,
+      /x-www-form-urlencoded; send the body as JSON .*content-type: application\/json/,
     );
     const huge = JSON.stringify({ features: ['a:b'], entities: { id: ['x'.repeat(5 * 1024 * 1024)] } });
     assertPartitaError(await post(huge), 413, 'PARTITA_ERR_BODY_TOO_LARGE');

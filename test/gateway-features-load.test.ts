@@ -34,7 +34,7 @@ describe('gateway: large feature requests', () => {
         ),
       );
     }
-    gw = await startGateway({ natsUrl: nats.url, port: 0, rateLimit: { perSecond: 0 } });
+    gw = await startGateway({ natsUrl: nats.url, port: 0 });
   });
   after(async () => {
     await gw?.stop();

@@ -319,8 +319,8 @@ describe('gateway: Feast features, auth, validation', () => {
     const limited = buildGateway({
       state: kv,
       connected: () => true,
-      // A slow refill: a stall between requests must not hand back a token.
-      rateLimit: { perSecond: 0.01, burst: 3 },
+      // A long window: a stall between requests must not start a new one.
+      rateLimit: { max: 3, windowMs: 60_000 },
       tokens: [
         { name: 'a', token: READ, scopes: ['read'] },
         { name: 'b', token: ADMIN, scopes: ['read'] },
