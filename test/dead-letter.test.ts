@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { type JetStreamManager, jetstreamManager, type StoredMsg } from '@nats-io/jetstream';
+import { jetstreamManager, type StoredMsg } from '@nats-io/jetstream';
 import { type KV, Kvm } from '@nats-io/kv';
 import { headers, type MsgHdrs, type NatsConnection } from '@nats-io/transport-node';
 import {
@@ -16,36 +16,12 @@ import {
   startNode,
 } from '../runtime/index.js';
 import { check } from './helpers/check.js';
+import { DeadLetters } from './helpers/dead-letters.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 
 const FIXTURE_ACTORS = fileURLToPath(new URL('./fixtures/actors/', import.meta.url));
 const MAX_EVENT_BYTES = 2048;
 const enc = new TextEncoder();
-
-/** Reads the dead-letter stream by sequence; stored messages never change, so each is read once. */
-class DeadLetters {
-  private readonly bySeq = new Map<number, StoredMsg>();
-
-  constructor(private readonly jsm: JetStreamManager) {}
-
-  async all(): Promise<StoredMsg[]> {
-    const { state } = await this.jsm.streams.info(DLQ_STREAM);
-    for (let seq = Math.max(1, state.first_seq); seq <= state.last_seq; seq++) {
-      if (this.bySeq.has(seq)) continue;
-      const m = await this.jsm.streams.getMessage(DLQ_STREAM, { seq });
-      if (m) this.bySeq.set(seq, m);
-    }
-    return [...this.bySeq.values()];
-  }
-
-  /** The dead letters of one input: the subject the producer used and its exact payload. */
-  async of(subject: string, payload: Uint8Array): Promise<StoredMsg[]> {
-    return (await this.all()).filter(
-      (m) =>
-        m.header?.get(DLQ_HEADERS.subject) === subject && Buffer.from(m.data).equals(Buffer.from(payload)),
-    );
-  }
-}
 
 async function deadLettered(node: PartitaNode, code: ErrorCode): Promise<number> {
   const metric = node.metrics.registry.getSingleMetric('partita_events_dead_lettered_total');

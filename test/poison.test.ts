@@ -6,12 +6,11 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { type JetStreamManager, jetstreamManager, type StoredMsg } from '@nats-io/jetstream';
+import { jetstreamManager, type StoredMsg } from '@nats-io/jetstream';
 import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
   DLQ_HEADERS,
-  DLQ_STREAM,
   type ErrorCode,
   type PartitaNode,
   partitionOf,
@@ -20,6 +19,7 @@ import {
   stateKvKey,
 } from '../runtime/index.js';
 import { check } from './helpers/check.js';
+import { DeadLetters } from './helpers/dead-letters.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 
 const ACTORS = fileURLToPath(new URL('./fixtures/poison-actors/', import.meta.url));
@@ -31,22 +31,6 @@ const json = (v: unknown) => enc.encode(JSON.stringify(v));
 /** A key of `partition` that starts with `prefix`. */
 function keyIn(partition: number, prefix: string): string {
   for (let i = 0; ; i++) if (partitionOf(`${prefix}-${i}`, PARTITIONS) === partition) return `${prefix}-${i}`;
-}
-
-/** The dead-letter stream, read by sequence (stored messages never change). */
-class DeadLetters {
-  private readonly bySeq = new Map<number, StoredMsg>();
-  constructor(private readonly jsm: JetStreamManager) {}
-
-  async of(subject: string): Promise<StoredMsg[]> {
-    const { state } = await this.jsm.streams.info(DLQ_STREAM);
-    for (let seq = Math.max(1, state.first_seq); seq <= state.last_seq; seq++) {
-      if (this.bySeq.has(seq)) continue;
-      const m = await this.jsm.streams.getMessage(DLQ_STREAM, { seq });
-      if (m) this.bySeq.set(seq, m);
-    }
-    return [...this.bySeq.values()].filter((m) => m.header?.get(DLQ_HEADERS.subject) === subject);
-  }
 }
 
 async function counter(node: PartitaNode, name: string, label: Record<string, string>): Promise<number> {
