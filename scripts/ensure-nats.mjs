@@ -8,6 +8,9 @@
 //                                           into .partita/bin/nats-server
 //   node scripts/ensure-nats.mjs --oldest   the oldest supported line (2.10.x, Debian 13 "trixie")
 //                                           in .partita/bin/2.10/nats-server, fetched if absent
+//   --fetch                                 fetch even when a supported one is there (CI: the
+//                                           newest there is today); keeps the one there if the
+//                                           fetch cannot run
 //
 // Prints the binary's path on stdout and `partita: nats-server vX.Y.Z (<path>)` on stderr.
 // Fetching needs root and apt (a Debian-like system): apt's own download command runs with a
@@ -32,6 +35,7 @@ import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const oldest = process.argv.includes('--oldest');
+const refetch = process.argv.includes('--fetch');
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 
 // Sid keeps only its newest version and trixie only 2.10.x: the version is checked after the
@@ -71,6 +75,10 @@ function done(bin, v) {
 }
 
 function stop(found) {
+  if (usable) {
+    console.error(`partita: could not fetch a newer nats-server; keeping v${usable.v.join('.')}`);
+    done(usable.bin, usable.v);
+  }
   const had = found ? ` (found v${found.v.join('.')} at ${found.bin})` : '';
   console.error(
     `partita: needs ${target.what}${had}: run as root on Debian or Ubuntu to fetch it into .partita/bin, or set PARTITA_NATS_SERVER to a nats-server from https://github.com/nats-io/nats-server/releases`,
@@ -84,12 +92,15 @@ const candidates = oldest
     ? [process.env.PARTITA_NATS_SERVER]
     : [target.file, 'nats-server'];
 let found = null;
+let usable = null;
 for (const bin of candidates) {
   const v = version(bin);
-  if (target.ok(v)) done(bin, v);
+  if (target.ok(v) && !refetch) done(bin, v);
+  if (target.ok(v) && !usable) usable = { bin, v };
   if (v && !found) found = { bin, v };
 }
 if (!oldest && process.env.PARTITA_NATS_SERVER) {
+  if (usable) done(usable.bin, usable.v);
   console.error(
     `partita: PARTITA_NATS_SERVER=${process.env.PARTITA_NATS_SERVER} is not ${target.what}${found ? ` (v${found.v.join('.')})` : ''}`,
   );
