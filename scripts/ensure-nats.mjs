@@ -12,7 +12,9 @@
 //                                           newest there is today); keeps the one there if the
 //                                           fetch cannot run
 //
-// Prints the binary's path on stdout and `partita: nats-server vX.Y.Z (<path>)` on stderr.
+//   --path                                  print the binary's path on stdout (for scripts)
+//
+// Prints `partita: nats-server vX.Y.Z (<path>)` on stderr.
 // Fetching needs root and apt (a Debian-like system): apt's own download command runs with a
 // temporary sources list, lists and cache, so the system's apt configuration and package state
 // stay untouched; `dpkg-deb -x` unpacks the package and only its binary is kept. Otherwise the
@@ -36,6 +38,7 @@ import { fileURLToPath } from 'node:url';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const oldest = process.argv.includes('--oldest');
 const refetch = process.argv.includes('--fetch');
+const printPath = process.argv.includes('--path');
 const KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 
 // Sid keeps only its newest version and trixie only 2.10.x: the version is checked after the
@@ -70,7 +73,7 @@ function version(bin) {
 function done(bin, v) {
   const shown = bin.startsWith(root) ? relative(process.cwd(), bin) || bin : bin;
   console.error(`partita: nats-server v${v.join('.')} (${shown})`);
-  console.log(bin);
+  if (printPath) console.log(bin);
   process.exit(0);
 }
 
