@@ -21,7 +21,7 @@
 // Every measurement gets a fresh nats-server (free port, fresh store in a temp dir), as the tests do.
 // Flags: --events N --keys N --kv-seconds S --kv-events N --rates 5000,50000 --seconds S --warmup S
 //        --live-keys N --partitions N --backlog-runs N --threads N --quick --out FILE
-//        --move-rate N --move-keys N --repeats N --restore-keys N
+//        --move-rate N --move-keys N --repeats N --restore-keys N --sync-interval always|2m
 //        --only raw,kv,backlog,live,restart,failover,restore,windowed,fanout,features
 //   8. fanout, features   the gateway (bench/gateway.ts): --fanout-clients N --fanout-rate N
 //        --fanout-seconds S --features-requests N
@@ -43,6 +43,7 @@ import {
   ensureTopology,
   inStream,
   type NatsServerHandle,
+  natsServerVersion,
   type PartitaNode,
   partitionOf,
   STATE_BUCKET,
@@ -71,6 +72,7 @@ const { values: flags } = parseArgs({
     'backlog-runs': { type: 'string' },
     threads: { type: 'string' },
     durability: { type: 'string' },
+    'sync-interval': { type: 'string' },
     quick: { type: 'boolean', default: false },
     out: { type: 'string' },
     only: { type: 'string' },
@@ -91,7 +93,7 @@ if (flags.help) {
     'usage: npm run bench -- [--quick] [--events 200000] [--keys 100000] [--kv-seconds 10] [--kv-events 20000]\n' +
       '                       [--rates 5000,50000] [--seconds 5] [--warmup 1] [--live-keys 10000]\n' +
       '                       [--partitions 16] [--backlog-runs 2] [--threads <node default>] [--out bench-results.json]\n' +
-      '                       [--durability sync,process]\n' +
+      '                       [--durability sync,process] [--sync-interval 2m]\n' +
       '                       [--move-rate 2000] [--move-keys 10000] [--repeats 3] [--restore-keys 1000000]\n' +
       '                       [--fanout-clients 1000] [--fanout-rate 100] [--fanout-seconds 10] [--features-requests 300]\n' +
       '                       [--only raw,kv,backlog,live,restart,failover,restore,windowed,fanout,features]',
@@ -124,6 +126,12 @@ const opts = {
     if (d !== 'sync' && d !== 'process') throw new Error(`--durability takes sync and/or process, not ${d}`);
     return d as Durability;
   }),
+  /**
+   * The servers' JetStream `sync_interval`: the server's default, so that runs compare with earlier
+   * ones; `partita nats` configures `always` (README, "Durability"), which costs several times the
+   * backlog throughput here: measure it with `--sync-interval always`.
+   */
+  syncInterval: flags['sync-interval'] ?? '2m',
   out: flags.out ?? 'bench-results.json',
   /** restart / failover: the paced load (events/s) and its keys, and kills per phase. */
   moveRate: num(flags['move-rate'], 2000),
@@ -234,7 +242,12 @@ async function freshEnv(): Promise<Env> {
   const dir = mkdtempSync(join(tmpdir(), 'partita-bench-'));
   let server: NatsServerHandle | undefined;
   try {
-    server = await startNatsServer({ port: 0, dataDir: join(dir, 'nats'), partitions: opts.partitions });
+    server = await startNatsServer({
+      port: 0,
+      dataDir: join(dir, 'nats'),
+      partitions: opts.partitions,
+      syncInterval: opts.syncInterval,
+    });
     const nc = await connect({ servers: server.url, name: 'partita-bench' });
     const topo = await ensureTopology(nc, { partitions: opts.partitions });
     const srv = server;
@@ -1629,14 +1642,14 @@ function printTable(rows: Row[]) {
 
 async function main() {
   const started = now();
+  // The binary the runtime starts (PARTITA_NATS_SERVER, the project's .partita/bin, PATH).
   let natsVersion = '';
   try {
-    natsVersion = execFileSync(process.env.PARTITA_NATS_SERVER || 'nats-server', ['--version'], {
-      encoding: 'utf8',
-    }).trim();
+    natsVersion = `nats-server ${natsServerVersion().text}`;
   } catch {}
   log(
-    `partita bench: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), node ${process.version}, ${natsVersion}; ` +
+    `partita bench: ${cpus().length} cores (${cpus()[0]?.model ?? '?'}), node ${process.version}, ${natsVersion} ` +
+      `(sync_interval ${opts.syncInterval}); ` +
       `${opts.partitions} partitions, ${opts.threads ?? Math.max(1, availableParallelism() - 1)} worker threads${quick ? ', --quick' : ''}`,
   );
 

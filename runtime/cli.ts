@@ -29,7 +29,8 @@ import { startDemoProducer } from './demo-producer.js';
 import { INJECTED_DEFECTS, type InjectedDefect } from './drill-faults.js';
 import { PartitaError } from './errors.js';
 import { piiSecretFrom } from './governance.js';
-import { startNatsServer } from './nats-server.js';
+import { createLogger } from './logger.js';
+import { type NatsServerHandle, natsServerBinary, startNatsServer } from './nats-server.js';
 import { defaultNatsUrl, startNode } from './node.js';
 import type { Durability } from './state-store.js';
 import { formatStatus, readStatus } from './status.js';
@@ -183,6 +184,14 @@ function durabilityOf(v: unknown): Durability | undefined {
   throw new UsageError(`--durability must be sync or process, got "${String(v)}"`);
 }
 
+/** One line naming the nats-server a command runs, its version and binary. */
+function logNatsServer(server: NatsServerHandle): void {
+  createLogger({ component: 'nats-server' }).info(
+    { version: server.version.text, binary: natsServerBinary(), url: server.url },
+    `nats-server ${server.version.text}`,
+  );
+}
+
 const COMMANDS: Record<string, Command> = {
   nats: {
     options: {
@@ -231,6 +240,7 @@ const COMMANDS: Record<string, Command> = {
           clusterName && /:\d+: address/.test(String(err)) ? '--port or --cluster-port' : '--port',
         );
       });
+      logNatsServer(server);
       // A cluster member does not create the topology: JetStream has no meta leader until enough
       // members run, and the ready line must not wait for the others. Nodes create the topology
       // (idempotently) when they start.
@@ -380,6 +390,7 @@ const COMMANDS: Record<string, Command> = {
       }).catch((err) => {
         throw portTaken(err, '--nats-port');
       });
+      logNatsServer(server);
       let node: Awaited<ReturnType<typeof startNode>> | undefined;
       const stops: (() => Promise<void>)[] = [() => server.stop()];
       try {

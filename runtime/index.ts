@@ -20,13 +20,17 @@ export { createLogger, type Logger } from './logger.js';
 export { applyMask, maskPlanOf, type PiiAction, piiHash, REDACTED } from './masking.js';
 export {
   freePorts,
+  MIN_NATS_SERVER,
   type NatsCluster,
   type NatsClusterMember,
   type NatsClusterOptions,
   type NatsClusterStartOptions,
   type NatsServerHandle,
   type NatsServerOptions,
+  type NatsServerVersion,
   natsConfig,
+  natsServerBinary,
+  natsServerVersion,
   startNatsCluster,
   startNatsServer,
   type WaitForJetStreamOptions,

@@ -1,11 +1,12 @@
 // Starts a local nats-server configured for Partita: JetStream plus the partition mapping, alone or
 // as a member of a cluster. Used by `partita nats`, `partita dev`, the tests and the benchmarks.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { jetstreamManager, StorageType } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import { PartitaError } from './errors.js';
@@ -26,6 +27,13 @@ export interface NatsServerOptions {
   cluster?: NatsClusterOptions;
   /** Forward the server's own log to this process's stderr. @default false */
   verbose?: boolean;
+  /**
+   * JetStream's `sync_interval`: how often the store is fsynced. `always` fsyncs every write
+   * before it is acknowledged, so an acknowledged write survives power loss (the server's default,
+   * 2 minutes, loses up to that much on a power cut: Jepsen's NATS 2.12.1 analysis). A duration
+   * such as `'10s'` trades that for throughput. @default 'always'
+   */
+  syncInterval?: string;
 }
 
 export interface NatsClusterOptions {
@@ -46,6 +54,8 @@ export interface NatsServerHandle {
   readonly port: number;
   /** This member's route URL (`nats-route://host:port`); undefined for a server without a cluster. */
   readonly clusterUrl?: string;
+  /** The version of the binary that runs. */
+  readonly version: NatsServerVersion;
   readonly process: ChildProcess;
   readonly configFile: string;
   /** The last few thousand characters the server wrote to stderr (unless `verbose`). */
@@ -53,8 +63,81 @@ export interface NatsServerHandle {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
+/** The oldest nats-server line Partita supports (README, "Supported NATS servers"). */
+export const MIN_NATS_SERVER = { major: 2, minor: 10 } as const;
+
+/**
+ * The nats-server binary to run: `$PARTITA_NATS_SERVER` if set, else the project's
+ * `.partita/bin/nats-server` (where `scripts/ensure-nats.mjs` puts the one it fetches; found from
+ * the package root, not the working directory), else `nats-server` on PATH.
+ */
 export function natsServerBinary(): string {
-  return process.env.PARTITA_NATS_SERVER || 'nats-server';
+  if (process.env.PARTITA_NATS_SERVER) return process.env.PARTITA_NATS_SERVER;
+  const local = join(packageRoot(), '.partita', 'bin', 'nats-server');
+  return existsSync(local) ? local : 'nats-server';
+}
+
+/** The directory of Partita's package.json (this file is `runtime/` or `dist/runtime/` below it). */
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) return process.cwd();
+    dir = up;
+  }
+}
+
+export interface NatsServerVersion {
+  /** As the server prints it, e.g. `v2.15.1`. */
+  readonly text: string;
+  readonly major: number;
+  readonly minor: number;
+  readonly patch: number;
+  /** At least `MIN_NATS_SERVER`. */
+  readonly supported: boolean;
+}
+
+const versions = new Map<string, NatsServerVersion>();
+
+/**
+ * The version of a nats-server binary (`natsServerBinary()` by default), from its `--version`;
+ * remembered per binary. Throws PARTITA_ERR_NATS_SERVER when the binary cannot be run.
+ */
+export function natsServerVersion(bin = natsServerBinary()): NatsServerVersion {
+  const known = versions.get(bin);
+  if (known) return known;
+  let out: string;
+  try {
+    out = execFileSync(bin, ['--version'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 10_000,
+    });
+  } catch (err) {
+    throw new PartitaError(
+      'PARTITA_ERR_NATS_SERVER',
+      `${bin}: cannot run it (${(err as Error).message.split('\n')[0]}); run \`node scripts/ensure-nats.mjs\` or set PARTITA_NATS_SERVER`,
+      { cause: err },
+    );
+  }
+  const m = /v?(\d+)\.(\d+)\.(\d+)/.exec(out);
+  if (!m)
+    throw new PartitaError(
+      'PARTITA_ERR_NATS_SERVER',
+      `${bin}: no version in its --version output: ${out.trim()}`,
+    );
+  const [major, minor, patch] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const v: NatsServerVersion = {
+    text: `v${major}.${minor}.${patch}`,
+    major,
+    minor,
+    patch,
+    supported:
+      major > MIN_NATS_SERVER.major || (major === MIN_NATS_SERVER.major && minor >= MIN_NATS_SERVER.minor),
+  };
+  versions.set(bin, v);
+  return v;
 }
 
 /** The nats-server config text Partita needs: JetStream and the mapping that assigns partitions. */
@@ -66,7 +149,17 @@ export function natsConfig(opts: NatsServerOptions & { portsDir?: string }): str
     `port: ${opts.port === 0 || opts.port === undefined ? -1 : opts.port}`,
   ];
   if (opts.portsDir) lines.push(`ports_file_dir: ${JSON.stringify(opts.portsDir)}`);
-  lines.push(`jetstream { store_dir: ${JSON.stringify(join(opts.dataDir, 'jetstream'))} }`);
+  lines.push('jetstream {');
+  lines.push(`  store_dir: ${JSON.stringify(join(opts.dataDir, 'jetstream'))}`);
+  const sync = opts.syncInterval ?? 'always';
+  if (!/^(always|\d+(ms|s|m|h))$/.test(sync)) {
+    throw new PartitaError(
+      'PARTITA_ERR_USAGE',
+      `sync interval ${JSON.stringify(sync)}: use always or a duration (10s)`,
+    );
+  }
+  lines.push(`  sync_interval: ${sync}`);
+  lines.push('}');
   lines.push('mappings {');
   for (const [from, to] of Object.entries(partitionMapping(partitions))) {
     lines.push(`  ${JSON.stringify(from)}: ${JSON.stringify(to)}`);
@@ -87,6 +180,14 @@ export function natsConfig(opts: NatsServerOptions & { portsDir?: string }): str
 
 /** Starts nats-server as a child process and resolves once it accepts clients. */
 export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServerHandle> {
+  const bin = natsServerBinary();
+  const version = natsServerVersion(bin);
+  if (!version.supported) {
+    throw new PartitaError(
+      'PARTITA_ERR_NATS_SERVER',
+      `${bin} is nats-server ${version.text}; Partita needs ${MIN_NATS_SERVER.major}.${MIN_NATS_SERVER.minor} or newer: run \`node scripts/ensure-nats.mjs\` (it fetches one into .partita/bin) or set PARTITA_NATS_SERVER`,
+    );
+  }
   if (opts.cluster) {
     const port = opts.cluster.port || (await freePorts(1, opts.host))[0]!;
     // A route to itself (ignored by the server) lets the first member of a cluster start
@@ -103,7 +204,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
   writeFileSync(configFile, natsConfig({ ...opts, portsDir }));
   // Its own process group: a Ctrl-C meant for us must not stop the server before our nodes have
   // checkpointed; we stop it last, and kill it if we exit first.
-  const child = spawn(natsServerBinary(), ['-c', configFile], {
+  const child = spawn(bin, ['-c', configFile], {
     stdio: ['ignore', 'ignore', opts.verbose ? 'inherit' : 'pipe'],
     detached: true,
   });
@@ -153,13 +254,14 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<NatsServ
       'PARTITA_ERR_NATS_SERVER',
       inUse
         ? `${inUse[1]}: address already in use (port ${inUse[1]!.split(':').pop()})`
-        : `${natsServerBinary()}: ${stderr.trim() || 'no ports file'}`,
+        : `${bin}: ${stderr.trim() || 'no ports file'}`,
     );
   }
   const port = Number(new URL(url).port);
   return {
     url,
     port,
+    version,
     clusterUrl: opts.cluster ? routeUrl(opts.host, opts.cluster.port) : undefined,
     process: child,
     configFile,
@@ -332,6 +434,8 @@ export interface NatsClusterStartOptions {
   host?: string;
   /** Forward the servers' logs to this process's stderr. @default false */
   verbose?: boolean;
+  /** JetStream's `sync_interval` on every member (`NatsServerOptions.syncInterval`). @default 'always' */
+  syncInterval?: string;
   /** How long to wait for the cluster to form and place streams on every member. @default 30000 */
   timeoutMs?: number;
   /**
@@ -414,6 +518,7 @@ async function startClusterOnce(opts: NatsClusterStartOptions): Promise<NatsClus
         serverName: memberName,
         cluster: { name, port: clusterPort, routes },
         verbose: opts.verbose,
+        syncInterval: opts.syncInterval,
       });
       port = server.port;
       url ||= server.url;

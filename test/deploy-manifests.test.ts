@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
-import { partitionMapping } from '../runtime/index.js';
+import { natsServerBinary, partitionMapping } from '../runtime/index.js';
 import { tempDir } from './helpers/nats.js';
 import { PARTITA_BIN } from './helpers/node-process.js';
 
@@ -171,7 +171,11 @@ it('Helm values for the NATS chart: 3 servers, JetStream on files, the partition
   const v = parse(read('helm/nats-values.yaml')) as {
     config: {
       cluster: { enabled: boolean; replicas: number };
-      jetstream: { enabled: boolean; fileStore: { enabled: boolean; pvc: { enabled: boolean } } };
+      jetstream: {
+        enabled: boolean;
+        fileStore: { enabled: boolean; pvc: { enabled: boolean } };
+        merge: Record<string, string>;
+      };
       merge: { mappings: Record<string, string> };
     };
   };
@@ -181,11 +185,13 @@ it('Helm values for the NATS chart: 3 servers, JetStream on files, the partition
   assert.equal(v.config.jetstream.fileStore.enabled, true);
   assert.equal(v.config.jetstream.fileStore.pvc.enabled, true);
   assert.deepEqual(v.config.merge.mappings, MAPPING);
+  assert.equal(v.config.jetstream.merge.sync_interval, 'always');
   // The chart writes `merge` into nats.conf as JSON: nats-server must accept it.
   const dir = tempDir('partita-helm-');
   const conf = join(dir, 'nats.conf');
-  writeFileSync(conf, `jetstream { store_dir: "${dir}" }\n${JSON.stringify(v.config.merge, null, 2)}\n`);
-  const r = spawnSync(process.env.PARTITA_NATS_SERVER || 'nats-server', ['-c', conf, '-t'], {
+  const js = { store_dir: dir, ...v.config.jetstream.merge };
+  writeFileSync(conf, `jetstream ${JSON.stringify(js)}\n${JSON.stringify(v.config.merge, null, 2)}\n`);
+  const r = spawnSync(natsServerBinary(), ['-c', conf, '-t'], {
     encoding: 'utf8',
   });
   assert.equal(r.status, 0, r.stderr);

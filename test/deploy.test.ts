@@ -5,7 +5,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { partitionMapping } from '../runtime/index.js';
+import { natsServerBinary, partitionMapping } from '../runtime/index.js';
 
 const DEPLOY = fileURLToPath(new URL('../../deploy/', import.meta.url));
 
@@ -17,12 +17,12 @@ function deployConfs(dir = DEPLOY, prefix = ''): string[] {
   });
 }
 
-it('nats-server -t accepts every deploy/**/*.conf, and each maps events like the runtime', () => {
+it('nats-server -t accepts every deploy/**/*.conf, each maps events like the runtime and fsyncs every write', () => {
   const confs = deployConfs();
   assert.ok(confs.includes('compose/nats-1.conf'), confs.join());
   assert.ok(confs.length > 0);
   for (const f of confs) {
-    const r = spawnSync(process.env.PARTITA_NATS_SERVER || 'nats-server', ['-c', join(DEPLOY, f), '-t'], {
+    const r = spawnSync(natsServerBinary(), ['-c', join(DEPLOY, f), '-t'], {
       encoding: 'utf8',
     });
     assert.equal(r.status, 0, `${f}: ${r.stderr}`);
@@ -30,5 +30,6 @@ it('nats-server -t accepts every deploy/**/*.conf, and each maps events like the
     const n = Number(/partition\((\d+),2\)/.exec(text)?.[1]);
     const [[from, to]] = Object.entries(partitionMapping(n)) as [[string, string]];
     assert.ok(text.includes(`"${from}": "${to}"`), `${f} maps ${from} to ${to}`);
+    assert.match(text, /jetstream \{[^}]*\n\s*sync_interval: always\n[^}]*\}/, `${f}: sync_interval: always`);
   }
 });

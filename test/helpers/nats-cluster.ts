@@ -4,7 +4,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { type NatsCluster, startNatsCluster } from '../../runtime/index.js';
-import { tempDir } from './nats.js';
+import { announceNatsServer, TEST_SYNC_INTERVAL, tempDir } from './nats.js';
 
 export interface TestNatsCluster {
   readonly cluster: NatsCluster;
@@ -19,11 +19,13 @@ export interface TestNatsCluster {
 export async function startTestNatsCluster(
   opts: { size?: number; partitions?: number } = {},
 ): Promise<TestNatsCluster> {
+  announceNatsServer();
   const dir = tempDir('partita-cluster-');
   const cluster = await startNatsCluster({
     size: opts.size ?? 3,
     dataDir: join(dir, 'nats'),
     partitions: opts.partitions ?? 8,
+    syncInterval: TEST_SYNC_INTERVAL,
   });
   const conns: NatsConnection[] = [];
   return {
