@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
-import { jetstream } from '@nats-io/jetstream';
+import { jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Piscina } from 'piscina';
@@ -21,6 +21,7 @@ import { LagMonitor } from './lag-monitor.js';
 import { createLogger, type Logger, RepeatedLog } from './logger.js';
 import { createNodeMetrics, initialiseSeries, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
+import { retryRefusals } from './nats-refusal.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
 import { PROBE_ACTOR_FILE } from './probe-actor.js';
@@ -33,6 +34,7 @@ import {
   readOwnerRecord,
   restorePartitions,
 } from './restore.js';
+import { SCHEMAS_BUCKET } from './schema-registry.js';
 import { type AuditReport, StateAuditor } from './state-audit.js';
 import {
   type Durability,
@@ -41,7 +43,7 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
-import { LEASES_BUCKET, NODES_BUCKET, STATE_BUCKET } from './subjects.js';
+import { LEASES_BUCKET, NODES_BUCKET, STATE_BUCKET, UNROUTED_STREAM } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
@@ -437,11 +439,22 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   });
   try {
     // Schemas in force before the first event: validation and masking never start late.
-    schemas = await startSchemaSync(nc, store, log);
+    // The watches at start are consumers, which the server can refuse for a while (a stream at
+    // its consumer limit, no leader yet): wait that out rather than exit (nats-refusal.ts).
+    const refusals = {
+      log,
+      count: (code: string) => metrics.natsRefusals.inc({ code }),
+      going: () => status === 'STARTING',
+    };
+    schemas = await retryRefusals(
+      `watching the schema registry (stream KV_${SCHEMAS_BUCKET})`,
+      () => startSchemaSync(nc, store, log),
+      refusals,
+    );
     // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
     const warming = dispatcher.warm(threads);
     warming.catch(() => undefined); // awaited below; this only keeps an early failure handled
-    await unrouted.start();
+    await retryRefusals(`consuming ${UNROUTED_STREAM}`, () => unrouted.start(), refusals);
     if (opts.metricsPort !== undefined) {
       server = await startMetricsServer({
         port: opts.metricsPort,
@@ -476,6 +489,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     });
     const controlKv = new Kvm(control);
     coordinator = new Coordinator({
+      jsm: await jetstreamManager(control, { checkAPI: false }),
       nodes: await controlKv.open(NODES_BUCKET),
       leases: await controlKv.open(LEASES_BUCKET),
       holder: { node: id, instance: randomUUID() },
@@ -486,6 +500,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       start: startPartitions,
       stop: stopPartition,
       onLeaseLost: (p) => metrics.leaseLosses.inc({ partition: String(p) }),
+      onRefusal: (code) => metrics.natsRefusals.inc({ code }),
     });
     await coordinator.start();
     await warming;
