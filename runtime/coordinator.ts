@@ -3,7 +3,6 @@
 // takes the leases of the partitions assigned to it when they are free, and hands over the ones it
 // should no longer run: checkpoint, publish, then delete the lease, so the next owner starts at once.
 // A crashed node's keys expire after the lease TTL, and its partitions are taken then.
-import type { JetStreamManager } from '@nats-io/jetstream';
 import { type KV, KvWatchInclude } from '@nats-io/kv';
 import { partitionsOf } from './assignment.js';
 import { PartitaError } from './errors.js';
@@ -14,9 +13,7 @@ import { type LeaseHolder, PartitionLease } from './partition-lease.js';
 import { LEASES_BUCKET, NODES_BUCKET } from './subjects.js';
 
 export interface CoordinatorOptions {
-  /** Lists the live nodes (kv-keys.ts); on the connection of `nodes`. */
-  jsm: JetStreamManager;
-  /** The buckets NODES_BUCKET and LEASES_BUCKET. */
+  /** The buckets NODES_BUCKET and LEASES_BUCKET, opened with Kvm. */
   nodes: KV;
   leases: KV;
   holder: LeaseHolder;
@@ -246,7 +243,7 @@ export class Coordinator {
 
   private async listNodes(): Promise<string[]> {
     // Not `nodes.keys()`: that leaves a consumer behind on every call (kv-keys.ts).
-    const nodes = new Set<string>([this.o.holder.node, ...(await kvKeys(this.o.jsm, NODES_BUCKET))]);
+    const nodes = new Set<string>([this.o.holder.node, ...(await kvKeys(this.o.nodes))]);
     return [...nodes].sort();
   }
 
@@ -274,7 +271,14 @@ export class Coordinator {
     const taken: PartitionLease[] = [];
     for (const p of want) {
       if (taken.length >= max || !this.running) break;
-      const lease = new PartitionLease(this.o.leases, p, this.o.holder, this.o.leaseTtlMs);
+      const lease = new PartitionLease(
+        this.o.leases,
+        p,
+        this.o.holder,
+        this.o.leaseTtlMs,
+        undefined,
+        this.o.onRefusal,
+      );
       if (await lease.acquire()) taken.push(lease);
     }
     if (taken.length === 0) return;

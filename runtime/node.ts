@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, hostname } from 'node:os';
 import { join } from 'node:path';
-import { jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { jetstream } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Piscina } from 'piscina';
@@ -43,7 +43,7 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
-import { LEASES_BUCKET, NODES_BUCKET, STATE_BUCKET, UNROUTED_STREAM } from './subjects.js';
+import { LEASES_BUCKET, META_BUCKET, NODES_BUCKET, STATE_BUCKET, UNROUTED_STREAM } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
@@ -334,8 +334,16 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         const rev = revisions.get(l.partition) ?? 0;
         try {
           const value = JSON.stringify(record);
-          if (rev > 0) await topology.meta.update(ownerKey(l.partition), value, rev);
-          else await topology.meta.create(ownerKey(l.partition), value);
+          // A compare-and-set refused for a while (10163: a new leader of the bucket applying its
+          // log) stored nothing: send it again unchanged while the lease holds.
+          await retryRefusals(
+            `recording the owner of partition ${l.partition} (stream KV_${META_BUCKET})`,
+            () =>
+              rev > 0
+                ? topology.meta.update(ownerKey(l.partition), value, rev)
+                : topology.meta.create(ownerKey(l.partition), value),
+            { log, count: (code) => metrics.natsRefusals.inc({ code }), going: () => l.valid() },
+          );
         } catch (err) {
           throw new Error(`partition ${l.partition}: its owner record changed while starting it`, {
             cause: err,
@@ -489,7 +497,6 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     });
     const controlKv = new Kvm(control);
     coordinator = new Coordinator({
-      jsm: await jetstreamManager(control, { checkAPI: false }),
       nodes: await controlKv.open(NODES_BUCKET),
       leases: await controlKv.open(LEASES_BUCKET),
       holder: { node: id, instance: randomUUID() },

@@ -66,7 +66,7 @@ export async function readStatus(nc: NatsConnection): Promise<ClusterStatus> {
   );
   const nodes = new Set(partitions.map((p) => p.owner).filter((o): o is string => o !== null));
   // Not `nodesKv.keys()`, which leaves a consumer behind on every call (kv-keys.ts).
-  if (nodesKv) for (const k of await kvKeys(jsm, NODES_BUCKET)) nodes.add(k);
+  if (nodesKv) for (const k of await kvKeys(nodesKv)) nodes.add(k);
   return { partitions, nodes: [...nodes].sort() };
 }
 

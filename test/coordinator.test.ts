@@ -18,7 +18,6 @@ it('takes again a partition that fenced itself during its start', async () => {
   const stops: [number, boolean][] = [];
   let fencedOnce = false;
   const coordinator: Coordinator = new Coordinator({
-    jsm: topology.jsm,
     nodes: await kvm.open(NODES_BUCKET),
     leases: await kvm.open(LEASES_BUCKET),
     holder: { node: 'c1', instance: 'i1' },
