@@ -864,6 +864,9 @@ export class PartitionRunner {
       } finally {
         clearTimeout(timer);
         messages.stop();
+        // Stopping leaves the consumer on the server for its inactive threshold (5 min), counted
+        // against the stream's consumer limit (1000 by default from nats-server 2.15).
+        await consumer.delete().catch(() => undefined);
       }
       const end = Math.min(hi, state.last_seq);
       if (reached < end) throw new Error(`read events ${from}..${end} of ${this.stream} only to ${reached}`);
