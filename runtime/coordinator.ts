@@ -243,8 +243,23 @@ export class Coordinator {
 
   private async listNodes(): Promise<string[]> {
     // Not `nodes.keys()`: that leaves a consumer behind on every call (kv-keys.ts).
-    const nodes = new Set<string>([this.o.holder.node, ...(await kvKeys(this.o.nodes))]);
-    return [...nodes].sort();
+    const listing = kvKeys(this.o.nodes);
+    listing.catch(() => undefined); // a listing given up on below may fail later
+    // After a stall (SIGSTOP, a lost connection) the requests can hang until their timeout, and a
+    // hung round would hold up every later one: give up sooner, keeping the last view.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error('listing the nodes took too long')),
+        Math.max(1000, this.o.leaseTtlMs),
+      );
+    });
+    try {
+      const nodes = new Set<string>([this.o.holder.node, ...(await Promise.race([listing, late]))]);
+      return [...nodes].sort();
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private async assign(): Promise<void> {
