@@ -6,10 +6,14 @@
 import { type KV, KvWatchInclude } from '@nats-io/kv';
 import { partitionsOf } from './assignment.js';
 import { PartitaError } from './errors.js';
+import { kvKeys } from './kv-keys.js';
 import type { Logger } from './logger.js';
+import { retryRefusals } from './nats-refusal.js';
 import { type LeaseHolder, PartitionLease } from './partition-lease.js';
+import { LEASES_BUCKET, NODES_BUCKET } from './subjects.js';
 
 export interface CoordinatorOptions {
+  /** The buckets NODES_BUCKET and LEASES_BUCKET, opened with Kvm. */
   nodes: KV;
   leases: KV;
   holder: LeaseHolder;
@@ -32,6 +36,8 @@ export interface CoordinatorOptions {
   maxConcurrentStarts?: number;
   /** A lease lost without release. */
   onLeaseLost?(partition: number): void;
+  /** A refusal of the server that the coordinator waits out (nats-refusal.ts), by its code. */
+  onRefusal?(code: string): void;
 }
 
 export class Coordinator {
@@ -65,8 +71,22 @@ export class Coordinator {
     this.assignTimer = setInterval(() => this.kick(), Math.min(250, every));
     // A released lease or a new node shows at once in the watch; expiries do not (2.9 removes
     // expired entries without a marker), which the periodic round covers.
-    const w = await this.o.leases.watch({ include: KvWatchInclude.UpdatesOnly });
-    const n = await this.o.nodes.watch({ include: KvWatchInclude.UpdatesOnly });
+    // A watch is a consumer, which the server can refuse for a while (a stream at its consumer
+    // limit, no leader yet): wait that out rather than fail the node's start.
+    const retry = { log: this.o.log, count: this.o.onRefusal, going: () => this.running };
+    const w = await retryRefusals(
+      `watching the leases (stream KV_${LEASES_BUCKET})`,
+      () => this.o.leases.watch({ include: KvWatchInclude.UpdatesOnly }),
+      retry,
+    );
+    const n = await retryRefusals(
+      `watching the nodes (stream KV_${NODES_BUCKET})`,
+      () => this.o.nodes.watch({ include: KvWatchInclude.UpdatesOnly }),
+      retry,
+    ).catch((err) => {
+      w.stop();
+      throw err;
+    });
     this.stopWatch = () => {
       w.stop();
       n.stop();
@@ -222,17 +242,24 @@ export class Coordinator {
   }
 
   private async listNodes(): Promise<string[]> {
-    const nodes = new Set<string>([this.o.holder.node]);
-    const keys = await this.o.nodes.keys();
-    // The listing rides an ordered consumer; after a stall (SIGSTOP, a lost connection) it can hang,
-    // and a hung round would stop every later one: give up after a while and keep the last view.
-    const timer = setTimeout(() => keys.stop(), Math.max(1000, this.o.leaseTtlMs));
+    // Not `nodes.keys()`: that leaves a consumer behind on every call (kv-keys.ts).
+    const listing = kvKeys(this.o.nodes);
+    listing.catch(() => undefined); // a listing given up on below may fail later
+    // After a stall (SIGSTOP, a lost connection) the requests can hang until their timeout, and a
+    // hung round would hold up every later one: give up sooner, keeping the last view.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error('listing the nodes took too long')),
+        Math.max(1000, this.o.leaseTtlMs),
+      );
+    });
     try {
-      for await (const k of keys) nodes.add(k);
+      const nodes = new Set<string>([this.o.holder.node, ...(await Promise.race([listing, late]))]);
+      return [...nodes].sort();
     } finally {
       clearTimeout(timer);
     }
-    return [...nodes].sort();
   }
 
   private async assign(): Promise<void> {
@@ -259,7 +286,14 @@ export class Coordinator {
     const taken: PartitionLease[] = [];
     for (const p of want) {
       if (taken.length >= max || !this.running) break;
-      const lease = new PartitionLease(this.o.leases, p, this.o.holder, this.o.leaseTtlMs);
+      const lease = new PartitionLease(
+        this.o.leases,
+        p,
+        this.o.holder,
+        this.o.leaseTtlMs,
+        undefined,
+        this.o.onRefusal,
+      );
       if (await lease.acquire()) taken.push(lease);
     }
     if (taken.length === 0) return;

@@ -2,6 +2,7 @@
 // registry on the main thread holds every observation of the process.
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { DEAD_LETTER_CODES } from './errors.js';
+import { NATS_REFUSAL_CODES } from './nats-refusal.js';
 
 export interface NodeMetrics {
   readonly registry: Registry;
@@ -23,6 +24,8 @@ export interface NodeMetrics {
   readonly handlerTimeouts: Counter<'actor'>;
   readonly fencedBatches: Counter<'partition'>;
   readonly leaseLosses: Counter<'partition'>;
+  /** Refusals of the JetStream API that the node waited out (nats-refusal.ts), by error code. */
+  readonly natsRefusals: Counter<'code'>;
   readonly restoreSeconds: Histogram<string>;
   readonly retentionGaps: Counter<'partition'>;
   readonly deliveryResumes: Counter<'partition'>;
@@ -142,6 +145,12 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       labelNames: ['partition'],
       registers: r,
     }),
+    natsRefusals: new Counter({
+      name: 'partita_nats_refusals_total',
+      help: 'Requests the NATS server refused for a while (a consumer limit, no leader yet), retried with backoff',
+      labelNames: ['code'],
+      registers: r,
+    }),
     retentionGaps: new Counter({
       name: 'partita_retention_gaps_total',
       help: 'Partitions stopped because the stream no longer holds events their state needs (PARTITA_ERR_RETENTION_GAP)',
@@ -255,6 +264,7 @@ export interface SeriesScope {
  */
 export function initialiseSeries(m: NodeMetrics, scope: SeriesScope): void {
   for (const code of DEAD_LETTER_CODES) m.deadLetters.inc({ code }, 0);
+  for (const code of NATS_REFUSAL_CODES) m.natsRefusals.inc({ code }, 0);
   for (const kind of ['missing', 'stale', 'restore']) m.stateRepairs.inc({ kind }, 0);
   for (const { name: actor, timeAware } of scope.actors) {
     m.handlerTimeouts.inc({ actor }, 0);

@@ -21,6 +21,7 @@ import { LagMonitor } from './lag-monitor.js';
 import { createLogger, type Logger, RepeatedLog } from './logger.js';
 import { createNodeMetrics, initialiseSeries, type NodeMetrics } from './metrics.js';
 import { type MetricsServer, startMetricsServer } from './metrics-server.js';
+import { retryRefusals } from './nats-refusal.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionRunner } from './partition-runner.js';
 import { PROBE_ACTOR_FILE } from './probe-actor.js';
@@ -33,6 +34,7 @@ import {
   readOwnerRecord,
   restorePartitions,
 } from './restore.js';
+import { SCHEMAS_BUCKET } from './schema-registry.js';
 import { type AuditReport, StateAuditor } from './state-audit.js';
 import {
   type Durability,
@@ -41,7 +43,7 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
-import { LEASES_BUCKET, NODES_BUCKET, STATE_BUCKET } from './subjects.js';
+import { LEASES_BUCKET, META_BUCKET, NODES_BUCKET, STATE_BUCKET, UNROUTED_STREAM } from './subjects.js';
 import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
@@ -332,8 +334,16 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         const rev = revisions.get(l.partition) ?? 0;
         try {
           const value = JSON.stringify(record);
-          if (rev > 0) await topology.meta.update(ownerKey(l.partition), value, rev);
-          else await topology.meta.create(ownerKey(l.partition), value);
+          // A compare-and-set refused for a while (10163: a new leader of the bucket applying its
+          // log) stored nothing: send it again unchanged while the lease holds.
+          await retryRefusals(
+            `recording the owner of partition ${l.partition} (stream KV_${META_BUCKET})`,
+            () =>
+              rev > 0
+                ? topology.meta.update(ownerKey(l.partition), value, rev)
+                : topology.meta.create(ownerKey(l.partition), value),
+            { log, count: (code) => metrics.natsRefusals.inc({ code }), going: () => l.valid() },
+          );
         } catch (err) {
           throw new Error(`partition ${l.partition}: its owner record changed while starting it`, {
             cause: err,
@@ -437,11 +447,22 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   });
   try {
     // Schemas in force before the first event: validation and masking never start late.
-    schemas = await startSchemaSync(nc, store, log);
+    // The watches at start are consumers, which the server can refuse for a while (a stream at
+    // its consumer limit, no leader yet): wait that out rather than exit (nats-refusal.ts).
+    const refusals = {
+      log,
+      count: (code: string) => metrics.natsRefusals.inc({ code }),
+      going: () => status === 'STARTING',
+    };
+    schemas = await retryRefusals(
+      `watching the schema registry (stream KV_${SCHEMAS_BUCKET})`,
+      () => startSchemaSync(nc, store, log),
+      refusals,
+    );
     // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
     const warming = dispatcher.warm(threads);
     warming.catch(() => undefined); // awaited below; this only keeps an early failure handled
-    await unrouted.start();
+    await retryRefusals(`consuming ${UNROUTED_STREAM}`, () => unrouted.start(), refusals);
     if (opts.metricsPort !== undefined) {
       server = await startMetricsServer({
         port: opts.metricsPort,
@@ -486,6 +507,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       start: startPartitions,
       stop: stopPartition,
       onLeaseLost: (p) => metrics.leaseLosses.inc({ partition: String(p) }),
+      onRefusal: (code) => metrics.natsRefusals.inc({ code }),
     });
     await coordinator.start();
     await warming;

@@ -3,6 +3,7 @@
 // The revision at acquisition is the lease's epoch: it grows with every new owner, and it is
 // written into checkpoints and published state so that older epochs can be told apart.
 import type { KV } from '@nats-io/kv';
+import { passingRefusal } from './nats-refusal.js';
 
 export interface LeaseHolder {
   node: string;
@@ -28,6 +29,8 @@ export class PartitionLease {
     private readonly ttlMs: number,
     /** Safety margin against clock rate drift and the server's expiry timer. */
     private readonly marginMs = Math.min(500, ttlMs / 4),
+    /** A renewal or release the server refused for a while and that was sent again, by code. */
+    private readonly onRefusal?: (code: string) => void,
   ) {
     this.key = `p${partition}`;
   }
@@ -71,20 +74,28 @@ export class PartitionLease {
 
   private async renewNow(): Promise<boolean> {
     if (this.lost) return false;
-    const sent = performance.now();
-    try {
-      this.revision = await this.kv.update(
-        this.key,
-        JSON.stringify({ ...this.holder, at: Date.now() }),
-        this.revision,
-      );
-      this.deadline = sent + this.ttlMs - this.marginMs;
-      return true;
-    } catch {
-      // A timeout is not proof of loss, but neither is it proof of ownership: only the deadline
-      // keeps the lease valid until the next attempt.
-      if (!this.valid()) this.lost = true;
-      return this.valid();
+    for (let wait = 25; ; wait = Math.min(wait * 2, 200)) {
+      const sent = performance.now();
+      try {
+        this.revision = await this.kv.update(
+          this.key,
+          JSON.stringify({ ...this.holder, at: Date.now() }),
+          this.revision,
+        );
+        this.deadline = sent + this.ttlMs - this.marginMs;
+        return true;
+      } catch (err) {
+        // A timeout is not proof of loss, but neither is it proof of ownership: only the deadline
+        // keeps the lease valid until the next attempt.
+        if (!this.valid()) this.lost = true;
+        // A refusal that passes stored nothing: send the same update again at once rather than at
+        // the next renewal, which can come after the deadline. On 2.11+ a new leader of the
+        // bucket refuses compare-and-set writes (10163) until it has applied its log.
+        const code = passingRefusal(err);
+        if (code === undefined || !this.valid()) return this.valid();
+        this.onRefusal?.(code);
+        await new Promise((r) => setTimeout(r, wait));
+      }
     }
   }
 
@@ -106,6 +117,11 @@ export class PartitionLease {
       } catch (err) {
         // Another revision means another owner already (or an expiry): nothing of ours to delete.
         if (/wrong last sequence/i.test((err as Error).message)) return;
+        const code = passingRefusal(err);
+        if (code !== undefined) {
+          this.onRefusal?.(code);
+          await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+        }
       }
     }
   }

@@ -20,6 +20,7 @@ import { PartitaError } from './errors.js';
 import { lineageOfRecord } from './lineage.js';
 import { type Logger, RepeatedLog } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
+import { retryRefusals } from './nats-refusal.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionTicker } from './partition-ticker.js';
 import { emitInfo, type OutputInfo, refusedOutput, stateInfo } from './refused-output.js';
@@ -261,18 +262,30 @@ export class PartitionRunner {
     // and the former ones (earlier owners', earlier runs') go after: a new owner resumes at the
     // highest acknowledged position over the partition's consumers, so there is never a moment
     // with none, which would send it back to the start of the stream.
-    await jsm.consumers.add(this.stream, {
-      durable_name: name,
-      ack_policy: AckPolicy.All,
-      ack_wait: nanos(120_000),
-      // Flow control: the server delivers at most this many events past the last ack (acks come
-      // after commit and publish), which bounds what a partition buffers.
-      max_ack_pending: this.deps.maxBatch * 3,
-      description: `owner=${this.deps.nodeId}`,
-      ...(startSeq > 1
-        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }
-        : { deliver_policy: DeliverPolicy.All }),
-    });
+    // A refusal that passes (the stream at its consumer limit, a leader not ready) is waited out
+    // while the lease is held; the lease is renewed meanwhile, and a lost one ends the wait.
+    const refusals = {
+      log: this.log,
+      count: (code: string) => this.deps.metrics.natsRefusals.inc({ code }),
+      going: () => this.lease.valid() && this.status !== 'STOPPING' && this.status !== 'STOPPED',
+    };
+    await retryRefusals(
+      `creating consumer ${name} on ${this.stream}`,
+      () =>
+        jsm.consumers.add(this.stream, {
+          durable_name: name,
+          ack_policy: AckPolicy.All,
+          ack_wait: nanos(120_000),
+          // Flow control: the server delivers at most this many events past the last ack (acks come
+          // after commit and publish), which bounds what a partition buffers.
+          max_ack_pending: this.deps.maxBatch * 3,
+          description: `owner=${this.deps.nodeId}`,
+          ...(startSeq > 1
+            ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }
+            : { deliver_policy: DeliverPolicy.All }),
+        }),
+      refusals,
+    );
     this.consumer = name;
     // By name: a listing leaves out consumers whose leaders are slow to answer, which would stay.
     for (const other of await consumerNames(jsm, this.stream)) {
@@ -851,6 +864,9 @@ export class PartitionRunner {
       } finally {
         clearTimeout(timer);
         messages.stop();
+        // Stopping leaves the consumer on the server for its inactive threshold (5 min), counted
+        // against the stream's consumer limit (1000 by default from nats-server 2.15).
+        await consumer.delete().catch(() => undefined);
       }
       const end = Math.min(hi, state.last_seq);
       if (reached < end) throw new Error(`read events ${from}..${end} of ${this.stream} only to ${reached}`);

@@ -8,6 +8,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import avro from 'avsc';
 import { operator, recordAudit } from './audit.js';
 import { PartitaError } from './errors.js';
+import { kvKeys } from './kv-keys.js';
 import { invalidPiiDeclarations, PII_KEYWORD } from './masking.js';
 import { type CompatMode, compatibilityIssues, DEFAULT_COMPAT, type SchemaFormat } from './schema-compat.js';
 import { kvToken } from './subjects.js';
@@ -88,8 +89,7 @@ export class SchemaRegistry {
 
   /** Every version of `type`, oldest first. */
   async versions(type: string): Promise<SchemaVersion[]> {
-    const keys: string[] = [];
-    for await (const k of await this.kv.keys(`${kvToken(type)}.*`)) keys.push(k);
+    const keys = await kvKeys(this.kv, `${kvToken(type)}.*`);
     const out: SchemaVersion[] = [];
     for (const k of keys) {
       const e = await this.kv.get(k);
@@ -105,7 +105,7 @@ export class SchemaRegistry {
   /** The latest version of every type, sorted by type. */
   async list(): Promise<SchemaVersion[]> {
     const latest = new Map<string, SchemaVersion>();
-    for await (const k of await this.kv.keys()) {
+    for (const k of await kvKeys(this.kv)) {
       const e = await this.kv.get(k);
       if (e?.operation !== 'PUT') continue;
       const v = e.json<SchemaVersion>();
@@ -197,7 +197,7 @@ export async function watchSchemas(
     latest.set(v.type, v);
     return true;
   };
-  for await (const k of await kv.keys()) {
+  for (const k of await kvKeys(kv)) {
     const e = await kv.get(k);
     if (e?.operation === 'PUT') merge(e.json<SchemaVersion>());
   }

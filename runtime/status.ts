@@ -3,6 +3,7 @@ import { type ConsumerInfo, jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { consumerNames, newestEpochConsumers } from './consumer-names.js';
+import { kvKeys } from './kv-keys.js';
 import { inStream, LEASES_BUCKET, META_BUCKET, NODES_BUCKET } from './subjects.js';
 
 export interface PartitionState {
@@ -64,7 +65,8 @@ export async function readStatus(nc: NatsConnection): Promise<ClusterStatus> {
     }),
   );
   const nodes = new Set(partitions.map((p) => p.owner).filter((o): o is string => o !== null));
-  if (nodesKv) for await (const k of await nodesKv.keys()) nodes.add(k);
+  // Not `nodesKv.keys()`, which leaves a consumer behind on every call (kv-keys.ts).
+  if (nodesKv) for (const k of await kvKeys(nodesKv)) nodes.add(k);
   return { partitions, nodes: [...nodes].sort() };
 }
 

@@ -8,6 +8,7 @@ import { after, before, it } from 'node:test';
 import { pino } from 'pino';
 import { type RunningGateway, startGateway } from '../gateway/index.js';
 import { DEAD_LETTER_CODES, type PartitaNode, startNode, timeFeaturesOf } from '../runtime/index.js';
+import { NATS_REFUSAL_CODES } from '../runtime/nats-refusal.js';
 import { check } from './helpers/check.js';
 import { type DocumentedMetric, documentedMetrics } from './helpers/metrics-doc.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
@@ -67,7 +68,11 @@ function expected(d: DocumentedMetric, openapiRoutes: string[]): Labels[] | 'no 
     case '':
       return [{}];
     case 'code':
-      return cross([{}], 'code', DEAD_LETTER_CODES);
+      return cross(
+        [{}],
+        'code',
+        d.name === 'partita_nats_refusals_total' ? NATS_REFUSAL_CODES : DEAD_LETTER_CODES,
+      );
     case 'actor':
       return cross(
         [{}],

@@ -1,0 +1,60 @@
+// Refusals of the JetStream API that pass: a node waits them out instead of failing.
+import { JetStreamApiError } from '@nats-io/jetstream';
+import type { Logger } from './logger.js';
+
+/**
+ * The JetStream API error codes a node retries, with the reason each one passes.
+ * - 10026 "maximum consumers limit reached": the stream's limit, or since nats-server 2.15 the
+ *   server's default of 1000 consumers per stream; room comes back as consumers are deleted or
+ *   an inactive one reaches its inactive threshold.
+ * - 10008 "JetStream system temporarily unavailable": no meta leader yet (an election, a restart).
+ * - 10023 "insufficient resources": a server of the placement is down or catching up.
+ * - 10163: a new stream leader that has not applied its log yet (2.11+, nats-server #6485).
+ * Any other refusal with status 503 is taken as passing too.
+ */
+export const NATS_REFUSAL_CODES = ['10026', '10008', '10023', '10163'] as const;
+
+/** The JetStream error code of a refusal a node waits out, or undefined for any other error. */
+export function passingRefusal(err: unknown): string | undefined {
+  if (!(err instanceof JetStreamApiError)) return undefined;
+  const code = String(err.code);
+  if ((NATS_REFUSAL_CODES as readonly string[]).includes(code) || err.status === 503) return code;
+  return undefined;
+}
+
+export interface RefusalRetry {
+  log: Logger;
+  /** Counts each refusal, by code (`partita_nats_refusals_total`). */
+  count?: (code: string) => void;
+  /** Gives up (rethrows the refusal) once this is false: the node or partition is stopping. */
+  going?: () => boolean;
+  /** @default 250 */
+  firstDelayMs?: number;
+  /** @default 10000 */
+  maxDelayMs?: number;
+}
+
+/**
+ * Runs `op` until it succeeds, waiting out passing refusals with a growing, jittered delay; any
+ * other error is thrown at once. `what` names the operation and the stream it asks of, for the log.
+ */
+export async function retryRefusals<T>(what: string, op: () => Promise<T>, r: RefusalRetry): Promise<T> {
+  let delay = r.firstDelayMs ?? 250;
+  const max = r.maxDelayMs ?? 10_000;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await op();
+    } catch (err) {
+      const code = passingRefusal(err);
+      if (code === undefined || (r.going && !r.going())) throw err;
+      r.count?.(code);
+      const wait = Math.round(delay * (0.5 + Math.random() / 2));
+      r.log.error(
+        { code, attempt, retryInMs: wait, err: (err as Error).message },
+        `${what}: the NATS server refused (${code}: ${(err as Error).message}); retrying`,
+      );
+      await new Promise((res) => setTimeout(res, wait));
+      delay = Math.min(max, delay * 2);
+    }
+  }
+}
