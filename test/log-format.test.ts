@@ -40,6 +40,8 @@ const linesOf = (text: string) =>
     .split(/\r?\n/)
     .map((l) => l.replace(/\r/g, ''));
 
+const shellQuote = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+
 const isJsonLine = (l: string, msg: string) => {
   try {
     return (JSON.parse(l) as { msg?: string }).msg === msg;
@@ -70,8 +72,11 @@ async function runNode(opts: { tty: boolean; args?: string[] }): Promise<{ out: 
   ];
   const env: NodeJS.ProcessEnv = { ...process.env, PARTITA_LOG_LEVEL: 'info', NO_COLOR: '' };
   delete env.PARTITA_LOG_FORMAT;
+  // `script` runs the command through $SHELL -c. `exec` leaves no shell between the terminal and
+  // the node: a shell that stayed (dash does) would take the Ctrl-C itself and exit with 130.
+  const command = `exec ${[process.execPath, ...args].map(shellQuote).join(' ')}`;
   const child = opts.tty
-    ? spawn('script', ['-qfec', [process.execPath, ...args].join(' '), '/dev/null'], { env })
+    ? spawn('script', ['-qfec', command, '/dev/null'], { env })
     : spawn(process.execPath, args, { env });
   children.add(child);
   let out = '';
