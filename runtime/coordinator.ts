@@ -2,7 +2,8 @@
 // its key in `partita_nodes`, computes the same assignment from the live set (assignment.ts),
 // takes the leases of the partitions assigned to it when they are free, and hands over the ones it
 // should no longer run: checkpoint, publish, then delete the lease, so the next owner starts at once.
-// A crashed node's keys expire after the lease TTL, and its partitions are taken then.
+// A crashed node's keys expire after the lease TTL, and its partitions are taken then (at once
+// on a delete marker where the server leaves one, else in the next periodic round).
 import { type KV, KvWatchInclude } from '@nats-io/kv';
 import { partitionsOf } from './assignment.js';
 import { PartitaError } from './errors.js';
@@ -69,8 +70,9 @@ export class Coordinator {
     const every = Math.max(100, Math.floor(this.o.leaseTtlMs / 4));
     this.renewTimer = setInterval(() => void this.renewAll(), every);
     this.assignTimer = setInterval(() => this.kick(), Math.min(250, every));
-    // A released lease or a new node shows at once in the watch; expiries do not (2.9 removes
-    // expired entries without a marker), which the periodic round covers.
+    // A released lease or a new node shows at once in the watch, and so does an expiry on
+    // nats-server 2.11+, as a delete marker (topology.ts); 2.10 removes expired entries without
+    // one, which the periodic round covers.
     // A watch is a consumer, which the server can refuse for a while (a stream at its consumer
     // limit, no leader yet): wait that out rather than fail the node's start.
     const retry = { log: this.o.log, count: this.o.onRefusal, going: () => this.running };
