@@ -508,6 +508,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       stop: stopPartition,
       onLeaseLost: (p) => metrics.leaseLosses.inc({ partition: String(p) }),
       onRefusal: (code) => metrics.natsRefusals.inc({ code }),
+      expiryMarkers: topology.expiryMarkers,
     });
     await coordinator.start();
     await warming;
