@@ -2,7 +2,8 @@
 // its key in `partita_nodes`, computes the same assignment from the live set (assignment.ts),
 // takes the leases of the partitions assigned to it when they are free, and hands over the ones it
 // should no longer run: checkpoint, publish, then delete the lease, so the next owner starts at once.
-// A crashed node's keys expire after the lease TTL, and its partitions are taken then.
+// A crashed node's keys expire after the lease TTL, and its partitions are taken then (at once
+// on a delete marker where the server leaves one, else in the next periodic round).
 import { type KV, KvWatchInclude } from '@nats-io/kv';
 import { partitionsOf } from './assignment.js';
 import { PartitaError } from './errors.js';
@@ -38,6 +39,12 @@ export interface CoordinatorOptions {
   onLeaseLost?(partition: number): void;
   /** A refusal of the server that the coordinator waits out (nats-refusal.ts), by its code. */
   onRefusal?(code: string): void;
+  /**
+   * Expired entries of both buckets leave delete markers (`Topology.expiryMarkers`, 2.11+): the
+   * watches see every change a round acts on, so the periodic round, a safety net then, runs every
+   * TTL/2 instead of every 250 ms. @default false
+   */
+  expiryMarkers?: boolean;
 }
 
 export class Coordinator {
@@ -68,9 +75,13 @@ export class Coordinator {
     await this.heartbeat();
     const every = Math.max(100, Math.floor(this.o.leaseTtlMs / 4));
     this.renewTimer = setInterval(() => void this.renewAll(), every);
-    this.assignTimer = setInterval(() => this.kick(), Math.min(250, every));
-    // A released lease or a new node shows at once in the watch; expiries do not (2.9 removes
-    // expired entries without a marker), which the periodic round covers.
+    this.assignTimer = setInterval(
+      () => this.kick(),
+      this.o.expiryMarkers ? Math.max(250, this.o.leaseTtlMs / 2) : Math.min(250, every),
+    );
+    // A released lease or a new node shows at once in the watch, and so does an expiry on
+    // nats-server 2.11+, as a delete marker (topology.ts); 2.10 removes expired entries without
+    // one, which the periodic round covers.
     // A watch is a consumer, which the server can refuse for a while (a stream at its consumer
     // limit, no leader yet): wait that out rather than fail the node's start.
     const retry = { log: this.o.log, count: this.o.onRefusal, going: () => this.running };
@@ -91,11 +102,15 @@ export class Coordinator {
       w.stop();
       n.stop();
     };
+    // Only changes of membership or ownership start a round: a lease taken, renewed or a node's
+    // heartbeat changes nothing a round would act on, and each node renews every lease it holds
+    // and heartbeats every TTL/4, which kept every node's rounds (a listing each) running back to
+    // back. Deletes and expiry markers do start one, and so does a node not seen before.
     void (async () => {
-      for await (const _ of w) this.kick();
+      for await (const e of w) if (e.operation !== 'PUT') this.kick();
     })();
     void (async () => {
-      for await (const _ of n) this.kick();
+      for await (const e of n) if (e.operation !== 'PUT' || !this.live.includes(e.key)) this.kick();
     })();
     this.kick();
     await this.assigning;

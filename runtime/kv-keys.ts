@@ -3,7 +3,8 @@
 // every assignment round, that piled up thousands of consumers on `KV_partita_nodes`, and from
 // nats-server 2.15, which limits every stream to 1000 consumers by default, each new consumer on
 // the bucket (a restarted node's watch) was refused with 10026. Here the stream's leader lists the
-// subjects that hold a message, and the last message of each says whether the key was deleted.
+// subjects that hold a message, and the last message of each says whether the key was deleted or
+// expired.
 import { Bucket, type KV } from '@nats-io/kv';
 
 /**
@@ -21,7 +22,9 @@ export async function kvKeys(kv: KV, filter = '>'): Promise<string[]> {
       // Null when the entry expired since the listing.
       const m = await kv.jsm.streams.getMessage(stream, { last_by_subj: subject });
       const op = m?.header?.get('KV-Operation');
-      return m && op !== 'DEL' && op !== 'PURGE' ? kv.decodeKey(subject.slice(kv.prefixLen)) : undefined;
+      // An expiry's delete marker (nats-server 2.11+, topology.ts) carries a reason, no operation.
+      const gone = op === 'DEL' || op === 'PURGE' || m?.header?.has('Nats-Marker-Reason');
+      return m && !gone ? kv.decodeKey(subject.slice(kv.prefixLen)) : undefined;
     }),
   );
   return live.filter((k): k is string => k !== undefined).sort();

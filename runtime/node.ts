@@ -508,6 +508,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       stop: stopPartition,
       onLeaseLost: (p) => metrics.leaseLosses.inc({ partition: String(p) }),
       onRefusal: (code) => metrics.natsRefusals.inc({ code }),
+      expiryMarkers: topology.expiryMarkers,
     });
     await coordinator.start();
     await warming;
@@ -531,7 +532,16 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   }
   const drills = opts.allowDrills && control ? serveDrillFaults(control, id, log) : undefined;
   status = 'RUNNING';
-  log.info({ partitions: topology.partitions, threads, actors: actors.map((a) => a.name) }, 'node running');
+  log.info(
+    {
+      partitions: topology.partitions,
+      threads,
+      actors: actors.map((a) => a.name),
+      server: nc.info?.version,
+      expiryMarkers: topology.expiryMarkers,
+    },
+    'node running',
+  );
 
   return {
     id,

@@ -24,6 +24,7 @@ import { retryRefusals } from './nats-refusal.js';
 import type { PartitionLease } from './partition-lease.js';
 import { PartitionTicker } from './partition-ticker.js';
 import { emitInfo, type OutputInfo, refusedOutput, stateInfo } from './refused-output.js';
+import { serverFeatures } from './server-features.js';
 import type { Outbox, StateRecord, StateStore } from './state-store.js';
 import {
   consumerPrefix,
@@ -105,7 +106,7 @@ export class PartitionRunner {
   private busy: Promise<void> | null = null;
   private scheduled = false;
   private messages: ConsumerMessages | null = null;
-  /** The consumer being read, and how many this run has created (each resume makes a fresh one). */
+  /** The consumer being read, and how many this run has created (a resume that cannot reset makes a fresh one). */
   private consumer = '';
   private consumers = 0;
   /** Delivery stopped until the queue is published and a fresh consumer starts at the checkpoint. */
@@ -295,6 +296,30 @@ export class PartitionRunner {
     }
   }
 
+  /**
+   * Moves this run's consumer back to `startSeq`. On nats-server 2.14+ it is reset in place
+   * (ADR-60: delivery restarts there and its acknowledged position becomes `startSeq - 1`), so a
+   * resume creates and deletes no consumer; older servers, or a reset the server refuses, get a
+   * fresh consumer. Fencing is unchanged: a reset, like a creation, is sent only under the lease,
+   * and it can only move this epoch's consumer, which a newer owner deletes and does not count.
+   */
+  private async consumeFrom(startSeq: number): Promise<void> {
+    if (this.consumer !== '' && serverFeatures(this.deps.nc).consumerReset) {
+      if (!this.lease.valid()) throw new Error(`lease of partition ${this.partition} lost`);
+      try {
+        await this.deps.jsm.consumers.reset(this.stream, this.consumer, startSeq);
+        this.log.info({ consumer: this.consumer, from: startSeq }, 'consumer reset to the checkpoint');
+        return;
+      } catch (err) {
+        this.log.warn(
+          { consumer: this.consumer, err: (err as Error).message },
+          'resetting the consumer failed; creating a fresh one',
+        );
+      }
+    }
+    await this.createConsumer(startSeq);
+  }
+
   private async consume(): Promise<void> {
     const consumer = await this.deps.js.consumers.get(this.stream, this.consumer);
     const messages = await consumer.consume({
@@ -314,18 +339,20 @@ export class PartitionRunner {
     // are missed after the main thread froze, which left the node unresponsive for seconds.)
     void (async () => {
       for await (const s of messages.status()) {
-        if (s.type === 'consumer_deleted' && this.messages === messages) this.resume('consumer deleted');
+        if (s.type === 'consumer_deleted' && this.messages === messages) {
+          this.consumer = ''; // nothing left to reset: the resume creates a fresh one
+          this.resume('consumer deleted');
+        }
       }
     })().catch(() => undefined);
   }
 
   /**
-   * Consumes again from the checkpoint, with a fresh consumer: after a delivery gap (a pull whose
-   * events were lost with a NATS server: the stream still holds them, but the consumer would
-   * redeliver them only after its ack wait), or when the consume ended. What is queued is committed
-   * and published first, so the new consumer, whose acknowledged position starts just below where
-   * it starts, never claims work that is not published. A gap the stream no longer holds fails
-   * closed instead.
+   * Consumes again from the checkpoint: after a delivery gap (a pull whose events were lost with a
+   * NATS server: the stream still holds them, but the consumer would redeliver them only after its
+   * ack wait), or when the consume ended. What is queued is committed and published first, so the
+   * consumer, whose acknowledged position then sits just below where it starts, never claims work
+   * that is not published. A gap the stream no longer holds fails closed instead.
    */
   private resume(why: string, gap?: [number, number]): void {
     if (this.resuming || this.status !== 'RUNNING') return;
@@ -360,7 +387,7 @@ export class PartitionRunner {
             this.fence();
             return;
           }
-          await this.createConsumer(this.committedSeq + 1);
+          await this.consumeFrom(this.committedSeq + 1);
           this.resuming = false;
           await this.consume();
           return;

@@ -15,6 +15,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { ensureAuditStream } from './audit.js';
 import { PartitaError } from './errors.js';
 import { AGG_PREFIX, LATE_PREFIX } from './event-time.js';
+import { serverFeatures } from './server-features.js';
 import {
   AGG_STREAM,
   DLQ_PREFIX,
@@ -61,6 +62,11 @@ export interface Topology {
   readonly leases: KV;
   /** The lease TTL the deployment was created with. */
   readonly leaseTtlMs: number;
+  /**
+   * Whether an expired entry of `nodes` and `leases` leaves a delete marker (nats-server 2.11+),
+   * which their watchers see at once; otherwise expiries show only in the next periodic round.
+   */
+  readonly expiryMarkers: boolean;
 }
 
 export const DEFAULT_PARTITIONS = 16;
@@ -251,7 +257,37 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
   const nodes = await kvm.create(NODES_BUCKET, { history: 1, replicas, ttl, storage: StorageType.Memory });
   const leases = await kvm.create(LEASES_BUCKET, { history: 1, replicas, ttl, storage: StorageType.File });
   const leaseTtlMs = (await leases.status()).ttl || ttl;
-  return { jsm, partitions, state, meta, nodes, leases, leaseTtlMs };
+  const marked = serverFeatures(nc).expiryMarkers
+    ? await Promise.all(
+        [NODES_BUCKET, LEASES_BUCKET].map((b) => ensureExpiryMarkers(jsm, `KV_${b}`, leaseTtlMs)),
+      )
+    : [];
+  const expiryMarkers = marked.length > 0 && marked.every(Boolean);
+  return { jsm, partitions, state, meta, nodes, leases, leaseTtlMs, expiryMarkers };
+}
+
+/**
+ * Has the server leave a delete marker where an entry of the bucket's stream expires (2.11+), on a
+ * new bucket and on one an older Partita or a 2.10 server created. The bucket-wide TTL (max age)
+ * stays the lease TTL: nodes of an older Partita renew without a per-message TTL, and 2.10 servers
+ * of a cluster in a rolling upgrade know none. False when the server refuses (a leader still on
+ * 2.10): expiries are then noticed by the periodic rounds, as before.
+ */
+async function ensureExpiryMarkers(jsm: JetStreamManager, stream: string, ttlMs: number): Promise<boolean> {
+  try {
+    const info = await jsm.streams.info(stream);
+    if ((info.config.subject_delete_marker_ttl ?? 0) > 0) return true;
+    // The server keeps a marker at least a second. It lives as long as a lease, then goes itself.
+    const marker = nanos(Math.max(1000, ttlMs));
+    const updated = await jsm.streams.update(stream, {
+      ...info.config,
+      allow_msg_ttl: true,
+      subject_delete_marker_ttl: marker,
+    });
+    return (updated.config.subject_delete_marker_ttl ?? 0) > 0;
+  } catch {
+    return false;
+  }
 }
 
 /** Applies a changed raw-event retention to existing input streams (given explicitly only). */
