@@ -539,7 +539,15 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   }
   const drills = opts.allowDrills && control ? serveDrillFaults(control, id, log) : undefined;
   status = 'RUNNING';
-  log.info({ partitions: topology.partitions, threads, actors: actors.map((a) => a.name) }, 'node running');
+  log.info(
+    {
+      partitions: topology.partitions,
+      threads,
+      actors: actors.map((a) => a.name),
+      ...(opts.atomicStates ? { atomicStates: deps.atomicStates } : {}),
+    },
+    'node running',
+  );
 
   return {
     id,
