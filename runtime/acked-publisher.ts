@@ -37,6 +37,8 @@ export interface Stored {
 
 /** Most messages nats-server (2.12 and later, by default) takes in one atomic batch. */
 export const MAX_ATOMIC_BATCH = 1000;
+/** Atomic batches one `publishAtomic` call has in flight at once. */
+const ATOMIC_BATCHES_IN_FLIGHT = 2;
 
 interface Call {
   seqs: number[];
@@ -206,44 +208,50 @@ export class AckedPublisher {
     let atomicRefused = false;
     const chunks: number[][] = [];
     for (let c = 0; c < send.length; c += MAX_ATOMIC_BATCH) chunks.push(send.slice(c, c + MAX_ATOMIC_BATCH));
-    await Promise.all(
-      chunks.map(async (chunk) => {
-        const id = nuid.next();
-        try {
-          let reply: Promise<{ data: Uint8Array; headers?: MsgHdrs }> | undefined;
-          for (let j = 0; j < chunk.length; j++) {
-            const it = items[chunk[j]!]!;
-            const h = natsHeaders();
-            if (it.headers) for (const [k, v] of it.headers) for (const x of v) h.append(k, x);
-            h.set('Nats-Batch-Id', id);
-            h.set('Nats-Batch-Sequence', String(j + 1));
-            if (j < chunk.length - 1) this.nc.publish(it.subject, it.data, { headers: h });
-            else {
-              h.set('Nats-Batch-Commit', '1');
-              reply = this.nc.request(it.subject, it.data, { headers: h, timeout: timeoutMs });
-            }
+    const sendChunk = async (chunk: number[]) => {
+      const id = nuid.next();
+      try {
+        let reply: Promise<{ data: Uint8Array; headers?: MsgHdrs }> | undefined;
+        for (let j = 0; j < chunk.length; j++) {
+          const it = items[chunk[j]!]!;
+          const h = natsHeaders();
+          if (it.headers) for (const [k, v] of it.headers) for (const x of v) h.append(k, x);
+          h.set('Nats-Batch-Id', id);
+          h.set('Nats-Batch-Sequence', String(j + 1));
+          if (j < chunk.length - 1) this.nc.publish(it.subject, it.data, { headers: h });
+          else {
+            h.set('Nats-Batch-Commit', '1');
+            reply = this.nc.request(it.subject, it.data, { headers: h, timeout: timeoutMs });
           }
-          const m = await reply!;
-          const status = m.headers?.code ?? 0;
-          if (status >= 400 || m.data.length === 0) {
-            error ??= `status ${status || 'empty reply'} ${m.headers?.description ?? ''}`.trim();
-            return;
-          }
-          const ack = JSON.parse(decoder.decode(m.data)) as {
-            seq?: number;
-            count?: number;
-            error?: { code?: number; description?: string; err_code?: number };
-          };
-          if (ack.error || typeof ack.seq !== 'number' || ack.count !== chunk.length) {
-            error ??= ack.error?.description ?? `batch of ${chunk.length} stored ${ack.count ?? 0}`;
-            if (PERMANENT_ATOMIC_ERRORS.has(ack.error?.err_code ?? 0)) atomicRefused = true;
-            return;
-          }
-          // The batch's messages took consecutive sequences, the commit's last.
-          for (let j = 0; j < chunk.length; j++) seqs[chunk[j]!] = ack.seq - (chunk.length - 1 - j);
-        } catch (err) {
-          error ??= (err as Error).message;
         }
+        const m = await reply!;
+        const status = m.headers?.code ?? 0;
+        if (status >= 400 || m.data.length === 0) {
+          error ??= `status ${status || 'empty reply'} ${m.headers?.description ?? ''}`.trim();
+          return;
+        }
+        const ack = JSON.parse(decoder.decode(m.data)) as {
+          seq?: number;
+          count?: number;
+          error?: { code?: number; description?: string; err_code?: number };
+        };
+        if (ack.error || typeof ack.seq !== 'number' || ack.count !== chunk.length) {
+          error ??= ack.error?.description ?? `batch of ${chunk.length} stored ${ack.count ?? 0}`;
+          if (PERMANENT_ATOMIC_ERRORS.has(ack.error?.err_code ?? 0)) atomicRefused = true;
+          return;
+        }
+        // The batch's messages took consecutive sequences, the commit's last.
+        for (let j = 0; j < chunk.length; j++) seqs[chunk[j]!] = ack.seq - (chunk.length - 1 - j);
+      } catch (err) {
+        error ??= (err as Error).message;
+      }
+    };
+    // A few batches in flight per call: a partition publishing its states whole (a rebuild) must not
+    // run into the server's limit of atomic batches in flight per stream.
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(ATOMIC_BATCHES_IN_FLIGHT, chunks.length) }, async () => {
+        while (next < chunks.length) await sendChunk(chunks[next++]!);
       }),
     );
     const failed = send.filter((i) => seqs[i] === 0);
