@@ -59,7 +59,7 @@ const USAGE = `usage: partita <command> [options]
       PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill; --handler-timeout: longest a
       handler may run on one event (default 5s), past it the event is dead-lettered;
       --atomic-states (or PARTITA_ATOMIC_STATES=1): each batch's state changes as atomic batches
-      on nats-server 2.12+ (readers never see part of one; slower), one put each on older servers
+      on nats-server 2.12+ (readers never see part of one), one put each on older servers
   gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N] [--feature-max-age S]
           [--max-feature-cells N] [--allowed-hosts H,H] [--allowed-origins URL,URL]
       the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS

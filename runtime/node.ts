@@ -92,8 +92,8 @@ export interface NodeOptions {
   maxBatch?: number;
   /**
    * Publish each batch's state changes as atomic batches where the server has them (2.12+):
-   * readers never see part of a batch of up to 1,000 changes, at a cost in throughput (see
-   * ARCHITECTURE.md, "Server features by version"). Ignored on older servers.
+   * readers never see part of a batch of up to 1,000 changes (see ARCHITECTURE.md, "Server
+   * features by version"). Ignored on older servers.
    * @default false: one acknowledged KV put per change
    */
   atomicStates?: boolean;
