@@ -3,7 +3,14 @@
 // proves the connected server read it; while a stream elects a leader (a NATS server died) the
 // server drops such messages without a word, and acknowledging the input after that loses them.
 // One subscription and one timer per call, not a request (a promise and a timer) per message.
-import { createInbox, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/transport-node';
+import {
+  createInbox,
+  type MsgHdrs,
+  type NatsConnection,
+  headers as natsHeaders,
+  nuid,
+  type Subscription,
+} from '@nats-io/transport-node';
 
 export interface Outgoing {
   subject: string;
@@ -23,7 +30,15 @@ export interface Stored {
   refused: Map<number, string>;
   /** 1 where the stream answered that it already held a message with the item's id. */
   duplicate: Uint8Array;
+  /** An atomic batch the stream refused for good (see `publishAtomic`): publish the items one by
+   * one instead, which tells the refused item from the others. */
+  atomicRefused?: boolean;
 }
+
+/** Most messages nats-server (2.12 and later, by default) takes in one atomic batch. */
+export const MAX_ATOMIC_BATCH = 1000;
+/** Atomic batches one `publishAtomic` call has in flight at once. */
+const ATOMIC_BATCHES_IN_FLIGHT = 2;
 
 interface Call {
   seqs: number[];
@@ -43,6 +58,15 @@ const decoder = new TextDecoder();
  * stream with discard new) and every other error are retried.
  */
 const PERMANENT_JS_ERRORS = new Set([10054, 10097]);
+
+/**
+ * Refusals of an atomic batch that no retry of the same batch can cure (nats-server's
+ * `server/errors.json`): a message over the stream's `max_msg_size` (10054) or with headers too
+ * large (10097), atomic publishing switched off (10174), a header a batch may not carry (10177), a
+ * batch over the server's size limit (10199). An incomplete batch (10176: a message lost on the
+ * way, or the batch timed out on the server) and every other error are retried as a batch.
+ */
+const PERMANENT_ATOMIC_ERRORS = new Set([10054, 10097, 10174, 10177, 10199]);
 
 /**
  * nats-server closes a connection whose protocol line (`HPUB <subject> <reply> <sizes>`) is
@@ -154,6 +178,93 @@ export class AckedPublisher {
       }
       if (call.left === 0) call.done();
     });
+  }
+
+  /**
+   * Publishes `items`, all to one stream that allows atomic batches (nats-server 2.12+), as atomic
+   * batches of at most `MAX_ATOMIC_BATCH`: the stream stores each batch whole or not at all, and
+   * answers once, to its last (commit) message. The others go out without a reply subject. Items
+   * that could never be sent (too long a subject, over max_payload) are refused before a batch
+   * forms; a batch the stream refuses for good (a JetStream error that does not pass, such as a
+   * message over the stream's max_msg_size or atomic publishing switched off) sets
+   * `atomicRefused`, and the caller publishes one by one. Everything else fails for now (retried).
+   */
+  async publishAtomic(items: readonly Outgoing[], timeoutMs: number): Promise<Stored> {
+    const seqs = new Array<number>(items.length).fill(0);
+    const refused = new Map<number, string>();
+    const maxPayload = this.nc.info?.max_payload ?? Number.POSITIVE_INFINITY;
+    const send: number[] = [];
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i]!;
+      // Headers (the batch's three, any others) stay well under 1 KiB.
+      const size = typeof it.data === 'string' ? Buffer.byteLength(it.data) : it.data.length;
+      if (Buffer.byteLength(it.subject) + 128 > MAX_CONTROL_LINE)
+        refused.set(i, `subject of ${Buffer.byteLength(it.subject)} bytes is longer than NATS allows`);
+      else if (size + 1024 > maxPayload)
+        refused.set(i, `payload of ${size} bytes is over the server's max_payload of ${maxPayload} bytes`);
+      else send.push(i);
+    }
+    let error: string | undefined;
+    let atomicRefused = false;
+    const chunks: number[][] = [];
+    for (let c = 0; c < send.length; c += MAX_ATOMIC_BATCH) chunks.push(send.slice(c, c + MAX_ATOMIC_BATCH));
+    const sendChunk = async (chunk: number[]) => {
+      const id = nuid.next();
+      try {
+        let reply: Promise<{ data: Uint8Array; headers?: MsgHdrs }> | undefined;
+        for (let j = 0; j < chunk.length; j++) {
+          const it = items[chunk[j]!]!;
+          const h = natsHeaders();
+          if (it.headers) for (const [k, v] of it.headers) for (const x of v) h.append(k, x);
+          h.set('Nats-Batch-Id', id);
+          h.set('Nats-Batch-Sequence', String(j + 1));
+          if (j < chunk.length - 1) this.nc.publish(it.subject, it.data, { headers: h });
+          else {
+            h.set('Nats-Batch-Commit', '1');
+            reply = this.nc.request(it.subject, it.data, { headers: h, timeout: timeoutMs });
+          }
+        }
+        const m = await reply!;
+        const status = m.headers?.code ?? 0;
+        if (status >= 400 || m.data.length === 0) {
+          error ??= `status ${status || 'empty reply'} ${m.headers?.description ?? ''}`.trim();
+          return;
+        }
+        const ack = JSON.parse(decoder.decode(m.data)) as {
+          seq?: number;
+          count?: number;
+          error?: { code?: number; description?: string; err_code?: number };
+        };
+        if (ack.error || typeof ack.seq !== 'number' || ack.count !== chunk.length) {
+          error ??= ack.error?.description ?? `batch of ${chunk.length} stored ${ack.count ?? 0}`;
+          if (PERMANENT_ATOMIC_ERRORS.has(ack.error?.err_code ?? 0)) atomicRefused = true;
+          return;
+        }
+        // The batch's messages took consecutive sequences, the commit's last.
+        for (let j = 0; j < chunk.length; j++) seqs[chunk[j]!] = ack.seq - (chunk.length - 1 - j);
+      } catch (err) {
+        error ??= (err as Error).message;
+      }
+    };
+    // A few batches in flight per call: a partition publishing its states whole (a rebuild) must not
+    // run into the server's limit of atomic batches in flight per stream.
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: Math.min(ATOMIC_BATCHES_IN_FLIGHT, chunks.length) }, async () => {
+        while (next < chunks.length) await sendChunk(chunks[next++]!);
+      }),
+    );
+    const failed = send.filter((i) => seqs[i] === 0);
+    return {
+      failed,
+      seqs,
+      refused,
+      duplicate: new Uint8Array(items.length),
+      ...(failed.length > 0
+        ? { error: error ?? `${failed.length} not acknowledged in ${timeoutMs} ms` }
+        : {}),
+      ...(atomicRefused ? { atomicRefused } : {}),
+    };
   }
 
   close(): void {

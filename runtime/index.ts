@@ -75,6 +75,7 @@ export {
   UNROUTED_STREAM,
 } from './subjects.js';
 export {
+  atomicStatesAvailable,
   DEFAULT_PARTITIONS,
   ensureStateBucket,
   ensureTopology,

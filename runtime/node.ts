@@ -44,7 +44,7 @@ import {
   type StateStore,
 } from './state-store.js';
 import { LEASES_BUCKET, META_BUCKET, NODES_BUCKET, STATE_BUCKET, UNROUTED_STREAM } from './subjects.js';
-import { ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
+import { atomicStatesAvailable, ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
 export interface NodeOptions {
@@ -90,6 +90,13 @@ export interface NodeOptions {
   leaseTtlMs?: number;
   /** Most events in one batch. @default 2000 */
   maxBatch?: number;
+  /**
+   * Publish each batch's state changes as atomic batches where the server has them (2.12+):
+   * readers never see part of a batch of up to 1,000 changes (see ARCHITECTURE.md, "Server
+   * features by version"). Ignored on older servers.
+   * @default false: one acknowledged KV put per change
+   */
+  atomicStates?: boolean;
   /**
    * Accept drill faults (crash, stall, handoff) on `partita.drill.<node id>`: for deployments
    * that run `partita drill`, whose supervisor restarts a node that exits. @default false
@@ -263,6 +270,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     metrics,
     log,
     maxBatch: opts.maxBatch ?? 2000,
+    atomicStates: opts.atomicStates === true && (await atomicStatesAvailable(nc, topology.jsm)),
     partitions: topology.partitions,
     tickMs: actors.some((a) => timeFeaturesOf(a.def)) ? (opts.tickMs ?? 1000) : 0,
     nodeId: id,
@@ -539,6 +547,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       actors: actors.map((a) => a.name),
       server: nc.info?.version,
       expiryMarkers: topology.expiryMarkers,
+      ...(opts.atomicStates ? { atomicStates: deps.atomicStates } : {}),
     },
     'node running',
   );

@@ -10,7 +10,7 @@ import {
   type JsMsg,
 } from '@nats-io/jetstream';
 import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from '@nats-io/transport-node';
-import type { AckedPublisher, Outgoing } from './acked-publisher.js';
+import type { AckedPublisher, Outgoing, Stored } from './acked-publisher.js';
 import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
 import { consumerNames } from './consumer-names.js';
@@ -58,6 +58,9 @@ export interface PartitionDeps {
   tickMs?: number;
   /** Repeated failures (dead letters, publishing retries) as one line per kind and interval. */
   repeated?: RepeatedLog;
+  /** Publish a batch's state changes as atomic batches (nats-server 2.12+, `allow_atomic` on the
+   * state bucket; see `atomicStatesAvailable`). */
+  atomicStates?: boolean;
 }
 
 /** An event to dead-letter, as its stream holds it. */
@@ -617,6 +620,7 @@ export class PartitionRunner {
     let deadLeft = dead;
     let pending = first;
     let phase: 1 | 2 = 1;
+    let oneByOne = false;
     for (let attempt = 1; ; attempt++) {
       if (this.fenced || !this.lease.valid()) return false;
       try {
@@ -650,10 +654,21 @@ export class PartitionRunner {
           }
           deadLeft = later;
         }
-        const stored = await publisher.publish(
-          pending.map((p) => p.out),
-          PUBLISH_TIMEOUT_MS,
-        );
+        const stored =
+          phase === 2 && this.deps.atomicStates && !oneByOne
+            ? await this.publishAtomic(pending)
+            : await publisher.publish(
+                pending.map((p) => p.out),
+                PUBLISH_TIMEOUT_MS,
+              );
+        if (stored.atomicRefused) {
+          // Published one by one from now on, which tells the refused output from the others.
+          oneByOne = true;
+          this.log.warn(
+            { partition: this.partition, err: stored.error },
+            'the state bucket refused an atomic batch of state changes; publishing them one by one',
+          );
+        }
         const retry: Item[] = [];
         for (let i = 0; i < pending.length; i++) {
           const p = pending[i]!;
@@ -710,6 +725,51 @@ export class PartitionRunner {
         await sleep(Math.min(2000, 50 * 2 ** attempt));
       }
     }
+  }
+
+  /**
+   * The state changes among `items` as atomic batches on the state bucket, the rest (dead letters
+   * standing for refused state changes) one by one: an atomic batch goes to one stream only.
+   */
+  private async publishAtomic(items: Item[]): Promise<Stored> {
+    const { publisher } = this.deps;
+    const states: number[] = [];
+    const others: number[] = [];
+    items.forEach((p, i) => {
+      (p.out.subject.startsWith(KV_STATE_PREFIX) ? states : others).push(i);
+    });
+    const [a, b] = await Promise.all([
+      publisher.publishAtomic(
+        states.map((i) => items[i]!.out),
+        PUBLISH_TIMEOUT_MS,
+      ),
+      publisher.publish(
+        others.map((i) => items[i]!.out),
+        PUBLISH_TIMEOUT_MS,
+      ),
+    ]);
+    const merged: Stored = {
+      failed: [],
+      seqs: new Array<number>(items.length).fill(0),
+      refused: new Map(),
+      duplicate: new Uint8Array(items.length),
+      ...(a.error || b.error ? { error: a.error ?? b.error } : {}),
+      ...(a.atomicRefused ? { atomicRefused: true } : {}),
+    };
+    for (const [part, index] of [
+      [a, states],
+      [b, others],
+    ] as const) {
+      part.seqs.forEach((seq, j) => {
+        merged.seqs[index[j]!] = seq;
+      });
+      for (const j of part.failed) merged.failed.push(index[j]!);
+      for (const [j, why] of part.refused) merged.refused.set(index[j]!, why);
+      part.duplicate.forEach((d, j) => {
+        merged.duplicate[index[j]!] = d;
+      });
+    }
+    return merged;
   }
 
   /** The dead letter that stands for an output NATS refused for good; logged each time (rare). */

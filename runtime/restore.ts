@@ -71,6 +71,8 @@ export async function restorePartitions(
   log: Logger,
   /** Entries read per second at most, so a large restart does not saturate NATS. @default 200000 */
   ratePerSecond = 200_000,
+  /** The pass over the bucket on its leader (`bench/restore.ts` puts another beside it). */
+  scan: typeof scanStateBucket = scanStateBucket,
 ): Promise<{
   entries: number;
   restored: number;
@@ -144,7 +146,7 @@ export async function restorePartitions(
   // rewritten since (a paused former owner waking up): taken one after another, each replaces the
   // state read before, and a key is counted once.
   let lateTakes: Promise<unknown> = Promise.resolve();
-  const { read } = await scanStateBucket(js, jsm, log, ratePerSecond, (v, bucketSeq, late) => {
+  const { read } = await scan(js, jsm, log, ratePerSecond, (v, bucketSeq, late) => {
     const p = partitionOf(v.key, partitionCount);
     if (!partitions.has(p)) return undefined;
     if (!late) return take(v, bucketSeq, p);

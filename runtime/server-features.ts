@@ -9,6 +9,8 @@ export interface ServerFeatures {
   expiryMarkers: boolean;
   /** 2.14: `$JS.API.CONSUMER.RESET` moves a consumer to a sequence (ADR-60). */
   consumerReset: boolean;
+  /** 2.12: atomic batch publish (`allow_atomic`); see `atomicStatesAvailable`. */
+  atomicBatches: boolean;
 }
 
 /** True when the server `nc` is connected to announced `major.minor` or later. */
@@ -20,5 +22,9 @@ export function serverAtLeast(nc: NatsConnection, major: number, minor: number):
 }
 
 export function serverFeatures(nc: NatsConnection): ServerFeatures {
-  return { expiryMarkers: serverAtLeast(nc, 2, 11), consumerReset: serverAtLeast(nc, 2, 14) };
+  return {
+    expiryMarkers: serverAtLeast(nc, 2, 11),
+    consumerReset: serverAtLeast(nc, 2, 14),
+    atomicBatches: serverAtLeast(nc, 2, 12),
+  };
 }

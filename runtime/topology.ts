@@ -314,6 +314,20 @@ export async function ensureStateBucket(nc: NatsConnection, replicas = defaultRe
   });
 }
 
+/**
+ * Allows atomic batches on the state bucket's stream where the server has them (2.12+), and says
+ * whether the stream now allows them. A server that does not know the field drops it (a cluster
+ * whose meta leader runs an older server), so this reads back what the stream holds.
+ */
+export async function atomicStatesAvailable(nc: NatsConnection, jsm: JetStreamManager): Promise<boolean> {
+  if (!serverFeatures(nc).atomicBatches) return false;
+  let info = await jsm.streams.info(`KV_${STATE_BUCKET}`);
+  // Atomic batches are refused on a stream that persists asynchronously.
+  if (!info.config.allow_atomic && info.config.persist_mode !== 'async')
+    info = await jsm.streams.update(info.config.name, { ...info.config, allow_atomic: true });
+  return info.config.allow_atomic === true;
+}
+
 /** Replicated (R3) on a cluster, so that one server dying loses nothing; R1 on a single server. */
 export function defaultReplicas(nc: NatsConnection): number {
   return nc.info?.cluster ? 3 : 1;
