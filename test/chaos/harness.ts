@@ -33,13 +33,14 @@ import { type NodeProcess, spawnPartita } from '../helpers/node-process.js';
 
 const FIXTURE_ACTORS = fileURLToPath(new URL('../fixtures/actors/', import.meta.url));
 
-export const FAULT_KINDS = ['kill', 'stall', 'handoff', 'nats-kill', 'join'] as const;
 /**
- * Every kind the harness can inject: the default ones, and `nats-stall` (SIGSTOP of a NATS server
+ * The kinds the CI run and a soak inject by default; `nats-stall` is a SIGSTOP of a NATS server
  * for 3-7 s, then SIGCONT: a server starved of CPU; its Raft leaderships move meanwhile and it
- * wakes up behind, and its clients' connections hang until it does).
+ * wakes up behind, and its clients' connections hang until it does.
  */
-export const ALL_FAULT_KINDS = [...FAULT_KINDS, 'nats-stall'] as const;
+export const FAULT_KINDS = ['kill', 'stall', 'handoff', 'nats-kill', 'join', 'nats-stall'] as const;
+/** Every kind the harness can inject. */
+export const ALL_FAULT_KINDS = FAULT_KINDS;
 export type FaultKind = (typeof ALL_FAULT_KINDS)[number];
 
 export interface ChaosOptions {
