@@ -155,7 +155,14 @@ describe('a 3-server NATS cluster', () => {
     // ingest stream, which catches up once the streams have leaders again).
     const expected = new Set([...Array.from({ length: CORE }, (_, i) => i), ...acked]);
     assert.equal(expected.size, CORE + JS_EVENTS);
-    await check(async () => (await total()) === expected.size, 30_000, 'every event counted');
+    let counted = 0;
+    const allCounted = async () => {
+      counted = await total();
+      return counted === expected.size;
+    };
+    await check(allCounted, 30_000, 'every event counted').catch((err: Error) => {
+      throw new Error(`${err.message}: ${counted} stored of ${expected.size}`);
+    });
     const seen = new Set<number>();
     const reader = jetstream(nc, { timeout: 2000 });
     for (let p = 0; p < PARTITIONS; p++) {
