@@ -46,7 +46,7 @@ const USAGE = `usage: partita <command> [options]
   nats [--port N] [--data DIR] [--partitions N] [--events-max-age DURATION]
        [--dlq-max-age D] [--dlq-max-bytes N]
        [--cluster NAME --name NAME [--cluster-port N] [--routes URL,URL]]
-      a local nats-server configured for Partita (JetStream, partition mapping); with --cluster,
+      a local nats-server configured for Partita (JetStream, fsync per write); with --cluster,
       one member of a cluster (route port 6222 by default, 0 picks one)
   node --nats URL [--actors DIR] [--data DIR] [--threads N] [--id NAME] [--metrics-port N]
        [--durability sync|process] [--events-max-age D] [--aggregates-max-age D]

@@ -17,8 +17,14 @@ export interface NatsServerOptions {
   port?: number;
   /** Directory for the config file and the JetStream store. */
   dataDir: string;
-  /** Partition count of the `events.*.*` mapping. @default 16 */
+  /** Partition count of the `events.*.*` mapping (with `mapping` only). @default 16 */
   partitions?: number;
+  /**
+   * Configure the server-side `partition()` mapping of `events.*.*` as deployments before 2.10
+   * streams did. Partita no longer needs it (the ingest stream's transform partitions); it stays
+   * for tests of deployments that have it. @default false
+   */
+  mapping?: boolean;
   /** @default '127.0.0.1' */
   host?: string;
   /** Unique per member of a cluster: JetStream's peers are named after it. @default `partita-<pid>` */
@@ -140,7 +146,7 @@ export function natsServerVersion(bin = natsServerBinary()): NatsServerVersion {
   return v;
 }
 
-/** The nats-server config text Partita needs: JetStream and the mapping that assigns partitions. */
+/** The nats-server config text Partita needs: JetStream (and, if asked, the legacy mapping). */
 export function natsConfig(opts: NatsServerOptions & { portsDir?: string }): string {
   const partitions = opts.partitions ?? 16;
   const lines = [
@@ -160,11 +166,13 @@ export function natsConfig(opts: NatsServerOptions & { portsDir?: string }): str
   }
   lines.push(`  sync_interval: ${sync}`);
   lines.push('}');
-  lines.push('mappings {');
-  for (const [from, to] of Object.entries(partitionMapping(partitions))) {
-    lines.push(`  ${JSON.stringify(from)}: ${JSON.stringify(to)}`);
+  if (opts.mapping) {
+    lines.push('mappings {');
+    for (const [from, to] of Object.entries(partitionMapping(partitions))) {
+      lines.push(`  ${JSON.stringify(from)}: ${JSON.stringify(to)}`);
+    }
+    lines.push('}');
   }
-  lines.push('}');
   if (opts.cluster) {
     // Port -1 lets the server pick; `startNatsServer` picks one itself first, because the other
     // members' routes must name it.

@@ -43,7 +43,14 @@ import {
   prepareStateDir,
   type StateStore,
 } from './state-store.js';
-import { LEASES_BUCKET, META_BUCKET, NODES_BUCKET, STATE_BUCKET, UNROUTED_STREAM } from './subjects.js';
+import {
+  INGEST_STREAM,
+  LEASES_BUCKET,
+  META_BUCKET,
+  NODES_BUCKET,
+  STATE_BUCKET,
+  UNROUTED_STREAM,
+} from './subjects.js';
 import { atomicStatesAvailable, ensureTopology, type Topology, verifyPartitionMapping } from './topology.js';
 import { UnroutedDeadLetterer } from './unrouted.js';
 
@@ -393,7 +400,19 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   stallTimer.unref();
   let stopStep = '';
 
-  const unrouted = new UnroutedDeadLetterer(js, topology.jsm, metrics, log, deps.publisher, deps.repeated);
+  const unrouted = new UnroutedDeadLetterer(
+    'ingest',
+    js,
+    topology.jsm,
+    metrics,
+    log,
+    deps.publisher,
+    deps.repeated,
+  );
+  // A deployment from before the ingest stream: what its work queue still holds, then it goes.
+  const retired = (await topology.jsm.streams.info(UNROUTED_STREAM).catch(() => null))
+    ? new UnroutedDeadLetterer('retired', js, topology.jsm, metrics, log, deps.publisher, deps.repeated)
+    : null;
   let server: MetricsServer | undefined;
   let coordinator: Coordinator | undefined;
   let control: NatsConnection | undefined;
@@ -470,7 +489,12 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     // Workers load actors and open LMDB meanwhile; batches that come first wait in the pool's queue.
     const warming = dispatcher.warm(threads);
     warming.catch(() => undefined); // awaited below; this only keeps an early failure handled
-    await retryRefusals(`consuming ${UNROUTED_STREAM}`, () => unrouted.start(), refusals);
+    await retryRefusals(`consuming ${INGEST_STREAM}`, () => unrouted.start(), refusals);
+    // Another node may have drained and deleted it meanwhile.
+    if (retired)
+      await retryRefusals(`draining ${UNROUTED_STREAM}`, () => retired.start(), refusals).catch(
+        () => undefined,
+      );
     if (opts.metricsPort !== undefined) {
       server = await startMetricsServer({
         port: opts.metricsPort,
@@ -530,6 +554,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await coordinator?.stop().catch(() => undefined);
     await Promise.allSettled([...runners.values()].map((r) => r.stop()));
     await unrouted.stop();
+    await retired?.stop();
     await server?.close();
     dispatcher.close();
     await pool.destroy();
@@ -593,6 +618,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       await auditor.stop();
       stopStep = 'stopping unrouted dead-lettering';
       await unrouted.stop();
+      await retired?.stop();
       // Checkpoint, publish, release: the next owners start at once.
       stopStep = 'publishing the last batches and releasing the leases';
       await coordinator?.stop();

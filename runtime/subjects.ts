@@ -2,7 +2,7 @@
 
 /** Producers publish here: `events.<type>.<key>`. */
 export const EVENTS_PREFIX = 'events';
-/** Where the server's partition mapping sends events: `partita.in.<partition>.<type>.<key>`. */
+/** Where the ingest stream's transform (or a legacy server mapping) puts events: `partita.in.<partition>.<type>.<key>`. */
 export const IN_PREFIX = 'partita.in';
 /** Committed state changes, republished by the state KV bucket: `partita.state.<actor>.<key>`. */
 export const STATE_PREFIX = 'partita.state';
@@ -20,7 +20,19 @@ export function streamPartition(stream: string): number | null {
   const p = Number(stream.slice(IN_STREAM_PREFIX.length));
   return Number.isInteger(p) && p >= 0 ? p : null;
 }
+/**
+ * The ingest stream on `events.>`: its subject transform assigns each `events.<type>.<key>` its
+ * partition (stored as `partita.in.<p>.<type>.<key>`, sourced from there by the partition's
+ * stream); other shapes stay as published and are dead-lettered from it.
+ */
+export const INGEST_STREAM = 'PARTITA_EVENTS';
+/**
+ * Before the ingest stream: the work queue on `events.>` of what the server's mapping did not
+ * route. An existing one is retired (moved off `events.>`), drained and deleted.
+ */
 export const UNROUTED_STREAM = 'PARTITA_UNROUTED';
+/** The subject a retired PARTITA_UNROUTED is moved to, which nothing publishes on. */
+export const UNROUTED_RETIRED_SUBJECT = 'partita.unrouted.retired';
 export const DLQ_STREAM = 'PARTITA_DLQ';
 /** Late events' side output, on `partita.late.>`. */
 export const LATE_STREAM = 'PARTITA_LATE';
@@ -35,11 +47,21 @@ export function consumerPrefix(partition: number): string {
   return `partita-p${partition}-`;
 }
 
-/** The server-side mapping that assigns partitions; `partition(n, 2)` hashes the key token. */
-export function partitionMapping(partitions: number): Record<string, string> {
+/** The transform that assigns partitions; `partition(n, 2)` hashes the key token. */
+export function partitionTransform(partitions: number): { src: string; dest: string } {
   return {
-    [`${EVENTS_PREFIX}.*.*`]: `${IN_PREFIX}.{{partition(${partitions},2)}}.{{wildcard(1)}}.{{wildcard(2)}}`,
+    src: `${EVENTS_PREFIX}.*.*`,
+    dest: `${IN_PREFIX}.{{partition(${partitions},2)}}.{{wildcard(1)}}.{{wildcard(2)}}`,
   };
+}
+
+/**
+ * The same transform as a server-side mapping, which deployments configured before the ingest
+ * stream; one that still has it keeps working (events reach the partition streams directly).
+ */
+export function partitionMapping(partitions: number): Record<string, string> {
+  const { src, dest } = partitionTransform(partitions);
+  return { [src]: dest };
 }
 
 /**

@@ -22,14 +22,17 @@ import {
   DLQ_STREAM,
   EVENTS_PREFIX,
   IN_PREFIX,
+  INGEST_STREAM,
   inStream,
   LATE_STREAM,
   LEASES_BUCKET,
   META_BUCKET,
   NODES_BUCKET,
   partitionOf,
+  partitionTransform,
   STATE_BUCKET,
   STATE_PREFIX,
+  UNROUTED_RETIRED_SUBJECT,
   UNROUTED_STREAM,
 } from './subjects.js';
 import { parseDuration } from './window.js';
@@ -191,16 +194,19 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
   const eventsExplicit = opts.eventsMaxAgeMs ?? envMs('PARTITA_EVENTS_MAX_AGE');
   const eventsMaxAge = eventsExplicit ?? 90 * DAY_MS;
   const aggExplicit = opts.aggregatesMaxAgeMs ?? envMs('PARTITA_AGGREGATES_MAX_AGE');
-  // One input stream per partition: on nats-server 2.9 a consumer filtered to one partition of a
-  // shared stream scans every other partition's events too (measured: 43k/s for 16 filtered
-  // consumers against 208k/s for 16 streams), and separate streams also spread over a cluster.
+  await ensureIngest(jsm, partitions, replicas, eventsMaxAge);
+  // One input stream per partition, sourcing its events from the ingest stream (see ARCHITECTURE.md,
+  // "Partition layout"): per-partition sequences, retention and leaders spread over a cluster. Its
+  // own subjects take the partition ticker's ticks and a legacy server mapping's events.
   await Promise.all(
-    Array.from({ length: partitions }, (_, p) =>
-      ensureStream(
+    Array.from({ length: partitions }, async (_, p) => {
+      const source = { name: INGEST_STREAM, filter_subject: `${IN_PREFIX}.${p}.>` };
+      await ensureStream(
         jsm,
         {
           name: inStream(p),
           subjects: [`${IN_PREFIX}.${p}.>`],
+          sources: [source],
           storage: StorageType.File,
           retention: RetentionPolicy.Limits,
           discard: DiscardPolicy.Old,
@@ -209,19 +215,17 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
           num_replicas: replicas,
         },
         eventsExplicit !== undefined,
-      ),
-    ),
+      );
+      // A stream from before the ingest stream gets its source.
+      const info = await jsm.streams.info(inStream(p));
+      if (!info.config.sources?.some((s) => s.name === INGEST_STREAM))
+        await jsm.streams.update(inStream(p), {
+          ...info.config,
+          sources: [...(info.config.sources ?? []), source],
+        });
+    }),
   );
   if (opts.eventsMaxAgeMs !== undefined) await setEventsMaxAge(jsm, partitions, opts.eventsMaxAgeMs);
-  await ensureStream(jsm, {
-    name: UNROUTED_STREAM,
-    subjects: [`${EVENTS_PREFIX}.>`],
-    storage: StorageType.File,
-    // A work queue: an unrouted event leaves once it has been dead-lettered.
-    retention: RetentionPolicy.Workqueue,
-    duplicate_window: nanos(120_000),
-    num_replicas: replicas,
-  });
   await ensureDlqStream(jsm, replicas, opts);
   await ensureAuditStream(nc, replicas);
   // Event time: late events' side output, and every window result (the aggregates' history).
@@ -290,6 +294,39 @@ async function ensureExpiryMarkers(jsm: JetStreamManager, stream: string, ttlMs:
   }
 }
 
+/** How long the ingest stream keeps an event: its partition's stream has it long before. */
+const INGEST_MAX_AGE_MS = 7 * DAY_MS;
+
+/**
+ * The ingest stream on `events.>`: its transform stores `events.<type>.<key>` as
+ * `partita.in.<p>.<type>.<key>`, so no server configuration is needed; other shapes stay as they
+ * are, for the unrouted dead-letterer. A PARTITA_UNROUTED from before (the same subjects) is moved
+ * off `events.>` first (streams may not overlap), then drained by the node and deleted.
+ */
+async function ensureIngest(
+  jsm: JetStreamManager,
+  partitions: number,
+  replicas: number,
+  eventsMaxAge: number,
+): Promise<void> {
+  const unrouted = await jsm.streams.info(UNROUTED_STREAM).catch(() => null);
+  if (unrouted && !unrouted.config.subjects?.includes(UNROUTED_RETIRED_SUBJECT)) {
+    await jsm.streams.update(UNROUTED_STREAM, { ...unrouted.config, subjects: [UNROUTED_RETIRED_SUBJECT] });
+  }
+  const maxAge = eventsMaxAge > 0 ? Math.min(eventsMaxAge, INGEST_MAX_AGE_MS) : INGEST_MAX_AGE_MS;
+  await ensureStream(jsm, {
+    name: INGEST_STREAM,
+    subjects: [`${EVENTS_PREFIX}.>`],
+    subject_transform: partitionTransform(partitions),
+    storage: StorageType.File,
+    retention: RetentionPolicy.Limits,
+    discard: DiscardPolicy.Old,
+    max_age: nanos(maxAge),
+    duplicate_window: nanos(Math.min(maxAge, 120_000)),
+    num_replicas: replicas,
+  });
+}
+
 /** Applies a changed raw-event retention to existing input streams (given explicitly only). */
 async function setEventsMaxAge(jsm: JetStreamManager, partitions: number, maxAgeMs: number): Promise<void> {
   await Promise.all(
@@ -337,39 +374,48 @@ export function defaultReplicas(nc: NatsConnection): number {
 export const PROBE_TYPE = 'partita-probe';
 
 /**
- * Checks that the server's mapping sends keys to the partitions this node computes. Each probe is
- * a JetStream publish that names the stream it expects and an impossible last sequence, so the
- * server always refuses to store it, and its answer says where it would have gone: "wrong last
- * sequence" means the expected stream, "expected stream does not match" another one (or
- * PARTITA_UNROUTED when there is no mapping), "no responders" no stream at all.
+ * Checks that events reach the partitions this node computes: through the ingest stream (its
+ * transform is set by `ensureTopology` from the recorded count) or, on a server that keeps a
+ * legacy `partition()` mapping, straight into the partition's stream, which must then agree. Each
+ * probe is a JetStream publish that names the stream it expects and an impossible last sequence,
+ * so the server always refuses to store it, and its answer says where it would have gone: "wrong
+ * last sequence" means the expected stream, "expected stream does not match" another one, "no
+ * responders" no stream at all.
  */
 export async function verifyPartitionMapping(nc: NatsConnection, partitions: number): Promise<void> {
   const js = jetstream(nc);
-  const probe = async (i: number) => {
-    const key = `k${i}`;
-    const p = partitionOf(key, partitions);
+  /** The probe's answer for `stream`: reached it (true), another stream (false), else it throws. */
+  const reaches = async (subject: string, stream: string): Promise<boolean> => {
     try {
-      await js.publish(`${EVENTS_PREFIX}.${PROBE_TYPE}.${key}`, '', {
-        expect: { streamName: inStream(p), lastSubjectSequence: 999_999_999_999 },
+      await js.publish(subject, '', {
+        expect: { streamName: stream, lastSubjectSequence: 999_999_999_999 },
         timeout: 5000,
       });
     } catch (err) {
-      const e = err as { code?: number | string; message?: string };
-      const code = err instanceof JetStreamApiError ? e.code : undefined;
-      if (code === 10071) return; // wrong last sequence: the expected stream, as it should be
-      const why =
-        code === 10060
-          ? `key "${key}" did not reach ${inStream(p)}: the server maps events.*.* with another partition count, or not at all`
-          : `key "${key}" reached no stream (${e.message ?? String(err)}): the server's mapping does not match ${partitions} partitions`;
+      const code = err instanceof JetStreamApiError ? err.code : undefined;
+      if (code === 10071) return true; // wrong last sequence: the expected stream
+      if (code === 10060) return false;
       throw new PartitaError(
         'PARTITA_ERR_PARTITIONS_CONFLICT',
-        `${why}; start the server with \`partita nats --partitions ${partitions}\` or a config from deploy/`,
+        `${subject} reached no stream (${(err as Error).message ?? String(err)})`,
+        { cause: err },
       );
     }
     // Stored: cannot happen (the last-sequence check always fails), but say so if it did.
     throw new PartitaError(
       'PARTITA_ERR_PARTITIONS_CONFLICT',
-      'a mapping probe was stored; the server ignores expected-sequence headers',
+      'a partitioning probe was stored; the server ignores expected-sequence headers',
+    );
+  };
+  const probe = async (i: number) => {
+    const key = `k${i}`;
+    const p = partitionOf(key, partitions);
+    const subject = `${EVENTS_PREFIX}.${PROBE_TYPE}.${key}`;
+    if (await reaches(subject, INGEST_STREAM)) return;
+    if (await reaches(subject, inStream(p))) return;
+    throw new PartitaError(
+      'PARTITA_ERR_PARTITIONS_CONFLICT',
+      `key "${key}" reached neither ${INGEST_STREAM} nor ${inStream(p)}: the server maps events.*.* with another partition count; remove its \`mappings\` (Partita partitions in its ingest stream) or make it ${partitions}`,
     );
   };
   await Promise.all(Array.from({ length: 8 }, (_, i) => probe(i)));

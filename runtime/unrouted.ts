@@ -1,13 +1,17 @@
-// Dead-letters what the partition mapping did not route: subjects under `events.>` of another
-// shape (too many or too few tokens), or every event when the server lacks the mapping.
+// Dead-letters what was not partitioned: subjects under `events.>` of another shape (too many or
+// too few tokens), which the ingest stream keeps as published; and, once, what a retired
+// PARTITA_UNROUTED still holds (every event, when that deployment's server lacked the mapping).
 import { AckPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from '@nats-io/jetstream';
 import type { AckedPublisher, Outgoing } from './acked-publisher.js';
 import { DLQ_HEADERS, deadLetterMessage } from './dead-letter.js';
 import type { Logger, RepeatedLog } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
-import { UNROUTED_STREAM } from './subjects.js';
+import { EVENTS_PREFIX, INGEST_STREAM, UNROUTED_STREAM } from './subjects.js';
 
 const NAME = 'partita-unrouted';
+
+/** What the dead-letterer reads: the ingest stream's other shapes, or the retired work queue. */
+export type UnroutedSource = 'ingest' | 'retired';
 const PUBLISH_TIMEOUT_MS = 5000;
 
 export class UnroutedDeadLetterer {
@@ -15,7 +19,10 @@ export class UnroutedDeadLetterer {
   private stopFetch: (() => void) | null = null;
   private loop: Promise<void> | null = null;
 
+  private readonly stream: string;
+
   constructor(
+    private readonly source: UnroutedSource,
     private readonly js: JetStreamClient,
     private readonly jsm: JetStreamManager,
     private readonly metrics: NodeMetrics,
@@ -23,14 +30,24 @@ export class UnroutedDeadLetterer {
     /** A fetch's dead letters go out together, as a batch's do (see partition-runner.ts). */
     private readonly publisher: AckedPublisher,
     private readonly repeated: RepeatedLog,
-  ) {}
+  ) {
+    this.stream = source === 'ingest' ? INGEST_STREAM : UNROUTED_STREAM;
+  }
 
   async start(): Promise<void> {
     await this.jsm.consumers
       // An event fetched by a node that dies is redelivered to another after the ack wait.
-      .add(UNROUTED_STREAM, { durable_name: NAME, ack_policy: AckPolicy.Explicit, ack_wait: 10_000_000_000 })
+      .add(this.stream, {
+        durable_name: NAME,
+        ack_policy: AckPolicy.Explicit,
+        ack_wait: 10_000_000_000,
+        // The ingest stream's other shapes: what its transform (events.*.*) left as published.
+        ...(this.source === 'ingest'
+          ? { filter_subjects: [`${EVENTS_PREFIX}.*`, `${EVENTS_PREFIX}.*.*.>`] }
+          : {}),
+      })
       .catch(() => undefined);
-    const consumer = await this.js.consumers.get(UNROUTED_STREAM, NAME);
+    const consumer = await this.js.consumers.get(this.stream, NAME);
     this.loop = (async () => {
       while (this.running) {
         try {
@@ -39,8 +56,19 @@ export class UnroutedDeadLetterer {
           const fetched: JsMsg[] = [];
           for await (const m of it) fetched.push(m);
           if (fetched.length > 0) await this.deadLetter(fetched);
+          else if (
+            this.source === 'retired' &&
+            (await this.jsm.streams.info(this.stream)).state.messages === 0
+          ) {
+            // Drained: nothing publishes on its retired subject, so it stays empty.
+            await this.jsm.streams.delete(this.stream).catch(() => undefined);
+            this.log.info({ stream: this.stream }, 'retired stream drained and deleted');
+            break;
+          }
         } catch (err) {
           if (!this.running) break;
+          if (this.source === 'retired' && !(await this.jsm.streams.info(this.stream).catch(() => null)))
+            break;
           this.log.warn({ err: (err as Error).message }, 'unrouted dead-lettering failed; retrying');
           await new Promise((r) => setTimeout(r, 500));
         }
@@ -56,13 +84,13 @@ export class UnroutedDeadLetterer {
       const code = unmapped ? 'PARTITA_ERR_UNMAPPED' : 'PARTITA_ERR_UNROUTABLE';
       codes.push(code);
       const message = unmapped
-        ? 'the server has no partition mapping for events.*.*: start it with `partita nats` or a config from deploy/'
+        ? 'published while the deployment relied on a server mapping the server lacked; publish it again'
         : `subject "${m.subject}" does not have the shape events.<type>.<key>`;
       return deadLetterMessage({
         subject: m.subject,
         data: m.data,
         headers: m.headers,
-        stream: UNROUTED_STREAM,
+        stream: this.stream,
         seq: m.seq,
         code,
         message,

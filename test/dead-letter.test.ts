@@ -183,7 +183,7 @@ describe('dead letters', () => {
       },
       goodTx('dl-many'),
     );
-    assert.equal(m.header.get(DLQ_HEADERS.stream), 'PARTITA_UNROUTED');
+    assert.equal(m.header.get(DLQ_HEADERS.stream), 'PARTITA_EVENTS');
   });
 
   it('dead-letters a subject with too few tokens', async () => {
@@ -196,7 +196,7 @@ describe('dead letters', () => {
       },
       goodTx('dl-few'),
     );
-    assert.equal(m.header.get(DLQ_HEADERS.stream), 'PARTITA_UNROUTED');
+    assert.equal(m.header.get(DLQ_HEADERS.stream), 'PARTITA_EVENTS');
   });
 
   it('dead-letters a payload larger than maxEventBytes', async () => {

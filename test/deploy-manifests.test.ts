@@ -1,6 +1,6 @@
 // The deployment manifests, checked by structure: there is no Docker engine or Kubernetes here, so
 // docker-compose.yml, the Kubernetes manifests and the NATS Helm values are parsed and held to what
-// the runtime expects (commands, ports, volumes, the partition mapping). The NATS configs they
+// the runtime expects (commands, ports, volumes). The NATS configs they
 // carry are checked by nats-server itself.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -9,13 +9,12 @@ import { join } from 'node:path';
 import { it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
-import { natsServerBinary, partitionMapping } from '../runtime/index.js';
+import { natsServerBinary } from '../runtime/index.js';
 import { tempDir } from './helpers/nats.js';
 import { PARTITA_BIN } from './helpers/node-process.js';
 
 const DEPLOY = fileURLToPath(new URL('../../deploy/', import.meta.url));
 const read = (f: string) => readFileSync(join(DEPLOY, f), 'utf8');
-const MAPPING = partitionMapping(16);
 
 /**
  * A partita command line (without the binary) parses: run it against a NATS address where nothing
@@ -167,7 +166,7 @@ it('Kubernetes: a StatefulSet of nodes with a volume for LMDB, a headless Servic
     assert.equal(gw.spec.template!.metadata.labels[k], v);
 });
 
-it('Helm values for the NATS chart: 3 servers, JetStream on files, the partition mapping nats-server accepts', () => {
+it('Helm values for the NATS chart: 3 servers, JetStream on files, no mapping, a config nats-server accepts', () => {
   const v = parse(read('helm/nats-values.yaml')) as {
     config: {
       cluster: { enabled: boolean; replicas: number };
@@ -176,7 +175,7 @@ it('Helm values for the NATS chart: 3 servers, JetStream on files, the partition
         fileStore: { enabled: boolean; pvc: { enabled: boolean } };
         merge: Record<string, string>;
       };
-      merge: { mappings: Record<string, string> };
+      merge?: Record<string, unknown>;
     };
   };
   assert.equal(v.config.cluster.enabled, true);
@@ -184,13 +183,13 @@ it('Helm values for the NATS chart: 3 servers, JetStream on files, the partition
   assert.equal(v.config.jetstream.enabled, true);
   assert.equal(v.config.jetstream.fileStore.enabled, true);
   assert.equal(v.config.jetstream.fileStore.pvc.enabled, true);
-  assert.deepEqual(v.config.merge.mappings, MAPPING);
+  assert.equal(v.config.merge?.mappings, undefined, 'no server-side mapping');
   assert.equal(v.config.jetstream.merge.sync_interval, 'always');
   // The chart writes `merge` into nats.conf as JSON: nats-server must accept it.
   const dir = tempDir('partita-helm-');
   const conf = join(dir, 'nats.conf');
   const js = { store_dir: dir, ...v.config.jetstream.merge };
-  writeFileSync(conf, `jetstream ${JSON.stringify(js)}\n${JSON.stringify(v.config.merge, null, 2)}\n`);
+  writeFileSync(conf, `jetstream ${JSON.stringify(js)}\n${JSON.stringify(v.config.merge ?? {}, null, 2)}\n`);
   const r = spawnSync(natsServerBinary(), ['-c', conf, '-t'], {
     encoding: 'utf8',
   });

@@ -24,6 +24,9 @@ it('samples lag in events and seconds from the stream, and drops partitions no l
   const js = jetstream(nc);
   const key = ['a', 'b', 'c', 'd'].find((k) => partitionOf(k, 2) === 0)!;
   for (let i = 0; i < 5; i++) await js.publish(`events.any.${key}`, '{}');
+  // Acknowledged by the ingest stream; lag counts what the partition's stream has sourced.
+  const jsm = await jetstreamManager(nc);
+  await check(async () => (await jsm.streams.info(inStream(0))).state.messages === 5, 10_000, 'sourced');
   const metrics = createNodeMetrics();
   // Any per-partition gauge follows ownership, such as one another part of the runtime adds.
   const other = new Gauge({

@@ -11,6 +11,7 @@ import { connect } from '@nats-io/transport-node';
 import {
   ensureTopology,
   freePorts,
+  INGEST_STREAM,
   inStream,
   META_BUCKET,
   partitionOf,
@@ -82,7 +83,7 @@ describe('a 3-server NATS cluster', () => {
     for (const [s, r] of streams) assert.equal(r, 3, `${s} has 3 replicas`);
     phase('topology');
 
-    // Phase 1, every server up: core publishes through the server's partition mapping.
+    // Phase 1, every server up: core publishes, partitioned by the ingest stream's transform.
     const CORE = 2000;
     for (let i = 0; i < CORE; i++) nc.publish(`events.tx.${keyOf(i)}`, JSON.stringify({ id: i }));
     await nc.flush();
@@ -130,7 +131,7 @@ describe('a 3-server NATS cluster', () => {
               // after 0, 250 and 250 ms (jittered) before it throws and this loop tries again.
               retries: 4,
             });
-            if (ack.stream !== inStream(partitionOf(keyOf(id), PARTITIONS))) {
+            if (ack.stream !== INGEST_STREAM) {
               misrouted.push(`${id} in ${ack.stream}`);
             }
             if (ack.duplicate) duplicates++;
@@ -148,12 +149,23 @@ describe('a 3-server NATS cluster', () => {
     const publishMs = Date.now() - t0;
     phase('publish and kill');
     assert.ok(ackedAfterKill > 0, 'publishing went on after the kill');
-    assert.deepEqual(misrouted, [], 'every event stored in its partition');
+    assert.deepEqual(misrouted, [], 'every event stored by the ingest stream');
 
-    // Every acknowledged event is stored exactly once, in its partition's stream.
+    // Every acknowledged event is stored exactly once, in its partition's stream (sourced from the
+    // ingest stream, which catches up once the streams have leaders again).
     const expected = new Set([...Array.from({ length: CORE }, (_, i) => i), ...acked]);
     assert.equal(expected.size, CORE + JS_EVENTS);
-    await check(async () => (await total()) === expected.size, 10_000, 'every event counted');
+    let counted = 0;
+    const allCounted = async () => {
+      counted = await total();
+      return counted === expected.size;
+    };
+    // Sourcing stops while the ingest stream has no leader and resumes with the server's retry
+    // backoff, which can take tens of seconds after a kill (ARCHITECTURE.md, Known issues).
+    await check(allCounted, 120_000, 'every event counted').catch((err: Error) => {
+      throw new Error(`${err.message}: ${counted} stored of ${expected.size}`);
+    });
+    phase('every event in its partition');
     const seen = new Set<number>();
     const reader = jetstream(nc, { timeout: 2000 });
     for (let p = 0; p < PARTITIONS; p++) {
@@ -246,8 +258,14 @@ describe('partita nats --cluster', () => {
         const topo = await ensureTopology(nc, { partitions: PARTITIONS, replicas: 3 });
         const key = 'order-42';
         const ack = await jetstream(nc).publish(`events.tx.${key}`, '{}');
-        assert.equal(ack.stream, inStream(partitionOf(key, PARTITIONS)));
-        const { cluster } = await topo.jsm.streams.info(ack.stream);
+        assert.equal(ack.stream, INGEST_STREAM);
+        const stream = inStream(partitionOf(key, PARTITIONS));
+        await check(
+          async () => (await topo.jsm.streams.info(stream)).state.messages === 1,
+          10_000,
+          `${stream} sourced it`,
+        );
+        const { cluster } = await topo.jsm.streams.info(stream);
         assert.deepEqual([cluster?.leader, ...(cluster?.replicas ?? []).map((r) => r.name)].sort(), [
           'm1',
           'm2',

@@ -14,6 +14,7 @@ import { partitionOf, STATE_BUCKET, stateKvKey } from '../runtime/index.js';
 import { check, seededRandom, testSeed } from './helpers/check.js';
 import { startTestNats, type TestNats, tempDir } from './helpers/nats.js';
 import { type NodeProcess, PARTITA_BIN, spawnPartita } from './helpers/node-process.js';
+import { setPartitionSeqs } from './helpers/partition-seqs.js';
 
 const run = promisify(execFile);
 const PARTITIONS = 4;
@@ -102,9 +103,10 @@ describe('partita replay', () => {
       const key = `shop-${Math.floor(rand() * 12)}`;
       const price = 1 + Math.floor(rand() * 50);
       const qty = 1 + Math.floor(rand() * 5);
-      const ack = await js.publish(`events.sales.${key}`, JSON.stringify({ price, qty }));
-      sales.push({ key, price, qty, partition: partitionOf(key, PARTITIONS), seq: ack.seq, at: Date.now() });
+      await js.publish(`events.sales.${key}`, JSON.stringify({ price, qty }));
+      sales.push({ key, price, qty, partition: partitionOf(key, PARTITIONS), seq: 0, at: Date.now() });
     }
+    await setPartitionSeqs(nc, PARTITIONS, 'sales', sales);
   };
   const states = async (): Promise<Map<string, Entry>> => {
     const kv = await new Kvm(nc).open(STATE_BUCKET);
@@ -283,9 +285,10 @@ describe('partita replay, interrupted', () => {
       const key = `shop-${Math.floor(rand() * 20)}`;
       const price = 1 + Math.floor(rand() * 50);
       const qty = 1 + Math.floor(rand() * 5);
-      const ack = await js.publish(`events.sales.${key}`, JSON.stringify({ price, qty }));
-      sales.push({ key, price, qty, partition: partitionOf(key, 2), seq: ack.seq, at: Date.now() });
+      await js.publish(`events.sales.${key}`, JSON.stringify({ price, qty }));
+      sales.push({ key, price, qty, partition: partitionOf(key, 2), seq: 0, at: Date.now() });
     }
+    await setPartitionSeqs(nc, 2, 'sales', sales);
     const kv = await new Kvm(nc).open(STATE_BUCKET);
     const matches = async (expected: Map<string, { state: Tally; seq: number }>) => {
       for (const [key, want] of expected) {

@@ -51,7 +51,8 @@ export function tempDir(prefix = 'partita-test-'): string {
 }
 
 export async function startTestNats(
-  opts: { partitions?: number; leaseTtlMs?: number } = {},
+  /** `mapping`: the legacy server-side partition mapping, as deployments before the ingest stream. */
+  opts: { partitions?: number; leaseTtlMs?: number; mapping?: boolean } = {},
 ): Promise<TestNats> {
   announceNatsServer();
   const dir = tempDir();
@@ -60,10 +61,11 @@ export async function startTestNats(
     port: 0,
     dataDir: join(dir, 'nats'),
     partitions,
+    mapping: opts.mapping,
     syncInterval: TEST_SYNC_INTERVAL,
   });
   const conns: NatsConnection[] = [];
-  // Record the partition count the server maps with, as `partita nats` does.
+  // Record the partition count, as `partita nats` does.
   const admin = await connect({ servers: server.url });
   await ensureTopology(admin, { partitions, leaseTtlMs: opts.leaseTtlMs });
   await admin.close();

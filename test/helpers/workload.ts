@@ -98,8 +98,15 @@ export class Workload {
    */
   async verify(partitions: number, timeoutMs = 60_000): Promise<void> {
     const jsm = await jetstreamManager(this.nc);
+    // Acknowledged by the ingest stream; the partition streams source them (after a server kill,
+    // once their streams have leaders again).
     let stored = 0;
-    for (let p = 0; p < partitions; p++) stored += (await jsm.streams.info(inStream(p))).state.messages;
+    const allStored = async () => {
+      stored = 0;
+      for (let p = 0; p < partitions; p++) stored += (await jsm.streams.info(inStream(p))).state.messages;
+      return stored >= this.published;
+    };
+    await check(allStored, timeoutMs, 'every published event in the input streams').catch(() => undefined);
     assert.equal(stored, this.published, 'every published event is in the input streams');
     for (const [key, want] of this.expected) {
       const read = async () => {
