@@ -25,7 +25,7 @@ import {
   STATE_PREFIX,
 } from '../runtime/index.js';
 import { NATS_REFUSAL_CODES, passingRefusal } from '../runtime/nats-refusal.js';
-import { LEASES_BUCKET } from '../runtime/subjects.js';
+import { INGEST_STREAM, LEASES_BUCKET } from '../runtime/subjects.js';
 import { check, testSeed } from './helpers/check.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 import { startTestNatsCluster, type TestNatsCluster } from './helpers/nats-cluster.js';
@@ -163,15 +163,17 @@ describe('one server: the semantics Partita builds on', () => {
   it('expected stream and last subject sequence: the answers verifyPartitionMapping reads (topology.ts)', async () => {
     const js = jetstream(nc);
     const key = 'k1';
-    const p = partitionOf(key, 2);
     const subject = `${EVENTS_PREFIX}.partita-probe.${key}`;
+    // Events land in the ingest stream; the probe never stores (the last sequence cannot match).
     const right = await refusalOf(() =>
-      js.publish(subject, '', { expect: { streamName: inStream(p), lastSubjectSequence: 999_999_999_999 } }),
+      js.publish(subject, '', {
+        expect: { streamName: INGEST_STREAM, lastSubjectSequence: 999_999_999_999 },
+      }),
     );
     assert.equal(right.code, 10071, `the expected stream, a wrong last sequence (${right.message})`);
     const wrong = await refusalOf(() =>
       js.publish(subject, '', {
-        expect: { streamName: inStream(1 - p), lastSubjectSequence: 999_999_999_999 },
+        expect: { streamName: inStream(partitionOf(key, 2)), lastSubjectSequence: 999_999_999_999 },
       }),
     );
     assert.equal(wrong.code, 10060, `another stream: expected stream does not match (${wrong.message})`);
