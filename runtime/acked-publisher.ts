@@ -63,10 +63,13 @@ const PERMANENT_JS_ERRORS = new Set([10054, 10097]);
  * Refusals of an atomic batch that no retry of the same batch can cure (nats-server's
  * `server/errors.json`): a message over the stream's `max_msg_size` (10054) or with headers too
  * large (10097), atomic publishing switched off (10174), a header a batch may not carry (10177), a
- * batch over the server's size limit (10199). An incomplete batch (10176: a message lost on the
- * way, or the batch timed out on the server) and every other error are retried as a batch.
+ * batch over the server's size limit (10199), and an incomplete batch (10176): the server answers
+ * that when a message before the commit was refused (over max_msg_size, say), since that refusal
+ * goes to no reply subject and the batch is dropped, so the same batch is incomplete on every
+ * retry. It also answers it for a message lost on the way; going one by one then costs that
+ * batch's atomicity only (the puts are safe to repeat). Every other error is retried as a batch.
  */
-const PERMANENT_ATOMIC_ERRORS = new Set([10054, 10097, 10174, 10177, 10199]);
+const PERMANENT_ATOMIC_ERRORS = new Set([10054, 10097, 10174, 10176, 10177, 10199]);
 
 /**
  * nats-server closes a connection whose protocol line (`HPUB <subject> <reply> <sizes>`) is
