@@ -15,6 +15,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { ensureAuditStream } from './audit.js';
 import { PartitaError } from './errors.js';
 import { AGG_PREFIX, LATE_PREFIX } from './event-time.js';
+import { timedOut } from './nats-refusal.js';
 import { serverFeatures } from './server-features.js';
 import {
   AGG_STREAM,
@@ -345,7 +346,8 @@ export const PROBE_TYPE = 'partita-probe';
  */
 export async function verifyPartitionMapping(nc: NatsConnection, partitions: number): Promise<void> {
   const js = jetstream(nc);
-  const probe = async (i: number) => {
+  const jsm = await jetstreamManager(nc);
+  const probe = async (i: number, again = true): Promise<void> => {
     const key = `k${i}`;
     const p = partitionOf(key, partitions);
     try {
@@ -357,6 +359,16 @@ export async function verifyPartitionMapping(nc: NatsConnection, partitions: num
       const e = err as { code?: number | string; message?: string };
       const code = err instanceof JetStreamApiError ? e.code : undefined;
       if (code === 10071) return; // wrong last sequence: the expected stream, as it should be
+      // No answer in time: a stream electing a leader, not a wrong mapping (the caller retries; a
+      // probe is never stored).
+      if (timedOut(err)) throw err;
+      // No stream took it: a wrong mapping, or the stream without a leader for now (no responders
+      // either way). Probe again once it has one; the caller retries while it has none.
+      if (code !== 10060 && again) {
+        const { cluster } = await jsm.streams.info(inStream(p));
+        if (cluster && !cluster.leader) throw new Error(`no responders: ${inStream(p)} has no leader yet`);
+        return probe(i, false);
+      }
       const why =
         code === 10060
           ? `key "${key}" did not reach ${inStream(p)}: the server maps events.*.* with another partition count, or not at all`
