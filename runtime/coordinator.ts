@@ -40,6 +40,11 @@ export interface CoordinatorOptions {
   /** A refusal of the server that the coordinator waits out (nats-refusal.ts), by its code. */
   onRefusal?(code: string): void;
   /**
+   * The connection of the buckets: while it is up, a start request that times out or finds no
+   * responders (a leader election) is retried like a refusal. Without it, a timeout fails the start.
+   */
+  connection?: { isClosed(): boolean };
+  /**
    * Expired entries of both buckets leave delete markers (`Topology.expiryMarkers`, 2.11+): the
    * watches see every change a round acts on, so the periodic round, a safety net then, runs every
    * TTL/2 instead of every 250 ms. @default false
@@ -72,7 +77,16 @@ export class Coordinator {
 
   async start(): Promise<void> {
     this.running = true;
-    await this.heartbeat();
+    // A watch is a consumer, which the server can refuse for a while (a stream at its consumer
+    // limit, no leader yet), and a request may go unanswered during an election: wait that out
+    // rather than fail the node's start. A heartbeat and a watch are safe to send again.
+    const retry = {
+      log: this.o.log,
+      count: this.o.onRefusal,
+      going: () => this.running,
+      nc: this.o.connection,
+    };
+    await retryRefusals(`announcing the node (stream KV_${NODES_BUCKET})`, () => this.heartbeat(), retry);
     const every = Math.max(100, Math.floor(this.o.leaseTtlMs / 4));
     this.renewTimer = setInterval(() => void this.renewAll(), every);
     this.assignTimer = setInterval(
@@ -82,9 +96,6 @@ export class Coordinator {
     // A released lease or a new node shows at once in the watch, and so does an expiry on
     // nats-server 2.11+, as a delete marker (topology.ts); 2.10 removes expired entries without
     // one, which the periodic round covers.
-    // A watch is a consumer, which the server can refuse for a while (a stream at its consumer
-    // limit, no leader yet): wait that out rather than fail the node's start.
-    const retry = { log: this.o.log, count: this.o.onRefusal, going: () => this.running };
     const w = await retryRefusals(
       `watching the leases (stream KV_${LEASES_BUCKET})`,
       () => this.o.leases.watch({ include: KvWatchInclude.UpdatesOnly }),

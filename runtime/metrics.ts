@@ -2,7 +2,7 @@
 // registry on the main thread holds every observation of the process.
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { DEAD_LETTER_CODES } from './errors.js';
-import { NATS_REFUSAL_CODES } from './nats-refusal.js';
+import { NATS_RETRY_CODES } from './nats-refusal.js';
 
 export interface NodeMetrics {
   readonly registry: Registry;
@@ -147,7 +147,7 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
     }),
     natsRefusals: new Counter({
       name: 'partita_nats_refusals_total',
-      help: 'Requests the NATS server refused for a while (a consumer limit, no leader yet), retried with backoff',
+      help: 'Requests the NATS server refused for a while (a consumer limit, no leader yet) or left unanswered during an election (timeout), retried with backoff',
       labelNames: ['code'],
       registers: r,
     }),
@@ -264,7 +264,7 @@ export interface SeriesScope {
  */
 export function initialiseSeries(m: NodeMetrics, scope: SeriesScope): void {
   for (const code of DEAD_LETTER_CODES) m.deadLetters.inc({ code }, 0);
-  for (const code of NATS_REFUSAL_CODES) m.natsRefusals.inc({ code }, 0);
+  for (const code of NATS_RETRY_CODES) m.natsRefusals.inc({ code }, 0);
   for (const kind of ['missing', 'stale', 'restore']) m.stateRepairs.inc({ kind }, 0);
   for (const { name: actor, timeAware } of scope.actors) {
     m.handlerTimeouts.inc({ actor }, 0);

@@ -10,9 +10,13 @@ import type { Logger } from './logger.js';
  * - 10008 "JetStream system temporarily unavailable": no meta leader yet (an election, a restart).
  * - 10023 "insufficient resources": a server of the placement is down or catching up.
  * - 10163: a new stream leader that has not applied its log yet (2.11+, nats-server #6485).
+ * - 10005 "no suitable peers for placement": a restarted server not yet seen as current.
  * Any other refusal with status 503 is taken as passing too.
  */
-export const NATS_REFUSAL_CODES = ['10026', '10008', '10023', '10163'] as const;
+export const NATS_REFUSAL_CODES = ['10026', '10008', '10023', '10163', '10005'] as const;
+
+/** The codes of `partita_nats_refusals_total`: the refusals, and "timeout" (`requestTimeout`). */
+export const NATS_RETRY_CODES = [...NATS_REFUSAL_CODES, 'timeout'] as const;
 
 /** The JetStream error code of a refusal a node waits out, or undefined for any other error. */
 export function passingRefusal(err: unknown): string | undefined {
@@ -22,8 +26,43 @@ export function passingRefusal(err: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * "timeout" for a request that got no answer in time or found no responders: what a JetStream API
+ * request gets while a stream or the meta layer elects a leader (after a server kill or restart,
+ * or while the servers have no quorum). Undefined for any other error.
+ */
+export function requestTimeout(err: unknown): 'timeout' | undefined {
+  return causes(err).some(
+    (e) =>
+      e.name === 'TimeoutError' ||
+      e.name === 'NoResponders' ||
+      e.name === 'JetStreamNotEnabled' || // the client's name for "no responders" on the API
+      (e.name === 'RequestError' && e.isNoResponders?.()) ||
+      /^timeout$|no responders/i.test(String(e.message)),
+  )
+    ? 'timeout'
+    : undefined;
+}
+
+/** A request that got no answer in time (not "no responders"). */
+export function timedOut(err: unknown): boolean {
+  return causes(err).some((e) => e.name === 'TimeoutError' || /^timeout$/i.test(String(e.message)));
+}
+
+function causes(err: unknown): (Error & { isNoResponders?: () => boolean })[] {
+  const out: (Error & { isNoResponders?: () => boolean })[] = [];
+  for (let e = err; e instanceof Error && out.length < 5; e = e.cause) out.push(e);
+  return out;
+}
+
 export interface RefusalRetry {
   log: Logger;
+  /**
+   * While this connection is up, a request that times out or finds no responders is retried too,
+   * counted as "timeout". Only for operations that are safe to send again (an info, a create of
+   * the same config, a watch, a put of the same value); a connection that closes ends the wait.
+   */
+  nc?: { isClosed(): boolean };
   /** Counts each refusal, by code (`partita_nats_refusals_total`). */
   count?: (code: string) => void;
   /** Gives up (rethrows the refusal) once this is false: the node or partition is stopping. */
@@ -45,13 +84,15 @@ export async function retryRefusals<T>(what: string, op: () => Promise<T>, r: Re
     try {
       return await op();
     } catch (err) {
-      const code = passingRefusal(err);
+      const code = passingRefusal(err) ?? (r.nc && !r.nc.isClosed() ? requestTimeout(err) : undefined);
       if (code === undefined || (r.going && !r.going())) throw err;
       r.count?.(code);
       const wait = Math.round(delay * (0.5 + Math.random() / 2));
       r.log.error(
         { code, attempt, retryInMs: wait, err: (err as Error).message },
-        `${what}: the NATS server refused (${code}: ${(err as Error).message}); retrying`,
+        code === 'timeout'
+          ? `${what}: no answer from JetStream (${(err as Error).message}; a leader election?); retrying`
+          : `${what}: the NATS server refused (${code}: ${(err as Error).message}); retrying`,
       );
       await new Promise((res) => setTimeout(res, wait));
       delay = Math.min(max, delay * 2);

@@ -185,28 +185,49 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     reconnectTimeWait: 250,
   });
   let topology: Topology;
+  const metrics = createNodeMetrics();
+  let status: NodeStatus = 'STARTING';
+  // Every JetStream request of the start may be refused for a while, or go unanswered while a
+  // stream or the meta layer elects a leader (after a server kill or restart): while the
+  // connection is up, wait that out rather than exit (nats-refusal.ts). Each is safe to send again.
+  const refusals = {
+    log,
+    count: (code: string) => metrics.natsRefusals.inc({ code }),
+    going: () => status === 'STARTING',
+    nc,
+  };
   try {
-    // Right after a cluster forms, or while a server restarts, JetStream may refuse for a while
-    // (no meta leader, no peers for replicas): try again for a few seconds before giving up.
+    // Right after a cluster forms JetStream may also fail otherwise for a while: try again for a
+    // few seconds before giving up.
     const deadline = Date.now() + 15_000;
     for (;;) {
       try {
-        topology = await ensureTopology(nc, {
-          partitions: opts.partitions,
-          leaseTtlMs: opts.leaseTtlMs,
-          eventsMaxAgeMs: opts.eventsMaxAgeMs,
-          aggregatesMaxAgeMs: opts.aggregatesMaxAgeMs,
-          dlqMaxAgeMs: opts.dlqMaxAgeMs,
-          dlqMaxBytes: opts.dlqMaxBytes,
-        });
+        topology = await retryRefusals(
+          'creating the streams and buckets',
+          () =>
+            ensureTopology(nc, {
+              partitions: opts.partitions,
+              leaseTtlMs: opts.leaseTtlMs,
+              eventsMaxAgeMs: opts.eventsMaxAgeMs,
+              aggregatesMaxAgeMs: opts.aggregatesMaxAgeMs,
+              dlqMaxAgeMs: opts.dlqMaxAgeMs,
+              dlqMaxBytes: opts.dlqMaxBytes,
+            }),
+          refusals,
+        );
         break;
       } catch (err) {
-        if (err instanceof PartitaError || Date.now() > deadline) throw err;
+        if (err instanceof PartitaError || Date.now() > deadline || nc.isClosed()) throw err;
         log.warn({ err: (err as Error).message }, 'JetStream not ready; retrying');
         await new Promise((r) => setTimeout(r, 500));
       }
     }
-    await verifyPartitionMapping(nc, topology.partitions);
+    const partitions = topology.partitions;
+    await retryRefusals(
+      'probing the partition mapping',
+      () => verifyPartitionMapping(nc, partitions),
+      refusals,
+    );
   } catch (err) {
     await nc.close();
     throw err;
@@ -220,7 +241,6 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       'the OS restarted while the store was open without fsync; rebuilding state from the input streams',
     );
   const store: StateStore = openStateStore(opts.dataDir, durability);
-  const metrics = createNodeMetrics();
   metrics.actors.set(store.states.getCount());
   metrics.partitions.set(topology.partitions);
   metrics.nodeInfo.set({ node: id }, 1);
@@ -257,7 +277,6 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   // A worker that fails between tasks (an actor's stray timer throwing) is replaced by piscina; the
   // pool reports it here rather than crash the node.
   pool.on('error', (err: Error) => log.error({ err: err.message }, 'a worker thread failed between tasks'));
-  let status: NodeStatus = 'STARTING';
   const dispatcher = new BatchDispatcher(pool, {
     maxInFlight: threads,
     actorNames: actors.map((a) => a.name),
@@ -294,11 +313,24 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     const fences = new Map<number, OwnerFence>();
     // The state bucket's position before this node writes anything for these partitions: a state
     // written after it under an older epoch is a paused former owner's (see restore.ts).
-    const stateRev = (await topology.jsm.streams.info(`KV_${STATE_BUCKET}`)).state.last_seq;
+    // Reads, and writes checked on the revision, are sent again on a refusal or a timeout while the
+    // leases hold (a failure releases the partitions, to be taken again).
+    const taking = { ...refusals, going: () => leases.every((l) => l.valid()) };
+    const stateRev = (
+      await retryRefusals(
+        `reading the position of KV_${STATE_BUCKET}`,
+        () => topology.jsm.streams.info(`KV_${STATE_BUCKET}`),
+        taking,
+      )
+    ).state.last_seq;
     // The owner records' revisions as read: each is written back on that revision (below).
     const revisions = new Map<number, number>();
     for (const l of leases) {
-      const { record: last, revision } = await readOwnerRecord(topology.jsm, l.partition);
+      const { record: last, revision } = await retryRefusals(
+        `reading the owner of partition ${l.partition} (stream KV_${META_BUCKET})`,
+        () => readOwnerRecord(topology.jsm, l.partition),
+        taking,
+      );
       revisions.set(l.partition, revision);
       if (last !== undefined) owned.add(l.partition);
       if (last?.node === id && store.checkpoint(l.partition)) {
@@ -350,14 +382,25 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         try {
           const value = JSON.stringify(record);
           // A compare-and-set refused for a while (10163: a new leader of the bucket applying its
-          // log) stored nothing: send it again unchanged while the lease holds.
+          // log) stored nothing: send it again unchanged while the lease holds. One that timed out
+          // may have been stored: a resend then conflicts, and the record holding this very value
+          // (it has its own `at`) says the first one was.
+          let resend = false;
           await retryRefusals(
             `recording the owner of partition ${l.partition} (stream KV_${META_BUCKET})`,
-            () =>
-              rev > 0
-                ? topology.meta.update(ownerKey(l.partition), value, rev)
-                : topology.meta.create(ownerKey(l.partition), value),
-            { log, count: (code) => metrics.natsRefusals.inc({ code }), going: () => l.valid() },
+            async () => {
+              try {
+                return rev > 0
+                  ? await topology.meta.update(ownerKey(l.partition), value, rev)
+                  : await topology.meta.create(ownerKey(l.partition), value);
+              } catch (err) {
+                if (resend && (await topology.meta.get(ownerKey(l.partition)))?.string() === value) return 0;
+                throw err;
+              } finally {
+                resend = true;
+              }
+            },
+            { ...refusals, going: () => l.valid() },
           );
         } catch (err) {
           throw new Error(`partition ${l.partition}: its owner record changed while starting it`, {
@@ -475,12 +518,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   try {
     // Schemas in force before the first event: validation and masking never start late.
     // The watches at start are consumers, which the server can refuse for a while (a stream at
-    // its consumer limit, no leader yet): wait that out rather than exit (nats-refusal.ts).
-    const refusals = {
-      log,
-      count: (code: string) => metrics.natsRefusals.inc({ code }),
-      going: () => status === 'STARTING',
-    };
+    // its consumer limit, no leader yet): waited out as above.
     schemas = await retryRefusals(
       `watching the schema registry (stream KV_${SCHEMAS_BUCKET})`,
       () => startSchemaSync(nc, store, log),
@@ -528,9 +566,15 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       reconnectTimeWait: 250,
     });
     const controlKv = new Kvm(control);
+    const controlNc = control;
     coordinator = new Coordinator({
-      nodes: await controlKv.open(NODES_BUCKET),
-      leases: await controlKv.open(LEASES_BUCKET),
+      nodes: await retryRefusals(`opening KV_${NODES_BUCKET}`, () => controlKv.open(NODES_BUCKET), refusals),
+      leases: await retryRefusals(
+        `opening KV_${LEASES_BUCKET}`,
+        () => controlKv.open(LEASES_BUCKET),
+        refusals,
+      ),
+      connection: controlNc,
       holder: { node: id, instance: randomUUID() },
       partitions: topology.partitions,
       leaseTtlMs: topology.leaseTtlMs,

@@ -272,6 +272,8 @@ export class PartitionRunner {
       log: this.log,
       count: (code: string) => this.deps.metrics.natsRefusals.inc({ code }),
       going: () => this.lease.valid() && this.status !== 'STOPPING' && this.status !== 'STOPPED',
+      // A durable of the same name and config: a resend after a timeout finds the first one.
+      nc: this.deps.nc,
     };
     await retryRefusals(
       `creating consumer ${name} on ${this.stream}`,

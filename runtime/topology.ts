@@ -15,6 +15,7 @@ import type { NatsConnection } from '@nats-io/transport-node';
 import { ensureAuditStream } from './audit.js';
 import { PartitaError } from './errors.js';
 import { AGG_PREFIX, LATE_PREFIX } from './event-time.js';
+import { timedOut } from './nats-refusal.js';
 import { serverFeatures } from './server-features.js';
 import {
   AGG_STREAM,
@@ -384,8 +385,9 @@ export const PROBE_TYPE = 'partita-probe';
  */
 export async function verifyPartitionMapping(nc: NatsConnection, partitions: number): Promise<void> {
   const js = jetstream(nc);
+  const jsm = await jetstreamManager(nc);
   /** The probe's answer for `stream`: reached it (true), another stream (false), else it throws. */
-  const reaches = async (subject: string, stream: string): Promise<boolean> => {
+  const reaches = async (subject: string, stream: string, again = true): Promise<boolean> => {
     try {
       await js.publish(subject, '', {
         expect: { streamName: stream, lastSubjectSequence: 999_999_999_999 },
@@ -395,6 +397,16 @@ export async function verifyPartitionMapping(nc: NatsConnection, partitions: num
       const code = err instanceof JetStreamApiError ? err.code : undefined;
       if (code === 10071) return true; // wrong last sequence: the expected stream
       if (code === 10060) return false;
+      // No answer in time: a stream electing a leader, not a wrong mapping (the caller retries; a
+      // probe is never stored).
+      if (timedOut(err)) throw err;
+      // No stream took it: none for the subject, or the stream without a leader for now (no
+      // responders either way). Probe again once it has one; the caller retries while it has none.
+      if (again) {
+        const { cluster } = await jsm.streams.info(stream);
+        if (cluster && !cluster.leader) throw new Error(`no responders: ${stream} has no leader yet`);
+        return reaches(subject, stream, false);
+      }
       throw new PartitaError(
         'PARTITA_ERR_PARTITIONS_CONFLICT',
         `${subject} reached no stream (${(err as Error).message ?? String(err)})`,

@@ -8,7 +8,7 @@ import { after, before, it } from 'node:test';
 import { pino } from 'pino';
 import { type RunningGateway, startGateway } from '../gateway/index.js';
 import { DEAD_LETTER_CODES, type PartitaNode, startNode, timeFeaturesOf } from '../runtime/index.js';
-import { NATS_REFUSAL_CODES } from '../runtime/nats-refusal.js';
+import { NATS_RETRY_CODES } from '../runtime/nats-refusal.js';
 import { check } from './helpers/check.js';
 import { type DocumentedMetric, documentedMetrics } from './helpers/metrics-doc.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
@@ -71,7 +71,7 @@ function expected(d: DocumentedMetric, openapiRoutes: string[]): Labels[] | 'no 
       return cross(
         [{}],
         'code',
-        d.name === 'partita_nats_refusals_total' ? NATS_REFUSAL_CODES : DEAD_LETTER_CODES,
+        d.name === 'partita_nats_refusals_total' ? NATS_RETRY_CODES : DEAD_LETTER_CODES,
       );
     case 'actor':
       return cross(

@@ -283,7 +283,7 @@ describe('a 3-server cluster: stream leaders changing under conditional writes',
     );
     const handled = new Set([
       'stored',
-      'TimeoutError', // the client's timeout: renew() keeps its deadline, retryRefusals gives up the start
+      'TimeoutError', // the client's timeout: renew() keeps its deadline, retryRefusals retries it
       'JetStreamNotEnabled', // the client's name for "no responders" (a stream without a leader, 2.10)
       'api 10071',
       'api 10164',
