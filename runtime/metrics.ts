@@ -29,6 +29,7 @@ export interface NodeMetrics {
   readonly restoreSeconds: Histogram<string>;
   readonly retentionGaps: Counter<'partition'>;
   readonly deliveryResumes: Counter<'partition'>;
+  readonly sourceRestarts: Counter<'partition'>;
   readonly zombieStates: Counter;
   readonly stateRebuilds: Counter;
   readonly stateAudits: Counter;
@@ -163,6 +164,12 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       labelNames: ['partition'],
       registers: r,
     }),
+    sourceRestarts: new Counter({
+      name: 'partita_source_restarts_total',
+      help: 'Times this node stepped a partition stream down whose sourcing of PARTITA_EVENTS had stalled, so that its new leader set the source up again',
+      labelNames: ['partition'],
+      registers: r,
+    }),
     zombieStates: new Counter({
       name: 'partita_zombie_states_total',
       help: 'States found in a restore that a former owner stored after losing its lease; the partition resumed after each',
@@ -281,6 +288,7 @@ export function initialiseSeries(m: NodeMetrics, scope: SeriesScope): void {
     m.leaseLosses,
     m.retentionGaps,
     m.deliveryResumes,
+    m.sourceRestarts,
     m.stateRebuilds,
   ];
   for (let p = 0; p < scope.partitions; p++) for (const c of byPartition) c.inc({ partition: String(p) }, 0);

@@ -35,6 +35,7 @@ import {
   restorePartitions,
 } from './restore.js';
 import { SCHEMAS_BUCKET } from './schema-registry.js';
+import { startSourceWatchdog } from './source-watchdog.js';
 import { type AuditReport, StateAuditor } from './state-audit.js';
 import {
   type Durability,
@@ -461,6 +462,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   let control: NatsConnection | undefined;
   let schemas: Awaited<ReturnType<typeof startSchemaSync>> | undefined;
   const lag = new LagMonitor(topology.jsm, metrics, () => runners.values(), log);
+  let sourcing: ReturnType<typeof startSourceWatchdog> | undefined;
   const auditor = new StateAuditor({
     nc,
     js,
@@ -590,6 +592,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await warming;
     lag.start();
     auditor.start();
+    sourcing = startSourceWatchdog(nc, topology.jsm, { owned: () => runners.keys(), metrics, log });
   } catch (err) {
     status = 'FAILED';
     clearInterval(stallTimer);
@@ -658,6 +661,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       stopStep = 'stopping replays';
       await replays.stop();
       await lag.stop();
+      await sourcing?.stop();
       stopStep = 'stopping the state audit';
       await auditor.stop();
       stopStep = 'stopping unrouted dead-lettering';
