@@ -24,6 +24,7 @@ const ACTORS = fileURLToPath(new URL('./fixtures/poison-actors/', import.meta.ur
 const enc = new TextEncoder();
 const EVENTS = 240;
 const MAX_EVENT_BYTES = 64 * 1024;
+const STALL_MS = 10_000;
 
 interface Bad {
   subject: string;
@@ -46,6 +47,8 @@ describe('random poison among good events', () => {
       threads: 1,
       handlerTimeoutMs: 500,
       maxEventBytes: MAX_EVENT_BYTES,
+      // Two loops cost a second or two of the time limit: far less than this, if nothing sticks.
+      stallThresholdMs: STALL_MS,
     });
   });
   after(async () => {
@@ -166,6 +169,16 @@ describe('random poison among good events', () => {
           break;
       }
     }
+    // No partition stalls: sampled from the node's gauge while the events are worked off.
+    let stalledMax = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const g = await node.metrics.registry.getSingleMetric('partita_partitions_stalled')?.get();
+        stalledMax = Math.max(stalledMax, g?.values[0]?.value ?? 0);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    })();
     for (const [subject, payload, h] of sends) nc.publish(subject, payload, h ? { headers: h } : undefined);
     await nc.flush();
 
@@ -213,6 +226,13 @@ describe('random poison among good events', () => {
     const marker = 'key-marker';
     nc.publish(`events.work.${marker}`, enc.encode('{}'));
     await check(async () => (await field('looper', marker, 'n')) === 1, 20_000);
+    sampling = false;
+    await sampler;
+    assert.equal(
+      stalledMax,
+      0,
+      `no partition had work waiting and no progress for ${STALL_MS} ms (seed ${seed})`,
+    );
     for (const [actor, counts, f] of expect)
       for (const [key, n] of counts)
         assert.equal(await field(actor, key, f), n, `${actor} ${key} (seed ${seed})`);
