@@ -314,7 +314,7 @@ async function streamMessages(jsm: JetStreamManager): Promise<number> {
 /**
  * Publishes events 0..n-1 as acknowledged JetStream publishes, 2,000 in flight, and waits until
  * the partition streams hold them all. Not core publishes: nats-server 2.11+ drops core-published
- * messages once a stream's ingest queue is full (`max_buffered_msgs`, 10,000), and every event
+ * messages once a stream's ingest queue is full (`max_buffered_msgs`: 10,000 on 2.11, 100,000 since 2.12), and every event
  * goes through the one ingest stream.
  */
 async function publishBacklog(env: Env, n: number): Promise<{ rate: number; bytes: number }> {
