@@ -253,6 +253,9 @@ export class PartitionRunner {
     this.messages?.stop();
     await this.busy;
     await this.publishing;
+    // A replay or a restore may write this partition's outboxes next: none of its held-back
+    // deletes may land after them.
+    await this.deps.store.flushOutboxDeletes();
     this.status = 'STOPPED';
     this.log.info({ epoch: this.lease.epoch, checkpoint: this.committedSeq }, 'partition stopped');
   }
@@ -567,7 +570,8 @@ export class PartitionRunner {
    * Ends the publishing of the batch committed at `lastSeq`, before its ack (AckAll: one ack
    * covers the batch; only for retention, lag and flow control: the checkpoint is the truth).
    * Published: its outbox goes, since a restart must not publish it again (JetStream's duplicate
-   * window only covers two minutes; not awaited: lmdb-js orders it before later writes). Not
+   * window only covers two minutes; held back up to OUTBOX_DELETE_DELAY_MS to share a write
+   * transaction with other batches' deletes, and written before the partition stops). Not
    * published (fenced): nothing is acknowledged and the outbox stays. If the partition is still
    * ours, it restarts from its checkpoint and publishes the outbox; if another node took it, that
    * node restores from the bucket and the acknowledged position, and this node drops the commit if
@@ -580,7 +584,7 @@ export class PartitionRunner {
       this.fence();
       return false;
     }
-    void this.deps.store.deleteOutbox(this.partition, lastSeq);
+    this.deps.store.deleteOutboxSoon(this.partition, lastSeq);
     if (this.rebuildTo === 0) this.publishedSeq = lastSeq;
     this.lastProgressAt = Date.now();
     return true;

@@ -82,12 +82,24 @@ export interface StateStore {
   outboxes(partition: number): Outbox[];
   deleteOutbox(partition: number, seq: number): Promise<boolean>;
   /**
+   * Deletes a published outbox soon: the deletes of every partition within
+   * OUTBOX_DELETE_DELAY_MS go in one write transaction, not one each (one commit, and with
+   * durability `sync` one fsync, that the workers' commits would otherwise queue behind).
+   * `outboxes` no longer lists it.
+   */
+  deleteOutboxSoon(partition: number, seq: number): void;
+  /** Writes the deletes `deleteOutboxSoon` holds back. */
+  flushOutboxDeletes(): Promise<void>;
+  /**
    * Deletes the checkpoints, states and outboxes of `partitions` (they moved here from another
    * node, whose state replaces this node's old copy). Scans the keys in slices, yielding between them.
    */
   clearPartitions(partitions: ReadonlySet<number>, partitionOf: (key: string) => number): Promise<void>;
   close(): Promise<void>;
 }
+
+/** How long a published outbox's delete waits for others to share its write transaction. */
+export const OUTBOX_DELETE_DELAY_MS = 50;
 
 const STORE_FILE = 'state.lmdb';
 const MARKER_FILE = 'durability.json';
@@ -162,15 +174,45 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
   });
   const states = root.openDB<StateRecord, [string, string]>({ name: 'states' });
   const meta = root.openDB<unknown, (string | number)[]>({ name: 'meta' });
+  // Published outboxes waiting to be deleted, by partition.
+  const doomed = new Map<number, Set<number>>();
+  let deleteTimer: NodeJS.Timeout | null = null;
+  let deleted: Promise<unknown> = Promise.resolve();
+  const flushOutboxDeletes = () => {
+    if (deleteTimer) clearTimeout(deleteTimer);
+    deleteTimer = null;
+    // Issued in one turn, lmdb-js writes them in one transaction.
+    for (const [p, seqs] of doomed) for (const seq of seqs) deleted = meta.remove(['ob', p, seq]);
+    doomed.clear();
+    return deleted.then(() => undefined);
+  };
   return {
     root,
     states,
     meta,
     checkpoint: (p) => meta.get(['cp', p]) as Checkpoint | undefined,
     outboxes: (p) =>
-      [...meta.getRange({ start: ['ob', p], end: ['ob', p + 1] })].map((e) => e.value as Outbox),
-    deleteOutbox: (p, seq) => meta.remove(['ob', p, seq]),
+      [...meta.getRange({ start: ['ob', p], end: ['ob', p + 1] })]
+        .map((e) => e.value as Outbox)
+        .filter((ob) => !doomed.get(p)?.has(ob.seq)),
+    deleteOutbox: (p, seq) => {
+      doomed.get(p)?.delete(seq);
+      return meta.remove(['ob', p, seq]);
+    },
+    deleteOutboxSoon: (p, seq) => {
+      const seqs = doomed.get(p) ?? new Set<number>();
+      doomed.set(p, seqs);
+      seqs.add(seq);
+      if (!deleteTimer) {
+        deleteTimer = setTimeout(flushOutboxDeletes, OUTBOX_DELETE_DELAY_MS);
+        deleteTimer.unref();
+      }
+    },
+    flushOutboxDeletes,
     clearPartitions: async (partitions, partitionOf) => {
+      // Their outboxes all go below; a delete held back must not meet a new outbox of the same
+      // sequence written after the restore.
+      for (const p of partitions) doomed.delete(p);
       let start: [string, string] | undefined;
       let last: Promise<boolean> | undefined;
       // The checkpoints go first: a restore that fails halfway leaves no checkpoint behind, so the
@@ -197,6 +239,9 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
       }
       await last;
     },
-    close: () => root.close(),
+    close: async () => {
+      await flushOutboxDeletes();
+      await root.close();
+    },
   };
 }
