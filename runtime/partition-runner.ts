@@ -244,6 +244,8 @@ export class PartitionRunner {
   async stop(): Promise<void> {
     if (this.status === 'STOPPED') return;
     if (this.status === 'FAILED') {
+      // Its last published batch's delete may still be held back (see below).
+      await this.deps.store.flushOutboxDeletes();
       this.status = 'STOPPED';
       return;
     }

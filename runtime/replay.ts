@@ -277,6 +277,8 @@ export async function replayPartition(
   }
   // One transaction: the rebuilt states and an outbox naming them, so the resumed partition
   // publishes them even if this process dies right after the commit. The checkpoint does not move.
+  // A published outbox's delete held back must land first, or it would take this one with it.
+  await host.store.flushOutboxDeletes();
   const deleted: string[] = [];
   await host.store.root.transaction(() => {
     const keys: [string, string][] = [];

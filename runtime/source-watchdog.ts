@@ -39,7 +39,8 @@ export interface SourceWatchdogOptions {
   log: Logger;
   /** A source silent this long is stalled (healthy ones hear a heartbeat every second). @default 3000 */
   stallMs?: number;
-  /** A stream stepped down is left alone this long, for its new leader to set the source up. @default 6000 */
+  /** A stream stepped down is left alone this long, for its new leader to set the source up; it
+   * doubles with every stepdown that did not bring the source back (up to a minute). @default 6000 */
   cooldownMs?: number;
   /** @default 1000 */
   everyMs?: number;
@@ -56,6 +57,8 @@ export class SourceWatchdog {
   /** Per stream: since when this node has seen its source silent. */
   private readonly silentSince = new Map<string, number>();
   private readonly steppedAt = new Map<string, number>();
+  /** Stepdowns since the stream's source was last heard from. */
+  private readonly attempts = new Map<string, number>();
   private readonly o: Required<Omit<SourceWatchdogOptions, 'nats' | 'owned' | 'metrics' | 'log'>>;
 
   constructor(private readonly opts: SourceWatchdogOptions) {
@@ -106,21 +109,24 @@ export class SourceWatchdog {
       const now = this.o.now();
       // Without a leader there is nobody to step down (and it sets its sources up once elected);
       // without the source the deployment partitions with the server's mapping.
-      if (!info?.leader || info.sourceSilentMs === undefined) {
+      // A stream of one replica has no other server to lead it: a stepdown would do nothing.
+      if (!info?.leader || info.sourceSilentMs === undefined || info.replicas < 2) {
         this.silentSince.delete(stream);
         continue;
       }
       const silent = info.sourceSilentMs;
       if (silent >= 0 && silent < this.o.stallMs) {
         this.silentSince.delete(stream);
+        this.attempts.delete(stream);
         continue;
       }
       // -1 (never heard from it) counts from when this node first saw it so.
       const since = this.silentSince.get(stream) ?? now - Math.max(0, silent);
       this.silentSince.set(stream, since);
       if (now - since < this.o.stallMs) continue;
-      if (now - (this.steppedAt.get(stream) ?? Number.NEGATIVE_INFINITY) < this.o.cooldownMs) continue;
+      if (this.coolingDown(stream, now) || this.stopped) continue;
       this.steppedAt.set(stream, now);
+      this.attempts.set(stream, (this.attempts.get(stream) ?? 0) + 1);
       this.silentSince.delete(stream);
       try {
         await nats.stepDown(stream);
@@ -135,6 +141,14 @@ export class SourceWatchdog {
       }
     }
     return stepped;
+  }
+
+  /** Whether this node stepped `stream` down recently: its new leader is still setting up. */
+  coolingDown(stream: string, now = this.o.now()): boolean {
+    const at = this.steppedAt.get(stream);
+    if (at === undefined) return false;
+    const n = this.attempts.get(stream) ?? 1;
+    return now - at < Math.min(60_000, this.o.cooldownMs * 2 ** Math.max(0, n - 1));
   }
 
   stop(): Promise<void> {
@@ -160,7 +174,11 @@ export function startSourceWatchdog(
   const subs: Subscription[] = ['LEADER_ELECTED', 'QUORUM_LOST'].map((what) =>
     nc.subscribe(`$JS.EVENT.ADVISORY.STREAM.${what}.*`, {
       callback: (err, m) => {
-        if (!err && inputs(m.subject)) watchdog.arm();
+        if (err || !inputs(m.subject)) return;
+        // The election a stepdown of ours caused is no news: arming on it would keep a source
+        // that no stepdown cures checked, and stepped down, for ever.
+        if (watchdog.coolingDown(m.subject.slice(m.subject.lastIndexOf('.') + 1))) return;
+        watchdog.arm();
       },
     }),
   );

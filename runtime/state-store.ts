@@ -178,12 +178,18 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
   const doomed = new Map<number, Set<number>>();
   let deleteTimer: NodeJS.Timeout | null = null;
   let deleted: Promise<unknown> = Promise.resolve();
-  const flushOutboxDeletes = () => {
+  const flushOutboxDeletes = (): Promise<void> => {
     if (deleteTimer) clearTimeout(deleteTimer);
     deleteTimer = null;
-    // Issued in one turn, lmdb-js writes them in one transaction.
-    for (const [p, seqs] of doomed) for (const seq of seqs) deleted = meta.remove(['ob', p, seq]);
+    const batch = [...doomed].flatMap(([p, seqs]) => [...seqs].map((seq) => [p, seq] as const));
     doomed.clear();
+    // Issued in one turn, lmdb-js writes them in one transaction. A delete that fails leaves a
+    // published outbox behind, which a restart publishes again (deduplicated): never fatal.
+    try {
+      for (const [p, seq] of batch) deleted = meta.remove(['ob', p, seq]).catch(() => false);
+    } catch {
+      // The store is closing: the outboxes stay.
+    }
     return deleted.then(() => undefined);
   };
   return {

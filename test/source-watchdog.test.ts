@@ -81,10 +81,12 @@ describe('the source watchdog', () => {
     assert.deepEqual(await w.check(), [inStream(0)]);
   });
 
-  it('does nothing on one server, for a stream without a leader, or without the source', async () => {
+  it('does nothing on one server, for a stream without a leader, of one replica, or without the source', async () => {
     const { nats, w } = setup([0, 1, 2]);
     nats.set(inStream(0), { sourceSilentMs: 20_000, leader: undefined });
     nats.set(inStream(1), { sourceSilentMs: undefined }); // partitioned by the server's mapping
+    nats.set(inStream(2), { sourceSilentMs: 20_000, replicas: 1 }); // no other server to lead it
+    assert.deepEqual(await w.check(), []);
     nats.streams.delete(inStream(2));
     assert.deepEqual(await w.check(), []);
     nats.set(inStream(0), { leader: 'n3' });
@@ -112,6 +114,21 @@ describe('the source watchdog', () => {
     tick(1000);
     assert.deepEqual(await w.check(), [inStream(0)]);
     assert.equal(nats.steppedDown.length, 2);
+    // A source no stepdown brings back is stepped down ever more rarely: 12 s now.
+    assert.equal(w.coolingDown(inStream(0)), true, 'its own election is no reason to check again');
+    tick(6000);
+    assert.deepEqual(await w.check(), []);
+    tick(6000);
+    assert.deepEqual(await w.check(), [inStream(0)]);
+    // Heard from again: the next stall starts over at 6 s.
+    nats.set(inStream(0), { sourceSilentMs: 200 });
+    tick(30_000);
+    assert.deepEqual(await w.check(), []);
+    nats.set(inStream(0), { sourceSilentMs: 4000 });
+    assert.deepEqual(await w.check(), [inStream(0)]);
+    tick(6000);
+    nats.set(inStream(0), { sourceSilentMs: 10_000 });
+    assert.deepEqual(await w.check(), [inStream(0)]);
   });
 });
 
