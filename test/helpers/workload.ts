@@ -97,7 +97,9 @@ export class Workload {
    * older value), and both actors' states are awaited: one batch's puts land one by one.
    */
   async verify(partitions: number, timeoutMs = 60_000): Promise<void> {
-    const jsm = await jetstreamManager(this.nc);
+    // No API check: that is a request of its own, which times out while the meta layer elects a
+    // leader after a server kill (the reads below are retried, it would not be).
+    const jsm = await jetstreamManager(this.nc, { checkAPI: false });
     // Acknowledged by the ingest stream; the partition streams source them (after a server kill,
     // once their streams have leaders again).
     let stored = 0;
