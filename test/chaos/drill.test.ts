@@ -3,21 +3,30 @@
 import assert from 'node:assert/strict';
 import { it } from 'node:test';
 import { formatReport, writeReport } from '../../runtime/drill.js';
+import { natsServerVersion } from '../../runtime/nats-server.js';
 import { testSeed } from '../helpers/check.js';
 import { FAULT_KINDS, partitionTimeline, runChaos } from './harness.js';
 
 const REPORTS = 'test-artifacts/chaos';
 
+// nats-server 2.10.x loses acknowledged writes when a server of the cluster is paused (SIGSTOP, as
+// the nats-stall fault does): ARCHITECTURE.md, Known issues; `node dist/bench/stall-loss.js`. The
+// run on 2.10 leaves that fault out, as the run on 2.9.10 once did.
+const server = natsServerVersion();
+const KINDS =
+  server.major === 2 && server.minor < 11 ? FAULT_KINDS.filter((k) => k !== 'nats-stall') : FAULT_KINDS;
+
 // When it fails it prints, besides the report, the forensics (where the lost events sit) and the
 // partitions' timeline from the nodes' logs: the CI log alone must tell where the events went.
 it('recovers from every kind of fault with every state equal to a straight fold', async () => {
   const seed = testSeed();
-  console.log(`chaos seed=${seed}`);
+  console.log(`chaos seed=${seed}, kinds ${KINDS.join(', ')} (nats-server ${server.text})`);
   const logDir = `${REPORTS}/logs-${seed}`;
   const report = await runChaos({
     seed,
     // Each kind once: six faults, as long a run as before nats-stall joined the kinds.
-    faults: FAULT_KINDS.length,
+    faults: KINDS.length,
+    kinds: KINDS,
     // Kept, at info level, so that a failing run prints the story of the partitions it lost on.
     logDir,
     logLevel: process.env.PARTITA_TEST_LOG_LEVEL ?? 'info',
@@ -42,7 +51,7 @@ it('recovers from every kind of fault with every state equal to a straight fold'
   }
   assert.deepEqual(
     new Set(report.faults.map((f) => f.kind)),
-    new Set(FAULT_KINDS),
+    new Set(KINDS),
     'every kind of fault was injected',
   );
   assert.deepEqual(report.mismatches, [], `no mismatch (seed ${seed})`);
