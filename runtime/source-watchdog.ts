@@ -3,7 +3,7 @@
 // When that leader dies, the partition stream's leader notices after its 10 s health check, asks
 // for a new consumer, and waits up to 30 s for an answer that a stream without a leader never
 // gives, then backs off 10 s more per failure: events reached their partitions 17 s after a server
-// kill in a quiet run and more than 45 s in a loaded one (docs/partition-layout.md). Nothing in a
+// kill in a quiet run and more than 45 s in a loaded one (ARCHITECTURE.md, Known issues). Nothing in a
 // stream's configuration resets that schedule, but a new leader sets its sources up at once: so a
 // node that sees the source of a stream it owns silent (the server heartbeats it every second)
 // while the ingest stream has a leader asks the partition stream's leader to step down.
@@ -167,17 +167,15 @@ export function startSourceWatchdog(
   opts: Omit<SourceWatchdogOptions, 'nats'>,
 ): { watchdog: SourceWatchdog; stop(): Promise<void> } {
   const watchdog = new SourceWatchdog({ ...opts, nats: natsSide(nc, jsm) });
-  const inputs = (subject: string) => {
-    const stream = subject.slice(subject.lastIndexOf('.') + 1);
-    return stream === INGEST_STREAM || stream.startsWith(IN_STREAM_PREFIX);
-  };
   const subs: Subscription[] = ['LEADER_ELECTED', 'QUORUM_LOST'].map((what) =>
     nc.subscribe(`$JS.EVENT.ADVISORY.STREAM.${what}.*`, {
       callback: (err, m) => {
-        if (err || !inputs(m.subject)) return;
+        if (err) return;
+        const stream = m.subject.slice(m.subject.lastIndexOf('.') + 1);
+        if (stream !== INGEST_STREAM && !stream.startsWith(IN_STREAM_PREFIX)) return;
         // The election a stepdown of ours caused is no news: arming on it would keep a source
         // that no stepdown cures checked, and stepped down, for ever.
-        if (watchdog.coolingDown(m.subject.slice(m.subject.lastIndexOf('.') + 1))) return;
+        if (watchdog.coolingDown(stream)) return;
         watchdog.arm();
       },
     }),
