@@ -5,6 +5,7 @@
 //           ['wk' | 'wp', partition, actor, time, key] -> 1  (wake index of windows and timers, event /
 //           processing time; kept in step with the records' `x.k` in the same transactions)
 //           ['rb', partition] -> seq  (a rebuild from the input stream publishes nothing up to seq)
+//           ['cl', partition] -> ChangelogPosition  (how far the partition's changelog holds the local state)
 // Every batch writes its states, checkpoint and outbox in ONE transaction: that is the
 // exactly-once invariant (see ARCHITECTURE.md, "Checkpoint protocol").
 import {
@@ -240,7 +241,7 @@ export function openStateStore(dataDir: string, durability: Durability = 'sync')
         await new Promise((r) => setImmediate(r));
       }
       for (const p of partitions) {
-        for (const tag of ['ob', 'wk', 'wp', 'rb'])
+        for (const tag of ['ob', 'wk', 'wp', 'rb', 'cl'])
           for (const k of meta.getKeys({ start: [tag, p], end: [tag, p + 1] })) last = meta.remove(k);
       }
       await last;
