@@ -1,8 +1,9 @@
 // `node dist/bench/restore.js`: a restore of every partition by a node that never owned them, from
 // a state bucket of N keys, with the bucket read the way restores read it today (an ephemeral
 // consumer placed on the stream's leader) and with batch direct gets (nats-server 2.11+), in one
-// run, alternating, on one fresh nats-server per size. Also each read alone, without LMDB. It
-// reports; it asserts nothing.
+// run, alternating, on one fresh nats-server per size; and the same states restored from each
+// partition's changelog (a snapshot, as compaction leaves it: runtime/changelog.ts). Also each
+// bucket read alone, without LMDB. It reports; it asserts nothing.
 //
 // Flags: --keys 100000,1000000 --partitions N (16) --rounds N (2) --batch N (direct gets per
 // request, 1000) --parallel N (direct requests in flight, 4)
@@ -14,6 +15,12 @@ import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManage
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { pino } from 'pino';
 import { AckedPublisher, type Outgoing } from '../runtime/acked-publisher.js';
+import {
+  type ChangelogRecord,
+  claimChangelog,
+  ensureChangelogStream,
+  restoreFromChangelog,
+} from '../runtime/changelog.js';
 import {
   ensureTopology,
   natsServerVersion,
@@ -99,6 +106,40 @@ async function scanDirect(
   return { read };
 }
 
+/** The state `fill` stores for key number `j`, as a record. */
+function recordOf(j: number): ChangelogRecord {
+  return [
+    'account',
+    `k${j}`,
+    { s: { count: 1 + (j % 50), total: j / 100, lastId: j, lastTs: 0 }, q: 1 + (j % 1000), t: Date.now() },
+  ];
+}
+
+/** Each partition's changelog as compaction leaves it: one snapshot of all its keys. */
+async function fillChangelog(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, n: number) {
+  await ensureChangelogStream(jsm, 1);
+  const byPartition: ChangelogRecord[][] = Array.from({ length: PARTITIONS }, () => []);
+  for (let j = 0; j < n; j++) byPartition[partitionOf(`k${j}`, PARTITIONS)]!.push(recordOf(j));
+  for (let p = 0; p < PARTITIONS; p++) {
+    const w = await claimChangelog(nc, js, jsm, p, 1, 'bench');
+    await w.snapshot({ seq: 1000, at: Date.now(), n: byPartition[p]!.length }, byPartition[p]!);
+  }
+}
+
+let epoch = 1;
+/** Every partition restored from its changelog by a node that never owned it, all at once. */
+async function restoreChangelog(nc: NatsConnection, js: JetStreamClient, jsm: JetStreamManager, dir: string) {
+  const store = openStateStore(dir, 'process');
+  epoch++;
+  const res = await Promise.all(
+    Array.from({ length: PARTITIONS }, async (_, p) =>
+      restoreFromChangelog(js, store, PARTITIONS, await claimChangelog(nc, js, jsm, p, epoch, 'bench')),
+    ),
+  );
+  await store.close();
+  return res.reduce((a, r) => a + r.checkpoint.n!, 0);
+}
+
 async function fill(nc: NatsConnection, jsm: JetStreamManager, n: number): Promise<void> {
   // Stored publishes, 5,000 awaited at a time: core publishes this fast can be dropped.
   const publisher = new AckedPublisher(nc);
@@ -124,7 +165,7 @@ async function fill(nc: NatsConnection, jsm: JetStreamManager, n: number): Promi
     throw new Error('the bucket does not hold every key');
 }
 
-type Path = 'consumer' | 'direct';
+type Path = 'consumer' | 'direct' | 'changelog';
 const rows: { keys: number; what: string; path: Path; ms: number }[] = [];
 
 console.log(
@@ -147,10 +188,23 @@ for (const n of SIZES) {
     const t0 = performance.now();
     await fill(nc, jsm, n);
     console.log(`${n} keys: bucket filled in ${Math.round(performance.now() - t0)} ms`);
+    const t1 = performance.now();
+    await fillChangelog(nc, js, jsm, n);
+    console.log(`${n} keys: changelog snapshots written in ${Math.round(performance.now() - t1)} ms`);
     const log = pino({ level: 'warn' });
     const targets = Array.from({ length: PARTITIONS }, (_, p) => ({ partition: p, epoch: 1 }));
     for (let r = 0; r < ROUNDS; r++) {
-      for (const path of (r % 2 === 0 ? ['consumer', 'direct'] : ['direct', 'consumer']) as Path[]) {
+      for (const path of (r % 2 === 0
+        ? ['consumer', 'direct', 'changelog']
+        : ['changelog', 'direct', 'consumer']) as Path[]) {
+        if (path === 'changelog') {
+          const t = performance.now();
+          const restored = await restoreChangelog(nc, js, jsm, join(dir, `node-changelog-${r}`));
+          rows.push({ keys: n, what: 'restore', path, ms: performance.now() - t });
+          if (restored !== n) console.log(`  changelog: restored ${restored} of ${n}`);
+          console.log(`  round ${r + 1} changelog restore ${Math.round(rows.at(-1)!.ms)} ms`);
+          continue;
+        }
         const scan = path === 'direct' ? scanDirect : scanStateBucket;
         let t = performance.now();
         let seen = 0;
@@ -181,11 +235,16 @@ const mean = (keys: number, what: string, path: Path) => {
   const xs = rows.filter((r) => r.keys === keys && r.what === what && r.path === path).map((r) => r.ms);
   return xs.reduce((a, b) => a + b, 0) / xs.length;
 };
-console.log('| keys | what | consumer on the leader (ms) | batch direct get (ms) | direct / consumer |');
-console.log('| --- | --- | --- | --- | --- |');
+console.log(
+  '| keys | what | bucket, consumer on the leader (ms) | bucket, batch direct get (ms) | direct / consumer | changelog snapshot (ms) | changelog / consumer |',
+);
+console.log('| --- | --- | --- | --- | --- | --- | --- |');
 for (const n of SIZES)
   for (const what of ['read only', 'restore']) {
     const a = mean(n, what, 'consumer');
     const b = mean(n, what, 'direct');
-    console.log(`| ${n} | ${what} | ${Math.round(a)} | ${Math.round(b)} | ${(b / a).toFixed(2)} |`);
+    const c = what === 'restore' ? mean(n, what, 'changelog') : Number.NaN;
+    console.log(
+      `| ${n} | ${what} | ${Math.round(a)} | ${Math.round(b)} | ${(b / a).toFixed(2)} | ${Number.isNaN(c) ? '–' : Math.round(c)} | ${Number.isNaN(c) ? '–' : (c / a).toFixed(2)} |`,
+    );
   }

@@ -42,6 +42,10 @@ export function changelogSubject(partition: number): string {
 
 /** The server's answer to an append whose expected last subject sequence is not the last. */
 const WRONG_LAST_SEQUENCE = 10071;
+/** A restore's read of a changelog that gets no further for this long fails. */
+const READ_STALL_MS = 60_000;
+/** Records an incremental restore writes in one LMDB transaction. */
+const APPLY_RECORDS = 10_000;
 /** Room left in a message for its headers and the entry's own fields. */
 const HEADROOM = 8 * 1024;
 
@@ -133,9 +137,11 @@ export class ChangelogWriter {
     readonly epoch: number,
     /** The subject's last sequence: the claim's, then each append's. */
     public last: number,
+    /** Most bytes of a message (tests make it small); the server's payload limit by default. */
+    maxBytes?: number,
   ) {
     this.subject = changelogSubject(partition);
-    this.maxBytes = maxMessageBytes(nc);
+    this.maxBytes = maxBytes ?? maxMessageBytes(nc);
   }
 
   /** Appends one message after those before it, fenced on the last; answers its stream sequence. */
@@ -276,12 +282,13 @@ export async function claimChangelog(
   partition: number,
   epoch: number,
   node: string,
+  opts: { maxBytes?: number } = {},
 ): Promise<ChangelogWriter> {
   const subject = changelogSubject(partition);
   for (let attempt = 1; ; attempt++) {
     // nats.js answers null when the subject holds nothing; a timeout or no leader throws.
     const lastMsg = await jsm.streams.getMessage(CHANGELOG_STREAM, { last_by_subj: subject });
-    const writer = new ChangelogWriter(nc, js, jsm, partition, epoch, lastMsg?.seq ?? 0);
+    const writer = new ChangelogWriter(nc, js, jsm, partition, epoch, lastMsg?.seq ?? 0, opts.maxBytes);
     try {
       await writer.append({ k: 'c', e: epoch, node, at: Date.now() });
       return writer;
@@ -370,66 +377,153 @@ async function readInto(
   let messages = 0;
   let records = 0;
   let prev = after;
-  const apply = (recs: ChangelogRecord[]) => {
-    store.root.transactionSync(() => {
-      for (const [actor, key, rec] of recs) {
-        const old = store.states.get([actor, key]);
-        if (old && old.q >= rec.q) continue;
-        const oldWakes = (old?.x as Sys | undefined)?.k;
-        for (const kind of [0, 1] as const) {
-          const t = oldWakes?.[kind];
-          if (t != null) store.meta.removeSync(wakeKey(partition, actor, kind, t, key));
-        }
-        store.states.putSync([actor, key], rec);
-        const wakes = (rec.x as Sys | undefined)?.k;
-        for (const kind of [0, 1] as const) {
-          const t = wakes?.[kind];
-          if (t != null) store.meta.putSync(wakeKey(partition, actor, kind, t, key), 1);
-        }
-        if (!old) n++;
-        records++;
-      }
+  const apply = full ? applyWhole(store, partition) : applyOnto(store, partition);
+  // A read that ends early (an ordered consumer gives up after missed heartbeats while the
+  // thread is busy applying) goes on from where it got to, until a minute passes without progress.
+  let reached = after;
+  let lastProgress = Date.now();
+  while (reached < through && Date.now() - lastProgress < READ_STALL_MS) {
+    const consumer = await js.consumers.get(CHANGELOG_STREAM, {
+      filter_subjects: [changelogSubject(partition)],
+      ...(reached > 0
+        ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: reached + 1 }
+        : { deliver_policy: DeliverPolicy.All }),
     });
-  };
-  const consumer = await js.consumers.get(CHANGELOG_STREAM, {
-    filter_subjects: [changelogSubject(partition)],
-    ...(after > 0
-      ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 }
-      : { deliver_policy: DeliverPolicy.All }),
-  });
-  const msgs = await consumer.consume({ max_bytes: 8 * 1024 * 1024 });
-  const timer = setTimeout(() => msgs.stop(), 60_000);
-  let reached = 0;
-  try {
-    for await (const m of msgs) {
-      reached = m.seq;
-      const msg = decodeMessage(m.data);
-      messages++;
-      // The first message read from the very start may follow purged ones (a snapshot's first
-      // chunk does); every other one must follow the one read before.
-      if (!(full && messages === 1 && (msg.p === 0 || msg.k === 's')) && msg.p !== prev)
-        throw new ChangelogGapError(
-          `partition ${partition}: changelog message ${m.seq} follows ${msg.p}, not ${prev}`,
-        );
-      prev = m.seq;
-      if (msg.k === 'b' || msg.k === 's') apply(msg.s);
-      if (msg.k === 'b' && msg.end && msg.to > cp.seq) {
-        cp = { seq: msg.to, at: msg.at, epoch: msg.e, n: msg.n, ...(msg.c ? { clock: msg.c } : {}) };
-      } else if (msg.k === 'S' && msg.to > cp.seq) {
-        cp = { seq: msg.to, at: msg.at, epoch: msg.e, n: msg.n, ...(msg.c ? { clock: msg.c } : {}) };
+    // A few messages at a time, by count: many partitions restored at once must stay within what
+    // the server buffers for one connection, and a pull bounded by bytes stalls until it expires
+    // when the next message (up to the payload limit) does not fit what is left of it.
+    const msgs = await consumer.consume({ max_messages: 4 });
+    const timer = setInterval(() => {
+      if (Date.now() - lastProgress >= READ_STALL_MS) msgs.stop();
+    }, 1000);
+    try {
+      for await (const m of msgs) {
+        if (m.seq <= reached) continue;
+        const msg = decodeMessage(m.data);
+        messages++;
+        // The first message read from the very start may follow purged ones (a snapshot's first
+        // chunk does); every other one must follow the one read before.
+        if (!(full && messages === 1 && (msg.p === 0 || msg.k === 's')) && msg.p !== prev)
+          throw new ChangelogGapError(
+            `partition ${partition}: changelog message ${m.seq} follows ${msg.p}, not ${prev}`,
+          );
+        prev = m.seq;
+        if (msg.k === 'b' || msg.k === 's') apply.add(msg.s);
+        if ((msg.k === 'b' && msg.end) || msg.k === 'S') {
+          if (msg.to > cp.seq)
+            cp = { seq: msg.to, at: msg.at, epoch: msg.e, n: msg.n, ...(msg.c ? { clock: msg.c } : {}) };
+        }
+        reached = m.seq;
+        lastProgress = Date.now();
+        if (m.seq >= through) break;
       }
-      if (m.seq >= through) break;
+    } finally {
+      clearInterval(timer);
+      msgs.stop();
     }
-  } finally {
-    clearTimeout(timer);
-    msgs.stop();
   }
   if (reached < through)
     throw new Error(
       `partition ${partition}: read its changelog to ${reached}, not to the claim at ${through}`,
     );
+  ({ n, records } = await apply.done(n));
   const checkpoint: Checkpoint = { ...cp, at: Date.now(), epoch: writer.epoch, n };
   await setChangelogPosition(store, partition, { seq: through, to: checkpoint.seq });
   await store.meta.put(['cp', partition], checkpoint);
   return { checkpoint, messages, records, full };
+}
+
+/** How a restore takes records into the store: per key, the highest `q` wins. */
+interface Apply {
+  add(recs: ChangelogRecord[]): void;
+  /** Once every record is added: all written. Answers the partition's key count (from `n`
+   * before) and how many records replaced an older state or were new. */
+  done(n: number): Promise<{ n: number; records: number }>;
+}
+
+const idOf = (actor: string, key: string) => `${actor}\u0000${key}`;
+
+/**
+ * Onto a partition's cleared state: asynchronous puts, which lmdb-js writes on its own thread while
+ * this one reads on, with what was taken so far in memory (a put not yet written cannot be read
+ * back). A snapshot's chunk may follow a batch its writer appended meanwhile, with newer states.
+ */
+function applyWhole(store: StateStore, partition: number): Apply {
+  const taken = new Map<string, number>();
+  // Time-aware keys' wake times, to take out of the wake index when a newer state replaces them.
+  const wakesOf = new Map<string, [number | null, number | null]>();
+  let last: Promise<unknown> = Promise.resolve();
+  let took = 0;
+  return {
+    add(recs) {
+      for (const [actor, key, rec] of recs) {
+        const id = idOf(actor, key);
+        const q = taken.get(id);
+        if (q !== undefined && q >= rec.q) continue;
+        taken.set(id, rec.q);
+        const old = wakesOf.get(id);
+        for (const kind of [0, 1] as const) {
+          const t = old?.[kind];
+          if (t != null) last = store.meta.remove(wakeKey(partition, actor, kind, t, key));
+        }
+        last = store.states.put([actor, key], rec);
+        const wakes = (rec.x as Sys | undefined)?.k;
+        if (wakes) wakesOf.set(id, wakes);
+        else if (old) wakesOf.delete(id);
+        for (const kind of [0, 1] as const) {
+          const t = wakes?.[kind];
+          if (t != null) last = store.meta.put(wakeKey(partition, actor, kind, t, key), 1);
+        }
+        took++;
+      }
+    },
+    async done() {
+      await last;
+      return { n: taken.size, records: took };
+    },
+  };
+}
+
+/** Onto the local state: each record against the stored one, in transactions of a few thousand. */
+function applyOnto(store: StateStore, partition: number): Apply {
+  let pending: ChangelogRecord[][] = [];
+  let pendingRecords = 0;
+  let created = 0;
+  let took = 0;
+  const write = (recs: ChangelogRecord[]) => {
+    for (const [actor, key, rec] of recs) {
+      const old = store.states.get([actor, key]);
+      if (old && old.q >= rec.q) continue;
+      const oldWakes = (old?.x as Sys | undefined)?.k;
+      for (const kind of [0, 1] as const) {
+        const t = oldWakes?.[kind];
+        if (t != null) store.meta.removeSync(wakeKey(partition, actor, kind, t, key));
+      }
+      store.states.putSync([actor, key], rec);
+      const wakes = (rec.x as Sys | undefined)?.k;
+      for (const kind of [0, 1] as const) {
+        const t = wakes?.[kind];
+        if (t != null) store.meta.putSync(wakeKey(partition, actor, kind, t, key), 1);
+      }
+      if (!old) created++;
+      took++;
+    }
+  };
+  const flush = () => {
+    const batch = pending;
+    pending = [];
+    pendingRecords = 0;
+    if (batch.length > 0) store.root.transactionSync(() => batch.forEach(write));
+  };
+  return {
+    add(recs) {
+      pending.push(recs);
+      pendingRecords += recs.length;
+      if (pendingRecords >= APPLY_RECORDS) flush();
+    },
+    async done(n) {
+      flush();
+      return { n: n + created, records: took };
+    },
+  };
 }

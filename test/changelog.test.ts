@@ -189,6 +189,8 @@ describe('changelog snapshots and restores, against a model (seeded)', () => {
           fc.record({
             keys: fc.uniqueArray(fc.integer({ min: 0, max: 30 }), { minLength: 0, maxLength: 8 }),
             snapshot: fc.boolean(),
+            /** The snapshot goes on while the next batch is appended (its messages between the chunks). */
+            overlap: fc.boolean(),
             restore: fc.boolean(),
           }),
           { minLength: 1, maxLength: 12 },
@@ -204,7 +206,9 @@ describe('changelog snapshots and restores, against a model (seeded)', () => {
       ),
       { seed, numRuns: 30 },
     );
-    async function runSteps(steps: { keys: number[]; snapshot: boolean; restore: boolean }[]) {
+    async function runSteps(
+      steps: { keys: number[]; snapshot: boolean; overlap: boolean; restore: boolean }[],
+    ) {
       // Each run starts on an empty subject.
       const p = run++ % PARTITIONS;
       await jsm.streams.purge(CHANGELOG_STREAM, { filter: changelogSubject(p) });
@@ -213,13 +217,16 @@ describe('changelog snapshots and restores, against a model (seeded)', () => {
       // Epochs of their own per run: a message id names its writer's epoch and predecessor, and
       // the purge above starts the subject's predecessors over.
       let epoch = run * 1000;
-      let w = await claimChangelog(nc, js, jsm, p, epoch, 'node-a');
+      // Messages of a few records each: batches go in parts, snapshots in many chunks.
+      const opts = { maxBytes: 300 };
+      let w = await claimChangelog(nc, js, jsm, p, epoch, 'node-a', opts);
       // The "node" that restores from its local position as it goes.
       const follower = openStateStore(tempDir());
       let seq = 0;
       // Whether the follower has restored, and a snapshot compacted the log since.
       let restored = false;
       let compacted = false;
+      let snapping: Promise<unknown> | undefined;
       for (const step of steps) {
         const recs: ChangelogRecord[] = [];
         for (const i of step.keys) {
@@ -230,14 +237,19 @@ describe('changelog snapshots and restores, against a model (seeded)', () => {
         }
         seq++;
         await w.appendBatch({ seq, at: seq, n: model.size }, recs);
-        if (step.snapshot) compacted = true;
-        if (step.snapshot)
-          await w.snapshot(
+        await snapping;
+        snapping = undefined;
+        if (step.snapshot) {
+          compacted = true;
+          snapping = w.snapshot(
             { seq, at: seq, n: model.size },
             [...model].map(([k, r]) => ['counter', k, r] as ChangelogRecord),
           );
+          if (!step.overlap) await snapping;
+        }
         if (step.restore) {
-          w = await claimChangelog(nc, js, jsm, p, ++epoch, 'node-b');
+          await snapping;
+          w = await claimChangelog(nc, js, jsm, p, ++epoch, 'node-b', opts);
           const r = await restoreFromChangelog(js, follower, PARTITIONS, w);
           assert.equal(r.checkpoint.seq, seq);
           assert.deepEqual(new Map(statesAll(follower)), model);
@@ -248,7 +260,8 @@ describe('changelog snapshots and restores, against a model (seeded)', () => {
           compacted = false;
         }
       }
-      w = await claimChangelog(nc, js, jsm, p, ++epoch, 'node-c');
+      await snapping;
+      w = await claimChangelog(nc, js, jsm, p, ++epoch, 'node-c', opts);
       const fresh = openStateStore(tempDir());
       const whole = await restoreFromChangelog(js, fresh, PARTITIONS, w);
       assert.equal(whole.full, true);
