@@ -7,10 +7,14 @@
 //             process: "added latency" is a client's receipt minus the baseline's receipt of the same
 //             change, so it is what the gateway's fan-out adds to what NATS already costs.
 //   features  p50/p99 of a 100-entity, 3-feature POST /get-online-features against the same child,
-//             next to its baseline: the same 100 reads as parallel KV gets from a nats.js client.
+//             over states a `partita node` child committed (the bench's `account` actor), next to
+//             its baseline: the same 100 reads as parallel KV gets from a nats.js client.
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { Kvm } from '@nats-io/kv';
 import { connect } from '@nats-io/transport-node';
 import { STATE_BUCKET, stateKvKey } from '../runtime/index.js';
@@ -19,7 +23,12 @@ import type { FanoutWorkerConfig, FanoutWorkerMsg } from './fanout-worker.js';
 
 export interface GatewayBenchEnv {
   url: string;
+  /** A fresh directory of the run (a node's data dir goes under it). */
+  dir: string;
 }
+
+/** The bench's actors (`account`: a running count and total per key). */
+const ACTORS_DIR = fileURLToPath(new URL('./actors/', import.meta.url));
 
 export interface Percentiles {
   p50: number;
@@ -248,23 +257,29 @@ export interface FeaturesResult extends FeaturesOptions {
   /** The same reads as parallel KV gets from a nats.js client. */
   kvBaselineMs: Percentiles;
   allPresent: boolean;
+  /** Timed requests by the gateway's `Partita-State-Source` header (`none` without one). */
+  sources: Record<string, number>;
 }
 
 export async function benchFeatures(env: GatewayBenchEnv, opts: FeaturesOptions): Promise<FeaturesResult> {
   const nc = await connect({ servers: env.url, name: 'bench-features' });
+  // The states are committed by a node, which stays up: it owns the partitions the gateway reads.
+  const node = await spawnPartita(
+    ['node', '--nats', env.url, '--actors', ACTORS_DIR, '--data', join(env.dir, 'features-node')],
+    { PARTITA_LOG_LEVEL: process.env.PARTITA_LOG_LEVEL ?? 'warn' },
+    30_000,
+  );
   const [gw, gwUrl] = await spawnGateway(env);
   try {
     const kv = await new Kvm(nc).open(STATE_BUCKET);
     for (let i = 0; i < opts.keys; i++) {
-      const key = `u-${i}`;
-      nc.publish(
-        `$KV.${STATE_BUCKET}.${stateKvKey('feat', key)}`,
-        stateRecord('feat', key, { a: i, b: i / 2, c: `s${i}` }, i + 1),
-      );
+      nc.publish(`events.tx.u-${i}`, JSON.stringify({ id: i, amount: i / 2 }));
       if (i % 2000 === 0) await nc.flush();
     }
     await nc.flush();
-    while (!(await kv.get(stateKvKey('feat', `u-${opts.keys - 1}`)))) await sleep(50);
+    // Every key's state is stored once the bucket holds one entry per key (history 1).
+    const jsm = await jetstreamManager(nc);
+    while ((await jsm.streams.info(`KV_${STATE_BUCKET}`)).state.messages < opts.keys) await sleep(50);
 
     let x = 12345;
     const rnd = () => {
@@ -273,8 +288,13 @@ export async function benchFeatures(env: GatewayBenchEnv, opts: FeaturesOptions)
     };
     const pick = () => Array.from({ length: opts.entities }, () => `u-${Math.floor(rnd() * opts.keys)}`);
     const body = (ids: string[]) =>
-      JSON.stringify({ features: ['feat:a', 'feat:b', 'feat:c'], entities: { user_id: ids } });
+      JSON.stringify({
+        features: ['account:count', 'account:total', 'account:lastId'],
+        entities: { user_id: ids },
+      });
     let allPresent = true;
+    const sources: Record<string, number> = {};
+    let timed = false;
     const request = async (ids: string[]) => {
       const res = await fetch(`${gwUrl}/get-online-features`, {
         method: 'POST',
@@ -284,6 +304,10 @@ export async function benchFeatures(env: GatewayBenchEnv, opts: FeaturesOptions)
       const j = (await res.json()) as { results: { statuses: string[] }[] };
       if (res.status !== 200 || !j.results.every((c) => c.statuses.every((s) => s === 'PRESENT')))
         allPresent = false;
+      if (timed) {
+        const source = res.headers.get('partita-state-source') ?? 'none';
+        sources[source] = (sources[source] ?? 0) + 1;
+      }
     };
     const time = async (fn: () => Promise<unknown>) => {
       const t = performance.now();
@@ -292,17 +316,25 @@ export async function benchFeatures(env: GatewayBenchEnv, opts: FeaturesOptions)
     };
     const warmup = Math.max(20, Math.round(opts.requests / 10));
     for (let i = 0; i < warmup; i++) await request(pick());
+    timed = true;
     const http: number[] = [];
     const kvTimes: number[] = [];
     // Interleaved, so both see the same machine.
     for (let i = 0; i < opts.requests; i++) {
       const ids = pick();
       http.push(await time(() => request(ids)));
-      kvTimes.push(await time(() => Promise.all(ids.map((id) => kv.get(stateKvKey('feat', id))))));
+      kvTimes.push(await time(() => Promise.all(ids.map((id) => kv.get(stateKvKey('account', id))))));
     }
-    return { ...opts, requestMs: percentiles(http), kvBaselineMs: percentiles(kvTimes), allPresent };
+    return {
+      ...opts,
+      requestMs: percentiles(http),
+      kvBaselineMs: percentiles(kvTimes),
+      allPresent,
+      sources,
+    };
   } finally {
     await gw.kill('SIGTERM');
+    await node.kill('SIGTERM');
     await nc.close();
   }
 }

@@ -1,13 +1,13 @@
-// Feast's feature-server wire format over the state bucket, so Feast clients work unchanged:
+// Feast's feature-server wire format over actor state, so Feast clients work unchanged:
 // `POST /get-online-features` and `GET /health`. A Feast feature view is a Partita actor, a feature
 // is a field of its state (`<actor>:<field>`, a dotted path reaches nested fields), and the one
-// entity column lists actor keys.
+// entity column lists actor keys. States come from their partitions' owners (else the state
+// bucket), through the StateReader.
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import type { KV } from '@nats-io/kv';
 import type { FastifyInstance } from 'fastify';
-import { stateKvKey } from '../runtime/index.js';
 import { sendError } from './http-error.js';
 import { tooLongName } from './key-limit.js';
+import { STATE_SOURCE_HEADER, type StateReader, sourceHeader } from './state-reader.js';
 
 /** Feast's `FieldStatus` words. */
 export type FeastStatus = 'PRESENT' | 'NOT_FOUND' | 'NULL_VALUE' | 'OUTSIDE_MAX_AGE' | 'INVALID';
@@ -31,7 +31,8 @@ export interface FeastResponse {
 }
 
 export interface FeatureOptions {
-  state: KV;
+  /** Reads from each key's owner, else the state bucket. */
+  reader: StateReader;
   connected: () => boolean;
   /** Values older than this (by their commit time) are `OUTSIDE_MAX_AGE`, like a Feast view's ttl. */
   maxAgeSeconds?: number;
@@ -46,9 +47,7 @@ export function feastTimestamp(ms: number): string {
 const EPOCH = feastTimestamp(0);
 
 export const DEFAULT_MAX_FEATURE_CELLS = 100_000;
-/** State reads in flight for one request: enough to hide the round trip, few enough to share NATS. */
-const READS_IN_FLIGHT = 64;
-/** Cells built (or reads taken in) between two yields to the event loop. */
+/** Cells built between two yields to the event loop. */
 const CELLS_PER_TURN = 2000;
 
 const requestSchema = {
@@ -208,28 +207,18 @@ export async function featureRoutes(app: FastifyInstance, opts: FeatureOptions):
       ]);
       if (long) return sendError(reply, 'PARTITA_ERR_KEY_TOO_LONG', long);
 
-      // One read per (actor, key), a bounded number in flight, so one request neither floods NATS
-      // nor, taking the answers in, holds the event loop from other requests.
+      // One read per (actor, key): the reader asks each partition's owner once for all its keys.
       const lookups = new Map<string, [string, string]>();
       for (const actor of actors) {
         for (const v of entityValues) lookups.set(`${actor}\u0000${String(v)}`, [actor, String(v)]);
       }
+      const ids = [...lookups.keys()];
+      const { changes, sources } = await opts.reader.read([...lookups.values()]);
       const rows = new Map<string, Stored | null>();
-      const queue = [...lookups];
-      let taken = 0;
-      const reader = async () => {
-        for (let next = queue.pop(); next; next = queue.pop()) {
-          const [id, [actor, key]] = next;
-          const e = await opts.state.get(stateKvKey(actor, key));
-          if (e?.operation !== 'PUT' || e.length === 0) rows.set(id, null);
-          else {
-            const v = e.json<{ state: unknown; updatedAt: string }>();
-            rows.set(id, { state: v.state, updatedAt: Date.parse(v.updatedAt) });
-          }
-          if (++taken % CELLS_PER_TURN === 0) await nextTurn();
-        }
-      };
-      await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, queue.length) }, reader));
+      changes.forEach((c, i) => {
+        rows.set(ids[i]!, c ? { state: c.state, updatedAt: Date.parse(c.updatedAt as string) } : null);
+      });
+      reply.header(STATE_SOURCE_HEADER, sourceHeader(sources));
 
       const now = Date.now();
       const maxAgeMs = opts.maxAgeSeconds !== undefined ? opts.maxAgeSeconds * 1000 : Infinity;

@@ -23,6 +23,7 @@ export type { OriginOptions } from './origin-check.js';
 export type { FrameType, PushFilter, PushHub, PushHubOptions } from './push-hub.js';
 export type { RateLimitOptions } from './rate-limit.js';
 export { buildGateway, type GatewayDeps } from './server.js';
+export { STATE_SOURCE_HEADER, type StateSource } from './state-reader.js';
 
 export interface GatewayOptions {
   /** @default $PARTITA_NATS or nats://127.0.0.1:4222 */
@@ -38,6 +39,8 @@ export interface GatewayOptions {
   featureMaxAgeSeconds?: number;
   /** Entities × features one feature request may ask for. @default 100000 */
   maxFeatureCells?: number;
+  /** How long partition owners have to answer a read before the state bucket is read instead, ms. @default 500 */
+  ownerReadTimeoutMs?: number;
   /** Failed authentications allowed per client address. @default 10 a second */
   authFailures?: AuthFailureLimit;
   /**
@@ -92,6 +95,7 @@ export async function startGateway(opts: GatewayOptions = {}): Promise<RunningGa
     rateLimit: opts.rateLimit,
     featureMaxAgeSeconds: opts.featureMaxAgeSeconds,
     maxFeatureCells: opts.maxFeatureCells,
+    ownerReadTimeoutMs: opts.ownerReadTimeoutMs,
     authFailures: opts.authFailures,
     origins: { allowedHosts: allowedHostsFor(host, opts.allowedHosts), allowedOrigins: opts.allowedOrigins },
     push: opts.push,

@@ -33,7 +33,11 @@ export function publicChange(raw: string): PublicChange | null {
     return null;
   }
   if (typeof change !== 'object' || change === null || Array.isArray(change)) return null;
-  const c = change as Record<string, unknown>;
+  return publicChangeOf(change as Record<string, unknown>);
+}
+
+/** The public form of a state change already parsed (as an owner's answer to a state query). */
+export function publicChangeOf(c: Readonly<Record<string, unknown>>): PublicChange {
   const out: Record<string, unknown> = {};
   for (const f of PUBLIC_FIELDS) if (c[f] !== undefined) out[f] = c[f];
   return {

@@ -1,6 +1,6 @@
 // The gateway as an app: `buildGateway` wires plugins onto fastify; only `startGateway` listens,
-// so tests use `inject()`. The gateway never writes state: it reads the state KV bucket and
-// subscribes to `partita.state.>`.
+// so tests use `inject()`. The gateway never writes state: it reads states from their partitions'
+// owners (the state KV bucket when no owner answers) and subscribes to `partita.state.>`.
 //
 // One plugin per concept: auth (auth.ts, rate-limit.ts), state reads (state.ts), Feast features
 // (features.ts), push (push.ts over push-hub.ts), the dashboard (dashboard.ts), the OpenAPI document
@@ -27,6 +27,7 @@ import { pushRoutes } from './push.js';
 import { PushHub, type PushHubOptions } from './push-hub.js';
 import { installRateLimit, type RateLimitOptions } from './rate-limit.js';
 import { stateRoutes } from './state.js';
+import { StateReader } from './state-reader.js';
 
 export interface GatewayDeps {
   state: KV;
@@ -50,6 +51,11 @@ export interface GatewayDeps {
   maxFeatureCells?: number;
   /** Feature values committed longer ago than this are served as OUTSIDE_MAX_AGE. */
   featureMaxAgeSeconds?: number;
+  /**
+   * How long the partitions' owners have to answer a state or feature read before its keys are
+   * read from the state bucket instead, ms. @default 500
+   */
+  ownerReadTimeoutMs?: number;
   push?: PushHubOptions & { wsHighWaterBytes?: number };
 }
 
@@ -126,9 +132,15 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
       },
     );
   });
-  app.register(stateRoutes, { state: deps.state, readStatus: status });
-  app.register(featureRoutes, {
+  const reader = new StateReader({
     state: deps.state,
+    nc,
+    registry,
+    ownerTimeoutMs: deps.ownerReadTimeoutMs,
+  });
+  app.register(stateRoutes, { reader, readStatus: status });
+  app.register(featureRoutes, {
+    reader,
     connected: deps.connected,
     maxAgeSeconds: deps.featureMaxAgeSeconds,
     maxCells: deps.maxFeatureCells,

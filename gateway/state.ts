@@ -1,12 +1,12 @@
 // State reads: one actor's latest state, and the cluster's status (partitions, owners, lag).
-import type { KV } from '@nats-io/kv';
 import type { FastifyInstance } from 'fastify';
-import { stateKvKey } from '../runtime/index.js';
 import { ERROR_SCHEMA, sendError } from './http-error.js';
-import { publicChange } from './public-state.js';
+import { publicChangeOf } from './public-state.js';
+import { STATE_SOURCE_HEADER, type StateReader, sourceHeader } from './state-reader.js';
 
 export interface StateRouteOptions {
-  state: KV;
+  /** Reads from the key's owner, else the state bucket. */
+  reader: StateReader;
   /** `partita status --json`'s object; absent without a NATS connection. */
   readStatus?: () => Promise<unknown>;
 }
@@ -50,8 +50,10 @@ export async function stateRoutes(app: FastifyInstance, opts: StateRouteOptions)
     },
     async (req, reply) => {
       const { actor, key } = req.params;
-      const entry = await opts.state.get(stateKvKey(actor, key));
-      const change = entry?.operation === 'PUT' && entry.length > 0 ? publicChange(entry.string()) : null;
+      const { changes, sources } = await opts.reader.read([[actor, key]]);
+      reply.header(STATE_SOURCE_HEADER, sourceHeader(sources));
+      const stored = changes[0];
+      const change = stored ? publicChangeOf(stored) : null;
       if (!change) return sendError(reply, 'PARTITA_ERR_NOT_FOUND', `no state for ${actor}/${key}`);
       reply.header('content-type', 'application/json; charset=utf-8');
       return change.json;

@@ -70,6 +70,10 @@ export const ERRORS = {
     status: 409,
   },
   PARTITA_ERR_NOT_OWNER: { message: 'no running node owns the partition', status: 503 },
+  PARTITA_ERR_QUERY_TOO_LARGE: {
+    message: "a state query asks for more than a partition's owner answers at once",
+    status: 413,
+  },
   PARTITA_ERR_REPLAY: { message: 'the replay could not run', status: 500 },
   PARTITA_ERR_UNAUTHORIZED: { message: 'missing or unknown bearer token', status: 401 },
   PARTITA_ERR_FORBIDDEN: { message: "the token's scopes do not allow this route", status: 403 },

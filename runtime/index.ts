@@ -53,6 +53,11 @@ export {
   SchemaRegistry,
   type SchemaVersion,
 } from './schema-registry.js';
+export {
+  MAX_QUERY_KEYS,
+  queryStates,
+  type StoredStateChange,
+} from './state-query.js';
 export type { Durability } from './state-store.js';
 export {
   AGG_STREAM,
@@ -71,6 +76,8 @@ export {
   partitionMapping,
   partitionOf,
   partitionTransform,
+  QUERY_PREFIX,
+  querySubject,
   STATE_BUCKET,
   STATE_PREFIX,
   stateKvKey,

@@ -3,6 +3,7 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import { DEAD_LETTER_CODES } from './errors.js';
 import { NATS_RETRY_CODES } from './nats-refusal.js';
+import { QUERY_RESULTS } from './state-query.js';
 
 export interface NodeMetrics {
   readonly registry: Registry;
@@ -44,6 +45,8 @@ export interface NodeMetrics {
   readonly watermarkLagSeconds: Gauge<'partition'>;
   /** Partitions with work waiting and no progress for longer than the stall threshold. */
   readonly partitionsStalled: Gauge<string>;
+  /** State queries this node was asked as a partition's owner (state-query.ts), by result. */
+  readonly stateQueries: Counter<'result'>;
 }
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60];
@@ -244,6 +247,12 @@ export function createNodeMetrics(registry = new Registry()): NodeMetrics {
       help: 'Partitions of this node with work waiting and no progress for longer than the stall threshold',
       registers: r,
     }),
+    stateQueries: new Counter({
+      name: 'partita_state_queries_total',
+      help: "State queries answered or refused as a partition's owner, by result",
+      labelNames: ['result'],
+      registers: r,
+    }),
     batchFailures: new Counter({
       name: 'partita_batch_failures_total',
       help: 'Batches that failed before commit and were retried',
@@ -273,6 +282,7 @@ export function initialiseSeries(m: NodeMetrics, scope: SeriesScope): void {
   for (const code of DEAD_LETTER_CODES) m.deadLetters.inc({ code }, 0);
   for (const code of NATS_RETRY_CODES) m.natsRefusals.inc({ code }, 0);
   for (const kind of ['missing', 'stale', 'restore']) m.stateRepairs.inc({ kind }, 0);
+  for (const result of QUERY_RESULTS) m.stateQueries.inc({ result }, 0);
   for (const { name: actor, timeAware } of scope.actors) {
     m.handlerTimeouts.inc({ actor }, 0);
     m.replayEvents.inc({ actor }, 0);

@@ -37,6 +37,7 @@ import {
 import { SCHEMAS_BUCKET } from './schema-registry.js';
 import { startSourceWatchdog } from './source-watchdog.js';
 import { type AuditReport, StateAuditor } from './state-audit.js';
+import { StateQueries } from './state-query.js';
 import {
   type Durability,
   markStateDirClean,
@@ -305,6 +306,16 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     onFenced: (p: number) => coordinator?.fenced(p),
   };
   const runners = new Map<number, PartitionRunner>();
+  // Reads of a partition's committed states, answered while its runner runs (state-query.ts): a
+  // subscription per partition, opened with the runner and closed before it stops.
+  const queries = new StateQueries({
+    nc,
+    store,
+    partitions: topology.partitions,
+    metrics,
+    log,
+    runner: (p) => runners.get(p),
+  });
 
   // Starts partitions whose leases were just taken: from local state when this node was their
   // last owner, else from the state bucket and the previous owner's acknowledged position.
@@ -410,6 +421,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         }
         const runner = new PartitionRunner(l.partition, deps, l, owned.has(l.partition));
         runners.set(l.partition, runner);
+        queries.open(l.partition);
         await runner.start();
       }),
     );
@@ -421,6 +433,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   const stopPartition = async (p: number, graceful: boolean) => {
     const r = runners.get(p);
     if (!r) return;
+    queries.close(p);
     if (!graceful) r.lease.abandon();
     await r.stop();
     runners.delete(p);
@@ -495,6 +508,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       const out = await coordinator.exclusive(p, async (lease) => {
         const old = runners.get(p);
         if (old) {
+          queries.close(p);
           await old.stop();
           runners.delete(p);
         }
@@ -505,6 +519,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
           if (lease.valid() && status === 'RUNNING') {
             const runner = new PartitionRunner(p, deps, lease, true);
             runners.set(p, runner);
+            queries.open(p);
             await runner.start().catch((err) => {
               log.error({ partition: p, err: (err as Error).message }, 'resuming after a replay failed');
               restartFailed = true;
@@ -599,6 +614,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     schemas?.stop();
     await replays.stop();
     await coordinator?.stop().catch(() => undefined);
+    queries.closeAll();
     await Promise.allSettled([...runners.values()].map((r) => r.stop()));
     await unrouted.stop();
     await retired?.stop();
@@ -670,6 +686,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
       // Checkpoint, publish, release: the next owners start at once.
       stopStep = 'publishing the last batches and releasing the leases';
       await coordinator?.stop();
+      queries.closeAll();
       schemas?.stop();
       metrics.ownedPartitions.set(0);
       stopStep = 'closing the metrics server and the worker pool';

@@ -17,7 +17,6 @@ import { consumerNames } from './consumer-names.js';
 import { deadLetterMessage, EPOCH_HEADER, PARTITION_HEADER, producerSubject } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
 import { PartitaError } from './errors.js';
-import { lineageOfRecord } from './lineage.js';
 import { type Logger, RepeatedLog } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import { retryRefusals } from './nats-refusal.js';
@@ -25,6 +24,7 @@ import type { PartitionLease } from './partition-lease.js';
 import { PartitionTicker } from './partition-ticker.js';
 import { emitInfo, type OutputInfo, refusedOutput, stateInfo } from './refused-output.js';
 import { serverFeatures } from './server-features.js';
+import { stateChangeJson } from './state-change.js';
 import type { Outbox, StateRecord, StateStore } from './state-store.js';
 import {
   consumerPrefix,
@@ -881,18 +881,10 @@ export class PartitionRunner {
   private stateChange(actor: string, key: string, rec: StateRecord, n: number | undefined): [string, string] {
     return [
       stateKvKey(actor, key),
-      JSON.stringify({
-        actor,
-        key,
-        state: rec.s,
-        seq: rec.q,
-        updatedAt: new Date(rec.t).toISOString(),
+      stateChangeJson(actor, key, rec, {
         partition: this.partition,
         epoch: this.lease.epoch,
-        ...(n != null ? { partitionKeys: n } : {}),
-        ...lineageOfRecord(this.partition, rec),
-        // Open windows and timers travel with the state, as in the worker's JSON.
-        ...(rec.x ? { sys: rec.x } : {}),
+        partitionKeys: n,
       }),
     ];
   }

@@ -8,6 +8,11 @@ export const IN_PREFIX = 'partita.in';
 export const STATE_PREFIX = 'partita.state';
 /** Dead letters: `partita.dlq.<type>`. */
 export const DLQ_PREFIX = 'partita.dlq';
+/** State queries to a partition's owner (request/reply): `partita.query.<partition>`. */
+export const QUERY_PREFIX = 'partita.query';
+export function querySubject(partition: number): string {
+  return `${QUERY_PREFIX}.${partition}`;
+}
 
 /** Input streams, one per partition: `PARTITA_IN_<partition>` on `partita.in.<partition>.>`. */
 export const IN_STREAM_PREFIX = 'PARTITA_IN_';

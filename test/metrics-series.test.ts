@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { type RunningGateway, startGateway } from '../gateway/index.js';
 import { DEAD_LETTER_CODES, type PartitaNode, startNode, timeFeaturesOf } from '../runtime/index.js';
 import { NATS_RETRY_CODES } from '../runtime/nats-refusal.js';
+import { QUERY_RESULTS } from '../runtime/state-query.js';
 import { check } from './helpers/check.js';
 import { type DocumentedMetric, documentedMetrics } from './helpers/metrics-doc.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
@@ -85,6 +86,10 @@ function expected(d: DocumentedMetric, openapiRoutes: string[]): Labels[] | 'no 
       return cross(cross([{}], 'actor', actors), 'result', ['ok', 'failed']);
     case 'kind':
       return cross([{}], 'kind', ['missing', 'stale', 'restore']);
+    case 'result':
+      return cross([{}], 'result', QUERY_RESULTS);
+    case 'source':
+      return cross([{}], 'source', ['owner', 'export']);
     case 'partition':
       // Before its first watermark a partition has no watermark lag to tell (documented).
       if (d.name === 'partita_watermark_lag_seconds') return [];
