@@ -6,11 +6,13 @@ import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
 import { type ApplyOutput, actorsByType, applyBatch, type Poison, type RawEvent } from './batch.js';
+import type { ChangelogRecord } from './changelog.js';
 import { timeOptionsFor, type WorkerTime, workerTimeOf, writeTime } from './event-time-store.js';
 import { GovernanceCache } from './governance.js';
 import { CallRecorder } from './handler-watchdog.js';
 import { lineageJson } from './lineage.js';
 import {
+  type Checkpoint,
   countPartitionKeys,
   type Durability,
   type Outbox,
@@ -32,6 +34,8 @@ export interface WorkerConfig {
   maxStateBytes?: number;
   /** Largest emitted payload: the server's max_payload less room for headers. */
   maxEmitBytes?: number;
+  /** Recovery by changelog: each result carries its records and checkpoint (changelog.ts). */
+  changelog?: boolean;
 }
 
 /** One piscina task: the ready batches of several partitions, committed in one transaction. */
@@ -76,6 +80,9 @@ export interface BatchResult {
   timersPending: boolean;
   /** The lowest watermark of the partition's time-aware actors, if any (epoch ms). */
   watermark: number | null;
+  /** Recovery by changelog: the committed records and the checkpoint they reach. */
+  records?: ChangelogRecord[];
+  checkpoint?: Checkpoint;
 }
 
 interface Ready {
@@ -221,6 +228,18 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       commitMs,
       late: out.late,
       ...time.summary(store, b.partition, out.clock),
+      ...(cfg.changelog
+        ? {
+            records: out.writes.map((w): ChangelogRecord => [w.actor, w.key, w.record]),
+            checkpoint: {
+              seq: out.lastSeq,
+              at: now,
+              epoch: b.epoch,
+              n,
+              ...(out.clock ? { clock: out.clock } : {}),
+            },
+          }
+        : {}),
     };
   }
   return Piscina.move(ownBuffer(pack(results)));

@@ -126,6 +126,8 @@ function maxMessageBytes(nc: NatsConnection): number {
 export class ChangelogWriter {
   private readonly subject: string;
   private readonly maxBytes: number;
+  /** The subject's last sequence before this writer's claim (0: nobody wrote it before). */
+  claimedAfter = 0;
   /** The append in flight: each waits for the one before, which it is fenced on. */
   private tail: Promise<unknown> = Promise.resolve();
 
@@ -291,6 +293,7 @@ export async function claimChangelog(
     const writer = new ChangelogWriter(nc, js, jsm, partition, epoch, lastMsg?.seq ?? 0, opts.maxBytes);
     try {
       await writer.append({ k: 'c', e: epoch, node, at: Date.now() });
+      writer.claimedAfter = lastMsg?.seq ?? 0;
       return writer;
     } catch (err) {
       if (!(err instanceof ChangelogFencedError) || attempt >= 10) throw err;

@@ -52,14 +52,17 @@ const USAGE = `usage: partita <command> [options]
        [--durability sync|process] [--events-max-age D] [--aggregates-max-age D]
        [--pii-secret-file FILE] [--metrics-host ADDR] [--allow-drills] [--handler-timeout D]
        [--dlq-max-age D] [--dlq-max-bytes N] [--stall-timeout D] [--shutdown-timeout D]
-       [--atomic-states]
+       [--atomic-states] [--recovery bucket|changelog]
       one worker node (/metrics, /healthz, /readyz on loopback unless --metrics-host 0.0.0.0);
       retention of raw events (default 90d) and of window results (default 2y), as 90d, 12h, 2y
       or ms (also $PARTITA_EVENTS_MAX_AGE, $PARTITA_AGGREGATES_MAX_AGE); --allow-drills (or
       PARTITA_ALLOW_DRILLS=1) accepts the faults of partita drill; --handler-timeout: longest a
       handler may run on one event (default 5s), past it the event is dead-lettered;
       --atomic-states (or PARTITA_ATOMIC_STATES=1): each batch's state changes as atomic batches
-      on nats-server 2.12+ (readers never see part of one), one put each on older servers
+      on nats-server 2.12+ (readers never see part of one), one put each on older servers;
+      --recovery (or PARTITA_RECOVERY): where a taken partition's state comes from, the state
+      bucket (default) or the partition's changelog (one stored message per batch; the bucket is
+      then exported after the ack); all nodes of a deployment must agree
   gateway --nats URL [--port N] [--host ADDR] [--tokens FILE] [--rate-limit N] [--feature-max-age S]
           [--max-feature-cells N] [--allowed-hosts H,H] [--allowed-origins URL,URL]
       the HTTP gateway and live dashboard; tokens from FILE and/or $PARTITA_TOKENS
@@ -273,6 +276,7 @@ const COMMANDS: Record<string, Command> = {
       durability: { type: 'string' },
       'allow-drills': { type: 'boolean' },
       'atomic-states': { type: 'boolean' },
+      recovery: { type: 'string' },
       'pii-secret-file': { type: 'string' },
       'events-max-age': { type: 'string' },
       'aggregates-max-age': { type: 'string' },
@@ -299,6 +303,7 @@ const COMMANDS: Record<string, Command> = {
         durability: durabilityOf(v.durability),
         allowDrills: v['allow-drills'] === true || process.env.PARTITA_ALLOW_DRILLS === '1',
         atomicStates: v['atomic-states'] === true || process.env.PARTITA_ATOMIC_STATES === '1',
+        ...recoveryOption(v.recovery),
         faults: defectsOf(process.env.PARTITA_INJECT_DEFECT),
         piiSecret: piiSecretFrom(v['pii-secret-file'] as string | undefined),
         handlerTimeoutMs: durationMs(v['handler-timeout'] as string | undefined, 'handler-timeout'),
@@ -546,4 +551,11 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`partita ${name}: ${e.code ? `${e.code}: ` : ''}${e.message}\n`);
     return 1;
   }
+}
+
+/** `--recovery`, checked: a misspelt mode must not quietly run the default. */
+function recoveryOption(v: unknown): { recovery?: 'bucket' | 'changelog' } {
+  if (v === undefined) return {};
+  if (v === 'bucket' || v === 'changelog') return { recovery: v };
+  throw new Error(`--recovery must be bucket or changelog, not ${JSON.stringify(v)}`);
 }

@@ -11,6 +11,7 @@ import { Piscina } from 'piscina';
 import { AckedPublisher } from './acked-publisher.js';
 import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 import type { WorkerConfig } from './batch-worker.js';
+import { claimChangelog, restoreFromChangelog } from './changelog.js';
 import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
 import { type InjectedDefect, serveDrillFaults } from './drill-faults.js';
@@ -106,6 +107,16 @@ export interface NodeOptions {
    * @default false: one acknowledged KV put per change
    */
   atomicStates?: boolean;
+  /**
+   * Where a partition's state is recovered from when a node takes it:
+   * - `bucket`: the state bucket, which each batch updates (one stored put per changed key) before
+   *   its input is acknowledged;
+   * - `changelog`: the partition's changelog, one stored message per batch (changelog.ts); the
+   *   state bucket is exported from it after the ack.
+   * Chosen when a deployment is created: a deployment's nodes must agree.
+   * @default 'bucket' (or $PARTITA_RECOVERY)
+   */
+  recovery?: 'bucket' | 'changelog';
   /**
    * Accept drill faults (crash, stall, handoff) on `partita.drill.<node id>`: for deployments
    * that run `partita drill`, whose supervisor restarts a node that exits. @default false
@@ -256,6 +267,10 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   // Every output is one NATS message, which the server refuses above its max_payload: leave room
   // for the headers (republish adds its own) and the subject.
   const maxEmitBytes = nc.info!.max_payload - OUTPUT_HEADROOM_BYTES;
+  const recovery = opts.recovery ?? (process.env.PARTITA_RECOVERY || 'bucket');
+  if (recovery !== 'bucket' && recovery !== 'changelog')
+    throw new Error(`recovery must be bucket or changelog, not ${JSON.stringify(recovery)}`);
+  const byChangelog = recovery === 'changelog';
   const workerData: WorkerConfig = {
     actorFiles,
     dataDir: opts.dataDir,
@@ -266,6 +281,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     piiSecret: opts.piiSecret ?? (process.env.PARTITA_PII_SECRET || undefined),
     maxStateBytes: Math.min(opts.maxStateBytes ?? maxEmitBytes, maxEmitBytes),
     maxEmitBytes,
+    changelog: byChangelog,
   };
   const pool = new Piscina({
     filename: new URL('./batch-worker.js', import.meta.url).href,
@@ -317,9 +333,48 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     runner: (p) => runners.get(p),
   });
 
+  // Recovery by changelog: each partition's changelog is claimed under its lease (which fences
+  // every earlier owner's appends), and the local state brought up to the claim, from the local
+  // position when the log continues from it, else whole. No owner records and no bucket scans.
+  const startFromChangelogs = async (leases: PartitionLease[]) => {
+    const t0 = performance.now();
+    const taking = { ...refusals, going: () => leases.every((l) => l.valid()) };
+    let restored = false;
+    await Promise.all(
+      leases.map(async (l) => {
+        const writer = await retryRefusals(
+          `claiming the changelog of partition ${l.partition}`,
+          () => claimChangelog(nc, js, topology.jsm, l.partition, l.epoch, id),
+          taking,
+        );
+        const r = await restoreFromChangelog(js, store, topology.partitions, writer);
+        if (r.full) restored = true;
+        log.info(
+          {
+            partition: l.partition,
+            epoch: l.epoch,
+            checkpoint: r.checkpoint.seq,
+            whole: r.full,
+            messages: r.messages,
+          },
+          'partition state brought up to its changelog',
+        );
+        if (!l.valid()) throw new Error(`lease of partition ${l.partition} lapsed while starting it`);
+        const runner = new PartitionRunner(l.partition, deps, l, writer.claimedAfter > 0, writer);
+        runners.set(l.partition, runner);
+        await runner.start();
+      }),
+    );
+    if (restored) metrics.restoreSeconds.observe((performance.now() - t0) / 1000);
+    metrics.actors.set(store.states.getCount());
+    metrics.ownedPartitions.set(runners.size);
+    void lag.sample();
+  };
+
   // Starts partitions whose leases were just taken: from local state when this node was their
   // last owner, else from the state bucket and the previous owner's acknowledged position.
   const startPartitions = async (leases: PartitionLease[]) => {
+    if (byChangelog) return startFromChangelogs(leases);
     const restore: RestoreTarget[] = [];
     const owned = new Set<number>();
     const fences = new Map<number, OwnerFence>();
@@ -606,7 +661,8 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     await coordinator.start();
     await warming;
     lag.start();
-    auditor.start();
+    // The bucket is an export of the changelogs, behind the commits by design.
+    if (!byChangelog) auditor.start();
     sourcing = startSourceWatchdog(nc, topology.jsm, { owned: () => runners.keys(), metrics, log });
   } catch (err) {
     status = 'FAILED';

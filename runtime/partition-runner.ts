@@ -13,6 +13,15 @@ import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from '@nats
 import type { AckedPublisher, Outgoing, Stored } from './acked-publisher.js';
 import type { RawEvent } from './batch.js';
 import type { BatchResult } from './batch-worker.js';
+import {
+  CHANGELOG_STREAM,
+  ChangelogFencedError,
+  type ChangelogRecord,
+  type ChangelogWriter,
+  changelogSubject,
+  decodeMessage,
+  setChangelogPosition,
+} from './changelog.js';
 import { consumerNames } from './consumer-names.js';
 import { deadLetterMessage, EPOCH_HEADER, PARTITION_HEADER, producerSubject } from './dead-letter.js';
 import type { BatchDispatcher } from './dispatcher.js';
@@ -25,7 +34,7 @@ import { PartitionTicker } from './partition-ticker.js';
 import { emitInfo, type OutputInfo, refusedOutput, stateInfo } from './refused-output.js';
 import { serverFeatures } from './server-features.js';
 import { stateChangeJson } from './state-change.js';
-import type { Outbox, StateRecord, StateStore } from './state-store.js';
+import type { Checkpoint, Outbox, StateRecord, StateStore } from './state-store.js';
 import {
   consumerPrefix,
   inStream,
@@ -88,6 +97,10 @@ const nanos = (ms: number) => ms * 1_000_000;
 /** How long one attempt waits for the streams to acknowledge a batch's outputs. */
 const PUBLISH_TIMEOUT_MS = 5000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Recovery by changelog: how far (in input events) the state bucket's export may lag the commits. */
+const MAX_EXPORT_LAG_EVENTS = 20_000;
+/** Changelog messages the export reads at a time. */
+const EXPORT_FETCH = 32;
 
 /** A partition's consumer is named after the lease epoch that created it: acks a former owner
  * still sends go to its own, deleted, consumer and cannot move the new owner's ack floor. */
@@ -124,6 +137,10 @@ export class PartitionRunner {
    * publish nothing, and reaching it publishes the partition's states whole. 0: not rebuilding.
    */
   private rebuildTo = 0;
+  /** Recovery by changelog: every state committed at or below this input position is exported. */
+  private exportedTo = 0;
+  /** The export of the changelog to the state bucket, while it runs. */
+  private exporting: Promise<void> | null = null;
   private readonly label: { partition: string };
   private readonly log: Logger;
   private readonly repeated: RepeatedLog;
@@ -139,6 +156,8 @@ export class PartitionRunner {
     readonly lease: PartitionLease,
     /** Some node has run this partition before (so a gap at the start is a loss). */
     private readonly everOwned = true,
+    /** Recovery by changelog: this owner's claim on the partition's changelog (changelog.ts). */
+    private readonly writer?: ChangelogWriter,
   ) {
     this.label = { partition: String(partition) };
     this.stream = inStream(partition);
@@ -158,10 +177,13 @@ export class PartitionRunner {
     this.committedSeq = cp?.seq ?? 0;
     this.lastCommitAt = cp?.at ?? 0;
     this.lastQueuedSeq = this.committedSeq;
-    this.rebuildTo = (this.deps.store.meta.get(['rb', this.partition]) as number | undefined) ?? 0;
+    this.rebuildTo = this.writer
+      ? 0
+      : ((this.deps.store.meta.get(['rb', this.partition]) as number | undefined) ?? 0);
     const outboxes = [...this.deps.store.outboxes(this.partition)];
-    // A rebuilding batch publishes nothing: its outputs are stored already.
-    await this.recoverOutboxes(outboxes.filter((ob) => ob.seq > this.rebuildTo));
+    // A rebuilding batch publishes nothing: its outputs are stored already. With a changelog, the
+    // restore left only batches whose entries (appended after their outputs) it read.
+    if (!this.writer) await this.recoverOutboxes(outboxes.filter((ob) => ob.seq > this.rebuildTo));
     for (const ob of outboxes) await this.deps.store.deleteOutbox(this.partition, ob.seq);
     if (this.rebuildTo > 0 && this.committedSeq >= this.rebuildTo && !(await this.finishRebuild()))
       throw new Error(`partition ${this.partition}: lease lapsed while publishing its rebuilt states`);
@@ -188,6 +210,7 @@ export class PartitionRunner {
     this.status = 'RUNNING';
     this.lastProgressAt = Date.now();
     this.ticker?.start();
+    if (this.writer) this.exporting = this.exportChangelog();
     await this.consume();
   }
 
@@ -255,6 +278,7 @@ export class PartitionRunner {
     this.messages?.stop();
     await this.busy;
     await this.publishing;
+    await this.exporting;
     // A replay or a restore may write this partition's outboxes next: none of its held-back
     // deletes may land after them.
     await this.deps.store.flushOutboxDeletes();
@@ -472,6 +496,13 @@ export class PartitionRunner {
       await this.process(batch);
       // Let publishing fall at most two batches behind compute.
       if (this.unpublished >= 2) await this.publishing;
+      // And the state bucket's export a bounded number of events behind the commits.
+      while (
+        this.writer &&
+        this.committedSeq - this.exportedTo > MAX_EXPORT_LAG_EVENTS &&
+        this.status === 'RUNNING'
+      )
+        await sleep(2);
     }
   }
 
@@ -520,17 +551,19 @@ export class PartitionRunner {
     this.publishing = (async () => {
       await previous;
       const rebuilding = done.lastSeq <= this.rebuildTo;
-      const published = rebuilding
-        ? done.lastSeq < this.rebuildTo || (await this.finishRebuild())
-        : await this.publishOutputs(done.changes, done.emits, done.dead, async (seqs) => {
-            const bySeq = new Map(batch.map((m) => [m.seq, m]));
-            const found = new Map<number, Original | null>();
-            for (const seq of seqs) {
-              const m = bySeq.get(seq);
-              found.set(seq, m ? { subject: m.subject, data: m.data, headers: m.headers } : null);
-            }
-            return found;
-          });
+      const published = this.writer
+        ? await this.publishToChangelog(done, batch)
+        : rebuilding
+          ? done.lastSeq < this.rebuildTo || (await this.finishRebuild())
+          : await this.publishOutputs(done.changes, done.emits, done.dead, async (seqs) => {
+              const bySeq = new Map(batch.map((m) => [m.seq, m]));
+              const found = new Map<number, Original | null>();
+              for (const seq of seqs) {
+                const m = bySeq.get(seq);
+                found.set(seq, m ? { subject: m.subject, data: m.data, headers: m.headers } : null);
+              }
+              return found;
+            });
       if (!this.settle(published, done.lastSeq)) return;
       const now = Date.now();
       for (const e of events) metrics.endToEndSeconds.observe((now - e.publishMs) / 1000);
@@ -542,6 +575,123 @@ export class PartitionRunner {
       );
       last.ack();
     })();
+  }
+
+  /**
+   * Recovery by changelog: the batch's emits and dead letters are stored first, then its changelog
+   * entry (the ack follows it; a restore reads the entry, and the events it covers are never
+   * processed again). The state bucket is updated after, from the changelog (`exportChangelog`).
+   */
+  private async publishToChangelog(done: BatchResult, batch: JsMsg[]): Promise<boolean> {
+    const stored = await this.publishOutputs([], done.emits, done.dead, async (seqs) => {
+      const bySeq = new Map(batch.map((m) => [m.seq, m]));
+      const found = new Map<number, Original | null>();
+      for (const seq of seqs) {
+        const m = bySeq.get(seq);
+        found.set(seq, m ? { subject: m.subject, data: m.data, headers: m.headers } : null);
+      }
+      return found;
+    });
+    return stored && (await this.appendToChangelog(done.checkpoint!, done.records!));
+  }
+
+  /** Recovery by changelog: a committed outbox's emits and dead letters, then its changelog entry. */
+  private async appendOutbox(ob: Outbox): Promise<boolean> {
+    const { store } = this.deps;
+    const cp = store.checkpoint(this.partition)!;
+    const records: ChangelogRecord[] = [];
+    for (const [actor, key] of ob.keys) {
+      const rec = store.states.get([actor, key]);
+      if (rec) records.push([actor, key, rec]);
+    }
+    return (
+      (await this.publishOutputs([], ob.emits, ob.dead, (seqs) => this.readEvents(seqs))) &&
+      (await this.appendToChangelog({ ...cp, seq: ob.seq }, records))
+    );
+  }
+
+  /** Appends a committed batch to the changelog, retried while the lease holds; false when fenced. */
+  private async appendToChangelog(cp: Checkpoint, records: ChangelogRecord[]): Promise<boolean> {
+    const writer = this.writer!;
+    for (let attempt = 1; ; attempt++) {
+      if (this.fenced || !this.lease.valid()) return false;
+      try {
+        await writer.appendBatch(cp, records);
+        void setChangelogPosition(this.deps.store, this.partition, { seq: writer.last, to: cp.seq });
+        return true;
+      } catch (err) {
+        if (err instanceof ChangelogFencedError) {
+          this.log.error(
+            { epoch: this.lease.epoch, err: err.message },
+            'the changelog was claimed by another owner',
+          );
+          return false;
+        }
+        this.repeated.warn(
+          `changelog:${this.partition}`,
+          { partition: this.partition, err: (err as Error).message, attempt },
+          'appending to the changelog failed; retrying',
+        );
+        await sleep(Math.min(2000, 50 * 2 ** attempt));
+      }
+    }
+  }
+
+  /**
+   * Exports the partition's changelog to the state bucket, in order, for plain NATS readers and
+   * the push path (the bucket republishes each change). Its position is a durable consumer's, so
+   * an export cut short (a crash, a handover) goes on from there under the next owner. Puts go out
+   * under the lease, like every output.
+   */
+  private async exportChangelog(): Promise<void> {
+    const { js, jsm } = this.deps;
+    const name = `partita-export-p${this.partition}`;
+    const going = () => this.status === 'RUNNING' && !this.fenced && this.lease.valid();
+    for (let attempt = 1; going(); attempt++) {
+      try {
+        await jsm.consumers.add(CHANGELOG_STREAM, {
+          durable_name: name,
+          filter_subject: changelogSubject(this.partition),
+          ack_policy: AckPolicy.All,
+          deliver_policy: DeliverPolicy.All,
+          ack_wait: nanos(30_000),
+        });
+        const consumer = await js.consumers.get(CHANGELOG_STREAM, name);
+        while (going()) {
+          const fetched = await consumer.fetch({ max_messages: EXPORT_FETCH, expires: 1000 });
+          let last: JsMsg | undefined;
+          let to = 0;
+          const changes: [string, string][] = [];
+          for await (const m of fetched) {
+            const msg = decodeMessage(m.data);
+            if (msg.k === 'b') {
+              for (const [actor, key, rec] of msg.s)
+                changes.push(this.stateChange(actor, key, rec, msg.n, msg.e));
+              if (msg.end) to = Math.max(to, msg.to);
+            }
+            last = m;
+          }
+          if (!last) {
+            // Nothing left to export: everything committed is in the bucket.
+            if (this.unpublished === 0 && !this.busy)
+              this.exportedTo = Math.max(this.exportedTo, this.committedSeq);
+            continue;
+          }
+          if (changes.length > 0 && !(await this.publishOutputs(changes, [], [], async () => new Map())))
+            return;
+          last.ack();
+          if (to > 0) this.exportedTo = Math.max(this.exportedTo, to);
+          attempt = 0;
+        }
+      } catch (err) {
+        this.repeated.warn(
+          `export:${this.partition}`,
+          { partition: this.partition, err: (err as Error).message, attempt },
+          'exporting the changelog to the state bucket failed; retrying',
+        );
+        await sleep(Math.min(2000, 50 * 2 ** attempt));
+      }
+    }
   }
 
   /**
@@ -558,7 +708,9 @@ export class PartitionRunner {
       await previous;
       let published = true;
       try {
-        if (lastSeq <= this.rebuildTo) {
+        if (this.writer) {
+          if (ob && !(await this.appendOutbox(ob))) throw new Error('fenced');
+        } else if (lastSeq <= this.rebuildTo) {
           if (lastSeq === this.rebuildTo && !(await this.finishRebuild())) throw new Error('lease lapsed');
         } else if (ob) await this.recoverOutboxes([ob]);
       } catch {
@@ -878,12 +1030,18 @@ export class PartitionRunner {
   }
 
   /** A state change as the bucket stores it, built from a committed record. */
-  private stateChange(actor: string, key: string, rec: StateRecord, n: number | undefined): [string, string] {
+  private stateChange(
+    actor: string,
+    key: string,
+    rec: StateRecord,
+    n: number | undefined,
+    epoch = this.lease.epoch,
+  ): [string, string] {
     return [
       stateKvKey(actor, key),
       stateChangeJson(actor, key, rec, {
         partition: this.partition,
-        epoch: this.lease.epoch,
+        epoch,
         partitionKeys: n,
       }),
     ];

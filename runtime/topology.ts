@@ -13,6 +13,7 @@ import {
 import { type KV, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import { ensureAuditStream } from './audit.js';
+import { ensureChangelogStream } from './changelog.js';
 import { PartitaError } from './errors.js';
 import { AGG_PREFIX, LATE_PREFIX } from './event-time.js';
 import { timedOut } from './nats-refusal.js';
@@ -229,6 +230,7 @@ export async function ensureTopology(nc: NatsConnection, opts: TopologyOptions =
   if (opts.eventsMaxAgeMs !== undefined) await setEventsMaxAge(jsm, partitions, opts.eventsMaxAgeMs);
   await ensureDlqStream(jsm, replicas, opts);
   await ensureAuditStream(nc, replicas);
+  await ensureChangelogStream(jsm, replicas);
   // Event time: late events' side output, and every window result (the aggregates' history).
   await ensureStream(
     jsm,
