@@ -128,6 +128,10 @@ export class ChangelogWriter {
   private readonly maxBytes: number;
   /** The subject's last sequence before this writer's claim (0: nobody wrote it before). */
   claimedAfter = 0;
+  /** Bytes of batches in the log since its newest snapshot, and the size of that snapshot: a
+   * restore reads both, so the owner snapshots once the first outgrows the second. */
+  bytesSinceSnapshot = 0;
+  snapshotBytes = 0;
   /** The append in flight: each waits for the one before, which it is fenced on. */
   private tail: Promise<unknown> = Promise.resolve();
 
@@ -158,12 +162,14 @@ export class ChangelogWriter {
     const msgID = `cl:${this.partition}:${this.epoch}:${this.last}`;
     const m = { ...body, p: this.last } as ChangelogMessage;
     try {
-      const ack = await this.js.publish(this.subject, encodeMessage(m), {
+      const data = encodeMessage(m);
+      const ack = await this.js.publish(this.subject, data, {
         msgID,
         expect: { lastSubjectSequence: this.last },
         timeout: 5000,
       });
       this.last = ack.seq;
+      if (m.k === 'b') this.bytesSinceSnapshot += data.length;
       return ack.seq;
     } catch (err) {
       if (!(err instanceof JetStreamApiError && err.code === WRONG_LAST_SEQUENCE)) throw err;
@@ -211,11 +217,19 @@ export class ChangelogWriter {
    * Writes a snapshot of the partition at checkpoint `cp` (every record of the partition as
    * committed there), then purges what came before it. Answers the sequence of its first chunk.
    */
-  async snapshot(cp: Checkpoint, records: Iterable<ChangelogRecord>): Promise<number> {
+  async snapshot(
+    cp: Checkpoint,
+    records: Iterable<ChangelogRecord>,
+    /** Awaited before the purge (the owner's export must be past what it removes). */
+    beforePurge?: () => Promise<void>,
+  ): Promise<number> {
+    const since = this.bytesSinceSnapshot;
     let first = 0;
     let part: ChangelogRecord[] = [];
     let bytes = 0;
+    let total = 0;
     const flush = async () => {
+      total += bytes;
       const seq = await this.append({ k: 's', e: this.epoch, to: cp.seq, s: part });
       if (first === 0) first = seq;
       part = [];
@@ -238,6 +252,9 @@ export class ChangelogWriter {
       ...(cp.clock ? { c: cp.clock as Clock } : {}),
       from: first,
     });
+    this.bytesSinceSnapshot -= since;
+    this.snapshotBytes = total;
+    await beforePurge?.();
     await this.jsm.streams.purge(CHANGELOG_STREAM, { filter: this.subject, seq: first });
     return first;
   }
@@ -380,6 +397,7 @@ async function readInto(
   let messages = 0;
   let records = 0;
   let prev = after;
+  let chunkBytes = 0;
   const apply = full ? applyWhole(store, partition) : applyOnto(store, partition);
   // A read that ends early (an ordered consumer gives up after missed heartbeats while the
   // thread is busy applying) goes on from where it got to, until a minute passes without progress.
@@ -412,6 +430,13 @@ async function readInto(
           );
         prev = m.seq;
         if (msg.k === 'b' || msg.k === 's') apply.add(msg.s);
+        if (msg.k === 'b') writer.bytesSinceSnapshot += m.data.length;
+        else if (msg.k === 's') chunkBytes += m.data.length;
+        else if (msg.k === 'S') {
+          writer.snapshotBytes = chunkBytes;
+          writer.bytesSinceSnapshot = 0;
+          chunkBytes = 0;
+        }
         if ((msg.k === 'b' && msg.end) || msg.k === 'S') {
           if (msg.to > cp.seq)
             cp = { seq: msg.to, at: msg.at, epoch: msg.e, n: msg.n, ...(msg.c ? { clock: msg.c } : {}) };

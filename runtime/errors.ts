@@ -46,6 +46,10 @@ export const ERRORS = {
   PARTITA_ERR_ACTORS_NOT_FOUND: { message: 'no actor modules found', status: 500 },
   PARTITA_ERR_NATS_SERVER: { message: 'nats-server could not be started', status: 500 },
   PARTITA_ERR_NATS_UNREACHABLE: { message: 'cannot reach NATS', status: 503 },
+  PARTITA_ERR_RECOVERY_MODE: {
+    message: 'the recovery mode differs from the one the deployment runs with',
+    status: 500,
+  },
   PARTITA_ERR_PARTITIONS_CONFLICT: {
     message: 'the partition count differs from the one the deployment was created with',
     status: 500,

@@ -11,13 +11,14 @@ import { Piscina } from 'piscina';
 import { AckedPublisher } from './acked-publisher.js';
 import { builtinActorsDir, findActorFiles, type LoadedActor, loadActors } from './actor-loader.js';
 import type { WorkerConfig } from './batch-worker.js';
-import { claimChangelog, restoreFromChangelog } from './changelog.js';
+import { CHANGELOG_STREAM, claimChangelog, restoreFromChangelog } from './changelog.js';
 import { Coordinator } from './coordinator.js';
 import { BatchDispatcher } from './dispatcher.js';
 import { type InjectedDefect, serveDrillFaults } from './drill-faults.js';
 import { PartitaError } from './errors.js';
 import { timeFeaturesOf } from './event-time.js';
 import { startSchemaSync } from './governance.js';
+import { kvKeys } from './kv-keys.js';
 import { LagMonitor } from './lag-monitor.js';
 import { createLogger, type Logger, RepeatedLog } from './logger.js';
 import { createNodeMetrics, initialiseSeries, type NodeMetrics } from './metrics.js';
@@ -117,6 +118,9 @@ export interface NodeOptions {
    * @default 'bucket' (or $PARTITA_RECOVERY)
    */
   recovery?: 'bucket' | 'changelog';
+  /** Recovery by changelog: bytes of batches a partition's changelog gathers before a snapshot
+   * compacts it (at least the last snapshot's size). @default 64 MiB (or $PARTITA_SNAPSHOT_BYTES) */
+  snapshotBytes?: number;
   /**
    * Accept drill faults (crash, stall, handoff) on `partita.drill.<node id>`: for deployments
    * that run `partita drill`, whose supervisor restarts a node that exits. @default false
@@ -271,6 +275,12 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   if (recovery !== 'bucket' && recovery !== 'changelog')
     throw new Error(`recovery must be bucket or changelog, not ${JSON.stringify(recovery)}`);
   const byChangelog = recovery === 'changelog';
+  try {
+    await checkRecoveryMode(topology, byChangelog);
+  } catch (err) {
+    await nc.close();
+    throw err;
+  }
   const workerData: WorkerConfig = {
     actorFiles,
     dataDir: opts.dataDir,
@@ -315,6 +325,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
     log,
     maxBatch: opts.maxBatch ?? 2000,
     atomicStates: opts.atomicStates === true && (await atomicStatesAvailable(nc, topology.jsm)),
+    snapshotBytes: opts.snapshotBytes ?? (Number(process.env.PARTITA_SNAPSHOT_BYTES) || undefined),
     partitions: topology.partitions,
     tickMs: actors.some((a) => timeFeaturesOf(a.def)) ? (opts.tickMs ?? 1000) : 0,
     nodeId: id,
@@ -771,4 +782,22 @@ function nodeIdOf(dataDir: string): string {
   const id = `${hostname().replace(/[^-\w]/g, '-')}-${randomUUID().slice(0, 8)}`;
   writeFileSync(file, `${id}\n`);
   return id;
+}
+
+/**
+ * A node of one recovery mode cannot see what the other committed (state in the bucket and owner
+ * records, or in the changelogs): it refuses a deployment the other mode has run.
+ */
+async function checkRecoveryMode(topology: Topology, byChangelog: boolean): Promise<void> {
+  const logged = (await topology.jsm.streams.info(CHANGELOG_STREAM)).state.messages > 0;
+  if (!byChangelog && logged)
+    throw new PartitaError(
+      'PARTITA_ERR_RECOVERY_MODE',
+      'the partitions were run with --recovery changelog (their changelogs hold entries); start this node with it too',
+    );
+  if (byChangelog && !logged && (await kvKeys(topology.meta, 'owner.*')).length > 0)
+    throw new PartitaError(
+      'PARTITA_ERR_RECOVERY_MODE',
+      'the partitions were run with --recovery bucket (they have owner records and no changelog entries); start this node with it too',
+    );
 }

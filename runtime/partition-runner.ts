@@ -70,6 +70,9 @@ export interface PartitionDeps {
   /** Publish a batch's state changes as atomic batches (nats-server 2.12+, `allow_atomic` on the
    * state bucket; see `atomicStatesAvailable`). */
   atomicStates?: boolean;
+  /** Recovery by changelog: snapshot a partition once the batches in its changelog since the last
+   * snapshot outgrow both this and that snapshot. */
+  snapshotBytes?: number;
 }
 
 /** An event to dead-letter, as its stream holds it. */
@@ -99,6 +102,8 @@ const PUBLISH_TIMEOUT_MS = 5000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Recovery by changelog: how far (in input events) the state bucket's export may lag the commits. */
 const MAX_EXPORT_LAG_EVENTS = 20_000;
+/** Recovery by changelog: batches in a partition's changelog before it snapshots (at least). */
+const DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024;
 /** Changelog messages the export reads at a time. */
 const EXPORT_FETCH = 32;
 
@@ -141,6 +146,8 @@ export class PartitionRunner {
   private exportedTo = 0;
   /** The export of the changelog to the state bucket, while it runs. */
   private exporting: Promise<void> | null = null;
+  /** A snapshot of the partition into its changelog, while one is written. */
+  private snapshotting: Promise<void> | null = null;
   private readonly label: { partition: string };
   private readonly log: Logger;
   private readonly repeated: RepeatedLog;
@@ -278,6 +285,7 @@ export class PartitionRunner {
     this.messages?.stop();
     await this.busy;
     await this.publishing;
+    await this.snapshotting;
     await this.exporting;
     // A replay or a restore may write this partition's outboxes next: none of its held-back
     // deletes may land after them.
@@ -486,6 +494,8 @@ export class PartitionRunner {
         this.fence();
         break;
       }
+      if (this.writer && !this.snapshotting && this.snapshotDue()) await this.startSnapshot();
+      if (this.status !== 'RUNNING') break;
       let size = this.deps.maxBatch;
       if (this.rebuildTo > this.committedSeq) {
         // A batch never straddles the end of a rebuild: it publishes all its outputs or none.
@@ -635,6 +645,55 @@ export class PartitionRunner {
         await sleep(Math.min(2000, 50 * 2 ** attempt));
       }
     }
+  }
+
+  private snapshotDue(): boolean {
+    const w = this.writer!;
+    return (
+      w.bytesSinceSnapshot > Math.max(this.deps.snapshotBytes ?? DEFAULT_SNAPSHOT_BYTES, w.snapshotBytes)
+    );
+  }
+
+  /**
+   * Starts a snapshot of the partition into its changelog, from the state as every appended batch
+   * left it: called between batches, once the ones before are appended (a state ahead of the
+   * appended position could stand for events whose emits are not stored yet). The read holds
+   * that LMDB snapshot while batches go on; its chunks are appended between theirs. What it
+   * compacts away must be exported first.
+   */
+  private async startSnapshot(): Promise<void> {
+    await this.publishing;
+    if (this.fenced || this.status !== 'RUNNING' || !this.lease.valid()) return;
+    const { store, partitions } = this.deps;
+    store.root.resetReadTxn();
+    const cp = store.checkpoint(this.partition)!;
+    const p = this.partition;
+    const range = store.states.getRange({ snapshot: true });
+    const records = (function* () {
+      for (const { key, value } of range)
+        if (partitionOf(key[1], partitions) === p) yield [key[0], key[1], value] as ChangelogRecord;
+    })();
+    const t0 = performance.now();
+    this.snapshotting = this.writer!.snapshot(cp, records, async () => {
+      while (this.exportedTo < cp.seq && this.status === 'RUNNING' && !this.fenced) await sleep(20);
+      if (this.exportedTo < cp.seq) throw new Error('stopped before the export reached the snapshot');
+    })
+      .then(() =>
+        this.log.info(
+          { checkpoint: cp.seq, bytes: this.writer!.snapshotBytes, ms: Math.round(performance.now() - t0) },
+          'partition snapshot written to its changelog',
+        ),
+      )
+      .catch((err) =>
+        this.repeated.warn(
+          `snapshot:${this.partition}`,
+          { partition: this.partition, err: (err as Error).message },
+          'a snapshot of the partition failed; the changelog stays whole until the next one',
+        ),
+      )
+      .finally(() => {
+        this.snapshotting = null;
+      });
   }
 
   /**
