@@ -6,7 +6,6 @@ import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
 import { type ApplyOutput, actorsByType, applyBatch, type Poison, type RawEvent } from './batch.js';
-import type { ChangelogRecord } from './changelog.js';
 import { timeOptionsFor, type WorkerTime, workerTimeOf, writeTime } from './event-time-store.js';
 import { GovernanceCache } from './governance.js';
 import { CallRecorder } from './handler-watchdog.js';
@@ -80,8 +79,7 @@ export interface BatchResult {
   timersPending: boolean;
   /** The lowest watermark of the partition's time-aware actors, if any (epoch ms). */
   watermark: number | null;
-  /** Recovery by changelog: the committed records and the checkpoint they reach. */
-  records?: ChangelogRecord[];
+  /** Recovery by changelog: the checkpoint the batch reaches (its changes go as they are). */
   checkpoint?: Checkpoint;
 }
 
@@ -230,7 +228,6 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
       ...time.summary(store, b.partition, out.clock),
       ...(cfg.changelog
         ? {
-            records: out.writes.map((w): ChangelogRecord => [w.actor, w.key, w.record]),
             checkpoint: {
               seq: out.lastSeq,
               at: now,

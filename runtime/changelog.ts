@@ -31,6 +31,7 @@ import {
 import type { NatsConnection } from '@nats-io/transport-node';
 import { Packr } from 'msgpackr';
 import { type Clock, type Sys, wakeKey } from './event-time.js';
+import { lineageOfChange } from './lineage.js';
 import type { Checkpoint, StateRecord, StateStore } from './state-store.js';
 import { partitionOf } from './subjects.js';
 
@@ -63,7 +64,11 @@ export type ChangelogMessage =
       at: number;
       n: number;
       c?: Clock;
-      s: ChangelogRecord[];
+      /** The changed records, or (`j`) each change as the state bucket stores it, its JSON. */
+      s?: ChangelogRecord[];
+      j?: Uint8Array[];
+      /** The state bucket's key of each change in `j`. */
+      jk?: string[];
       end: boolean;
     }
   /** A new owner's claim: nothing of an older epoch is appended after it. */
@@ -208,6 +213,38 @@ export class ChangelogWriter {
         n: cp.n ?? 0,
         ...(end && cp.clock ? { c: cp.clock as Clock } : {}),
         s: parts[i]!,
+        end,
+      });
+    }
+  }
+
+  /**
+   * Appends a committed batch as its state changes' JSON (as the worker built them for the
+   * bucket), cut into parts by size without encoding anything again. Retrying is safe, as above.
+   */
+  async appendChanges(cp: Checkpoint, changes: [string, Uint8Array][]): Promise<void> {
+    const parts: [string, Uint8Array][][] = [[]];
+    let bytes = 0;
+    for (const c of changes) {
+      const size = c[0].length * 3 + c[1].length + 16;
+      if (parts[parts.length - 1]!.length > 0 && bytes + size > this.maxBytes) {
+        parts.push([]);
+        bytes = 0;
+      }
+      parts[parts.length - 1]!.push(c);
+      bytes += size;
+    }
+    for (let i = 0; i < parts.length; i++) {
+      const end = i === parts.length - 1;
+      await this.append({
+        k: 'b',
+        e: this.epoch,
+        to: cp.seq,
+        at: cp.at,
+        n: cp.n ?? 0,
+        ...(end && cp.clock ? { c: cp.clock as Clock } : {}),
+        j: parts[i]!.map((c) => c[1]),
+        jk: parts[i]!.map((c) => c[0]),
         end,
       });
     }
@@ -429,7 +466,8 @@ async function readInto(
             `partition ${partition}: changelog message ${m.seq} follows ${msg.p}, not ${prev}`,
           );
         prev = m.seq;
-        if (msg.k === 'b' || msg.k === 's') apply.add(msg.s);
+        if (msg.k === 's' || (msg.k === 'b' && msg.s)) apply.add(msg.s!);
+        if (msg.k === 'b' && msg.j) apply.add(msg.j.map(recordOfChange));
         if (msg.k === 'b') writer.bytesSinceSnapshot += m.data.length;
         else if (msg.k === 's') chunkBytes += m.data.length;
         else if (msg.k === 'S') {
@@ -554,4 +592,31 @@ function applyOnto(store: StateStore, partition: number): Apply {
       return { n: n + created, records: took };
     },
   };
+}
+
+const utf8 = new TextDecoder();
+
+/** A state change's JSON (docs/state-changes.md) as the record it was built from. */
+export function recordOfChange(json: Uint8Array): ChangelogRecord {
+  const v = JSON.parse(utf8.decode(json)) as {
+    actor: string;
+    key: string;
+    state: unknown;
+    seq: number;
+    updatedAt: string;
+    lineage?: unknown;
+    cause?: { msgId?: unknown };
+    sys?: unknown;
+  };
+  return [
+    v.actor,
+    v.key,
+    {
+      s: v.state,
+      q: v.seq,
+      t: Date.parse(v.updatedAt),
+      ...lineageOfChange(v),
+      ...(v.sys ? { x: v.sys } : {}),
+    },
+  ];
 }

@@ -277,6 +277,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
   const byChangelog = recovery === 'changelog';
   try {
     await checkRecoveryMode(topology, byChangelog);
+    if (byChangelog) await withoutRepublish(topology);
   } catch (err) {
     await nc.close();
     throw err;
@@ -800,4 +801,15 @@ async function checkRecoveryMode(topology: Topology, byChangelog: boolean): Prom
       'PARTITA_ERR_RECOVERY_MODE',
       'the partitions were run with --recovery bucket (they have owner records and no changelog entries); start this node with it too',
     );
+}
+
+/**
+ * Recovery by changelog: the state bucket is an export, coalesced per key, so it must not
+ * republish: the owner publishes every committed change on `partita.state.*` itself.
+ */
+async function withoutRepublish(topology: Topology): Promise<void> {
+  const stream = `KV_${STATE_BUCKET}`;
+  const { config } = await topology.jsm.streams.info(stream);
+  if (!config.republish) return;
+  await topology.jsm.streams.update(stream, { ...config, republish: undefined });
 }

@@ -41,6 +41,7 @@ import {
   parseInSubject,
   partitionOf,
   STATE_BUCKET,
+  STATE_PREFIX,
   stateKvKey,
 } from './subjects.js';
 
@@ -101,11 +102,11 @@ const nanos = (ms: number) => ms * 1_000_000;
 const PUBLISH_TIMEOUT_MS = 5000;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Recovery by changelog: how far (in input events) the state bucket's export may lag the commits. */
-const MAX_EXPORT_LAG_EVENTS = 20_000;
+const MAX_EXPORT_LAG_EVENTS = 1_000_000;
 /** Recovery by changelog: batches in a partition's changelog before it snapshots (at least). */
 const DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024;
 /** Changelog messages the export reads at a time. */
-const EXPORT_FETCH = 32;
+const EXPORT_FETCH = 256;
 
 /** A partition's consumer is named after the lease epoch that created it: acks a former owner
  * still sends go to its own, deleted, consumer and cannot move the new owner's ack floor. */
@@ -602,32 +603,39 @@ export class PartitionRunner {
       }
       return found;
     });
-    return stored && (await this.appendToChangelog(done.checkpoint!, done.records!));
+    return stored && (await this.appendToChangelog(done.checkpoint!, done.changes as [string, Uint8Array][]));
   }
 
   /** Recovery by changelog: a committed outbox's emits and dead letters, then its changelog entry. */
   private async appendOutbox(ob: Outbox): Promise<boolean> {
     const { store } = this.deps;
     const cp = store.checkpoint(this.partition)!;
-    const records: ChangelogRecord[] = [];
+    const changes: [string, Uint8Array][] = [];
     for (const [actor, key] of ob.keys) {
       const rec = store.states.get([actor, key]);
-      if (rec) records.push([actor, key, rec]);
+      if (rec) {
+        const [kvKey, json] = this.stateChange(actor, key, rec, cp.n);
+        changes.push([kvKey, Buffer.from(json)]);
+      }
     }
     return (
       (await this.publishOutputs([], ob.emits, ob.dead, (seqs) => this.readEvents(seqs))) &&
-      (await this.appendToChangelog({ ...cp, seq: ob.seq }, records))
+      (await this.appendToChangelog({ ...cp, seq: ob.seq }, changes))
     );
   }
 
   /** Appends a committed batch to the changelog, retried while the lease holds; false when fenced. */
-  private async appendToChangelog(cp: Checkpoint, records: ChangelogRecord[]): Promise<boolean> {
+  private async appendToChangelog(cp: Checkpoint, changes: [string, Uint8Array][]): Promise<boolean> {
     const writer = this.writer!;
     for (let attempt = 1; ; attempt++) {
       if (this.fenced || !this.lease.valid()) return false;
       try {
-        await writer.appendBatch(cp, records);
+        await writer.appendChanges(cp, changes);
         void setChangelogPosition(this.deps.store, this.partition, { seq: writer.last, to: cp.seq });
+        // The push path: every committed change once, in commit order, as the bucket's republish
+        // carries it in the other mode (the bucket, exported later and coalesced, republishes none).
+        for (const [kvKey, json] of changes) this.deps.nc.publish(`${STATE_PREFIX}.${kvKey}`, json);
+        this.deps.metrics.stateChanges.inc(changes.length);
         return true;
       } catch (err) {
         if (err instanceof ChangelogFencedError) {
@@ -720,24 +728,29 @@ export class PartitionRunner {
           const fetched = await consumer.fetch({ max_messages: EXPORT_FETCH, expires: 1000 });
           let last: JsMsg | undefined;
           let to = 0;
-          const changes: [string, string][] = [];
+          // The newest change of each key among the messages read: the bucket holds only the latest.
+          const latest = new Map<string, Uint8Array | string>();
           for await (const m of fetched) {
             const msg = decodeMessage(m.data);
             if (msg.k === 'b') {
-              for (const [actor, key, rec] of msg.s)
-                changes.push(this.stateChange(actor, key, rec, msg.n, msg.e));
+              if (msg.j && msg.jk) for (let i = 0; i < msg.jk.length; i++) latest.set(msg.jk[i]!, msg.j[i]!);
+              else if (msg.s)
+                for (const [actor, key, rec] of msg.s) {
+                  const [kvKey, json] = this.stateChange(actor, key, rec, msg.n, msg.e);
+                  latest.set(kvKey, json);
+                }
               if (msg.end) to = Math.max(to, msg.to);
             }
             last = m;
           }
+          const changes = [...latest];
           if (!last) {
             // Nothing left to export: everything committed is in the bucket.
             if (this.unpublished === 0 && !this.busy)
               this.exportedTo = Math.max(this.exportedTo, this.committedSeq);
             continue;
           }
-          if (changes.length > 0 && !(await this.publishOutputs(changes, [], [], async () => new Map())))
-            return;
+          if (changes.length > 0 && !(await this.exportStates(changes))) return;
           last.ack();
           if (to > 0) this.exportedTo = Math.max(this.exportedTo, to);
           attempt = 0;
@@ -751,6 +764,11 @@ export class PartitionRunner {
         await sleep(Math.min(2000, 50 * 2 ** attempt));
       }
     }
+  }
+
+  /** The state bucket's newest states from the changelog, under the lease, as any output. */
+  private exportStates(changes: [string, Uint8Array | string][]): Promise<boolean> {
+    return this.publishOutputs(changes, [], [], async () => new Map(), false);
   }
 
   /**
@@ -819,6 +837,8 @@ export class PartitionRunner {
     /** The events dead-lettered, by sequence: null where the stream no longer holds one; throws
      * when it cannot tell now (the dead letters are then retried). */
     originals: (seqs: number[]) => Promise<Map<number, Original | null>>,
+    /** Count the state changes as published (the export of a changelog counted them at the append). */
+    countStates = true,
   ): Promise<boolean> {
     const { metrics, publisher } = this.deps;
     const ctx = { stream: this.stream, partition: this.partition, epoch: this.lease.epoch };
@@ -932,7 +952,7 @@ export class PartitionRunner {
           attempt = 0;
           continue;
         }
-        metrics.stateChanges.inc(changes.length);
+        if (countStates) metrics.stateChanges.inc(changes.length);
         metrics.eventsOut.inc(emits.length);
         return true;
       } catch (err) {
