@@ -37,10 +37,42 @@ it('restores moved partitions from their changelogs, not the bucket, and reads n
       threads: 1,
       recovery: 'changelog',
     });
+    // The push path: every committed change of a key on partita.state.*, in commit order.
+    const seqs = new Map<string, number[]>();
+    const sub = nc.subscribe('partita.state.account.>', {
+      callback: (_e, m) => {
+        const v = m.json<{ key: string; seq: number }>();
+        seqs.set(v.key, [...(seqs.get(v.key) ?? []), v.seq]);
+      },
+    });
+    await nc.flush();
     try {
       await work.publish(1500);
       await work.verify(PARTITIONS);
+      const jsm = await jetstreamManager(nc);
+      assert.equal(
+        (await jsm.streams.info(`KV_${STATE_BUCKET}`)).config.republish,
+        undefined,
+        'the bucket, an export coalesced per key, does not republish',
+      );
+      const lastSeqs = new Map<string, number>();
+      for (const [key, list] of seqs) {
+        assert.deepEqual(
+          list,
+          [...list].sort((x, y) => x - y),
+          `changes of ${key} in commit order`,
+        );
+        assert.equal(new Set(list).size, list.length, `each change of ${key} once`);
+        lastSeqs.set(key, list[list.length - 1]!);
+      }
+      for (const key of work.expected.keys()) {
+        const entry = (await (await new Kvm(nc).open(STATE_BUCKET)).get(`account.${key}`))!.json<{
+          seq: number;
+        }>();
+        assert.equal(lastSeqs.get(key), entry.seq, `the push path ends at the committed state of ${key}`);
+      }
     } finally {
+      sub.unsubscribe();
       await a.stop();
     }
     // The bucket now says something else of a hot key: a restore from it would carry it on.

@@ -60,7 +60,13 @@ it('recovers from every kind of fault with every state equal to a straight fold'
   assert.equal(report.ok, true);
 });
 
-it('catches a build that acknowledges events before committing them', async () => {
+// With recovery by changelog (PARTITA_RECOVERY=changelog) the input position is the changelog's,
+// not the acknowledged one: acknowledging early loses nothing, so there is no defect to catch.
+const changelogMode = process.env.PARTITA_RECOVERY === 'changelog';
+
+it('catches a build that acknowledges events before committing them', {
+  skip: changelogMode && 'an early ack is harmless with recovery by changelog',
+}, async () => {
   const seed = testSeed();
   console.log(`broken build seed=${seed}`);
   // Kills during a backlog, restarted only after the lease TTL, so that the partitions fail over
