@@ -106,7 +106,7 @@ const MAX_EXPORT_LAG_EVENTS = 1_000_000;
 /** Recovery by changelog: batches in a partition's changelog before it snapshots (at least). */
 const DEFAULT_SNAPSHOT_BYTES = 64 * 1024 * 1024;
 /** Changelog messages the export reads at a time. */
-const EXPORT_FETCH = 4096;
+const EXPORT_FETCH = 1024;
 /** How long the export waits between rounds: how stale the state bucket may be, besides a round. */
 const EXPORT_INTERVAL_MS = Number(process.env.PARTITA_EXPORT_INTERVAL_MS ?? 1000);
 
@@ -727,11 +727,7 @@ export class PartitionRunner {
         });
         const consumer = await js.consumers.get(CHANGELOG_STREAM, name);
         while (going()) {
-          const fetched = await consumer.fetch({
-            max_messages: EXPORT_FETCH,
-            max_bytes: 32 * 1024 * 1024,
-            expires: 1000,
-          });
+          const fetched = await consumer.fetch({ max_messages: EXPORT_FETCH, expires: 1000 });
           let last: JsMsg | undefined;
           let to = 0;
           // The newest change of each key among the messages read: the bucket holds only the latest.
