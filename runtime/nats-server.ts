@@ -446,7 +446,7 @@ export interface NatsClusterStartOptions {
   syncInterval?: string;
   /**
    * How long one attempt waits for the cluster to form and place streams on every member; a
-   * fresh cluster that has not formed by then is started again, twice at most. @default 15000
+   * fresh cluster that has not formed by then is started again, three times at most. @default 15000
    */
   timeoutMs?: number;
   /**
@@ -455,7 +455,7 @@ export interface NatsClusterStartOptions {
    */
   waitFormed?: (servers: readonly string[], timeoutMs: number) => Promise<void>;
   /**
-   * Picks the members' route ports; called again, up to twice, when one was taken before its
+   * Picks the members' route ports; called again, up to three times, when one was taken before its
    * server bound it. @default free ports of `host` (`freePorts`)
    */
   routePorts?: (n: number) => Promise<number[]>;
@@ -512,7 +512,7 @@ export async function startNatsCluster(opts: NatsClusterStartOptions): Promise<N
       // (about one start in 40 on 2.10.27; not seen on 2.15). Starting it again forms it.
       // Anything else is a real failure.
       if (!(err instanceof PortTaken || err instanceof NotFormed)) throw err;
-      if (attempt >= 3) throw err.cause;
+      if (attempt >= 4) throw err.cause;
       process.emitWarning(`nats cluster: ${(err.cause as Error).message}; starting it again`, {
         code: 'PARTITA_NATS_CLUSTER_RETRY',
       });

@@ -308,8 +308,9 @@ describe('startNatsCluster', () => {
         },
       });
       try {
-        assert.equal(picks.length, 2, 'a second pick after the taken port');
-        assert.ok(!picks[1]!.includes(taken));
+        // More than two when 2.10.x's own failure to form strikes the second attempt too.
+        assert.ok(picks.length >= 2, 'a second pick after the taken port');
+        assert.ok(!picks.at(-1)!.includes(taken));
         assert.equal(cluster.members.length, 3);
         await waitForJetStream(cluster.servers, { timeoutMs: 20_000, replicas: 3 });
       } finally {
@@ -346,7 +347,8 @@ describe('startNatsCluster', () => {
         },
       });
       try {
-        assert.equal(attempts.length, 2, 'a second attempt after the first did not form');
+        // More than two when 2.10.x's own failure to form strikes the second attempt too.
+        assert.ok(attempts.length >= 2, 'a second attempt after the first did not form');
         const nc = await connect({ servers: [...cluster.servers] });
         try {
           const jsm = await jetstreamManager(nc);
