@@ -1,11 +1,12 @@
 // The piscina worker: applies a partition's batch and commits states, checkpoint and outbox in one
 // LMDB transaction, then returns what the main thread must publish. Actors never touch NATS.
 import { workerData } from 'node:worker_threads';
-import { pack, unpack } from 'msgpackr';
+import { pack } from 'msgpackr';
 import { Piscina } from 'piscina';
 import type { LoadedActor } from './actor-loader.js';
 import { loadActors } from './actor-loader.js';
-import { type ApplyOutput, actorsByType, applyBatch, type Poison, type RawEvent } from './batch.js';
+import { type ApplyOutput, actorsByType, applyBatch } from './batch.js';
+import { decodeBatches, type PartitionBatch } from './batch-codec.js';
 import { timeOptionsFor, type WorkerTime, workerTimeOf, writeTime } from './event-time-store.js';
 import { GovernanceCache } from './governance.js';
 import { CallRecorder } from './handler-watchdog.js';
@@ -39,19 +40,10 @@ export interface WorkerConfig {
 
 /** One piscina task: the ready batches of several partitions, committed in one transaction. */
 export interface BatchTask {
-  /** msgpack of PartitionBatch[] (empty: only load the actors and open LMDB). */
+  /** `encodeBatches` of the task's batches (none: only load the actors and open LMDB). */
   batches: Uint8Array;
   /** The watchdog's view of the task (handler-watchdog.ts). */
   watch?: SharedArrayBuffer;
-}
-
-export interface PartitionBatch {
-  partition: number;
-  /** The lease epoch of the owner: written into the checkpoint and the published states. */
-  epoch: number;
-  events: RawEvent[];
-  /** Calls an earlier run of this batch timed out in, or died in: dead-lettered, not made again. */
-  poisoned?: Poison[];
 }
 
 /** A batch the worker could not apply or commit; nothing of it was committed. */
@@ -121,7 +113,7 @@ export default async function runBatches(task: BatchTask): Promise<unknown> {
   // task (piscina's Atomics.wait) may not have run: start every task on the latest snapshot, or
   // it may miss what the main thread wrote meanwhile (states restored for a partition it takes).
   store.root.resetReadTxn();
-  const batches = unpack(task.batches) as PartitionBatch[];
+  const batches = decodeBatches(task.batches);
   if (batches.length === 0) return null;
   const recorder = task.watch ? new CallRecorder(task.watch, actorIndex) : undefined;
   const now = Date.now();

@@ -194,28 +194,19 @@ export class ChangelogWriter {
    * is safe (the same parts carry the same ids); a ChangelogFencedError is final.
    */
   async appendBatch(cp: Checkpoint, records: ChangelogRecord[]): Promise<void> {
-    const parts = this.split(records, (s) => ({
+    const body = (s: ChangelogRecord[], end: boolean): ChangelogBody => ({
       k: 'b',
       e: this.epoch,
       to: cp.seq,
       at: cp.at,
       n: cp.n ?? 0,
+      ...(end && cp.clock ? { c: cp.clock as Clock } : {}),
       s,
-      end: false,
-    }));
-    for (let i = 0; i < parts.length; i++) {
-      const end = i === parts.length - 1;
-      await this.append({
-        k: 'b',
-        e: this.epoch,
-        to: cp.seq,
-        at: cp.at,
-        n: cp.n ?? 0,
-        ...(end && cp.clock ? { c: cp.clock as Clock } : {}),
-        s: parts[i]!,
-        end,
-      });
-    }
+      end,
+    });
+    // Sized as a last part, the largest a part can be.
+    const parts = this.split(records, (s) => body(s, true));
+    for (let i = 0; i < parts.length; i++) await this.append(body(parts[i]!, i === parts.length - 1));
   }
 
   /**

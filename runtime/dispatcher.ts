@@ -7,15 +7,16 @@
 // time limit; a task that ended before its commit (stopped, or its worker died) runs again with
 // the call that ended it marked poisoned, each of its batches in a task of its own; and a
 // partition whose batch failed travels alone until one of its batches succeeds.
-import { pack, unpack } from 'msgpackr';
+import { unpack } from 'msgpackr';
 import type { Piscina } from 'piscina';
-import { type Poison, quoteKey, type RawEvent } from './batch.js';
-import type { BatchOutcome, BatchResult, BatchTask, PartitionBatch } from './batch-worker.js';
+import { type Poison, quoteKey } from './batch.js';
+import { type Delivery, encodeBatches, type OutgoingBatch } from './batch-codec.js';
+import type { BatchOutcome, BatchResult, BatchTask } from './batch-worker.js';
 import { type RecordedCall, TaskWatch, watchBuffer } from './handler-watchdog.js';
 import type { Logger } from './logger.js';
 
 interface Pending {
-  batch: PartitionBatch;
+  batch: OutgoingBatch;
   resolve: (r: BatchResult) => void;
   reject: (e: unknown) => void;
 }
@@ -64,17 +65,16 @@ export class BatchDispatcher {
 
   /** Loads actors and opens LMDB in every worker before the first event arrives. */
   async warm(threads: number): Promise<void> {
-    const empty = pack([]);
     await Promise.all(
       Array.from({ length: threads }, () =>
-        this.pool.run({ batches: new Uint8Array(empty) } satisfies BatchTask),
+        this.pool.run({ batches: encodeBatches([]) } satisfies BatchTask),
       ),
     );
   }
 
-  submit(partition: number, epoch: number, events: RawEvent[]): Promise<BatchResult> {
+  submit(partition: number, epoch: number, deliveries: readonly Delivery[]): Promise<BatchResult> {
     return new Promise((resolve, reject) => {
-      this.pending.push({ batch: { partition, epoch, events }, resolve, reject });
+      this.pending.push({ batch: { partition, epoch, deliveries }, resolve, reject });
       this.schedule();
     });
   }
@@ -141,10 +141,8 @@ export class BatchDispatcher {
     await Promise.all(group.map((g) => this.run([g])));
   }
 
-  private async runTask(batches: PartitionBatch[]): Promise<TaskEnd> {
-    const packed = pack(batches);
-    const buf = new Uint8Array(packed.byteLength);
-    buf.set(packed);
+  private async runTask(batches: OutgoingBatch[]): Promise<TaskEnd> {
+    const buf = encodeBatches(batches);
     const watch = new TaskWatch(watchBuffer());
     const abort = new AbortController();
     let overran: RecordedCall | undefined;

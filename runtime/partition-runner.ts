@@ -12,6 +12,7 @@ import {
 import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from '@nats-io/transport-node';
 import type { AckedPublisher, Outgoing, Stored } from './acked-publisher.js';
 import type { RawEvent } from './batch.js';
+import { deliveryOf } from './batch-codec.js';
 import type { BatchResult } from './batch-worker.js';
 import {
   CHANGELOG_STREAM,
@@ -521,7 +522,7 @@ export class PartitionRunner {
 
   private async process(batch: JsMsg[]): Promise<void> {
     const { metrics } = this.deps;
-    const events = batch.map((m) => rawEventOf(m, this.partition));
+    const events = batch.map(deliveryOf);
     metrics.eventsIn.inc(this.label, batch.length);
     metrics.batchSize.observe(batch.length);
     let result: BatchResult | undefined;

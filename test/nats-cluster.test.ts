@@ -2,11 +2,11 @@
 // acknowledged event, and rejoins when restarted on its store; `partita nats --cluster` forms one.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { type JetStreamClient, type JetStreamManager, jetstream } from '@nats-io/jetstream';
+import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect } from '@nats-io/transport-node';
 import {
   ensureTopology,
@@ -308,8 +308,9 @@ describe('startNatsCluster', () => {
         },
       });
       try {
-        assert.equal(picks.length, 2, 'a second pick after the taken port');
-        assert.ok(!picks[1]!.includes(taken));
+        // More than two when 2.10.x's own failure to form strikes the second attempt too.
+        assert.ok(picks.length >= 2, 'a second pick after the taken port');
+        assert.ok(!picks.at(-1)!.includes(taken));
         assert.equal(cluster.members.length, 3);
         await waitForJetStream(cluster.servers, { timeoutMs: 20_000, replicas: 3 });
       } finally {
@@ -317,6 +318,76 @@ describe('startNatsCluster', () => {
       }
     } finally {
       squatter.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('starts a fresh cluster again when it does not form, from empty stores', async () => {
+    // 2.10.x now and then leaves one member of a fresh cluster without a meta leader for good;
+    // the first attempt here is made to fail the same way: not formed within its time.
+    const dir = tempDir('partita-form-');
+    const attempts: string[][] = [];
+    try {
+      const cluster = await startNatsCluster({
+        size: 3,
+        dataDir: join(dir, 'nats'),
+        partitions: PARTITIONS,
+        waitFormed: async (servers, ms) => {
+          attempts.push([...servers]);
+          if (attempts.length === 1) {
+            // Something the first attempt stored must not survive into the second.
+            const nc = await connect({ servers: [...servers] });
+            await waitForJetStream(servers, { timeoutMs: ms, replicas: 3 });
+            const jsm = await jetstreamManager(nc);
+            await jsm.streams.add({ name: 'LEFTOVER', subjects: ['leftover'], num_replicas: 3 });
+            await nc.close();
+            throw new Error('no suitable peers for placement');
+          }
+          await waitForJetStream(servers, { timeoutMs: ms, replicas: 3 });
+        },
+      });
+      try {
+        // More than two when 2.10.x's own failure to form strikes the second attempt too.
+        assert.ok(attempts.length >= 2, 'a second attempt after the first did not form');
+        const nc = await connect({ servers: [...cluster.servers] });
+        try {
+          const jsm = await jetstreamManager(nc);
+          const names: string[] = [];
+          for await (const n of jsm.streams.names()) names.push(n);
+          assert.deepEqual(names, [], 'the second attempt starts from empty stores');
+        } finally {
+          await nc.close();
+        }
+      } finally {
+        await cluster.stop('SIGKILL');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('does not start a cluster again over stores that existed before', async () => {
+    const dir = tempDir('partita-form-');
+    const dataDir = join(dir, 'nats');
+    mkdirSync(join(dataDir, 'partita-1'), { recursive: true });
+    writeFileSync(join(dataDir, 'partita-1', 'keep'), 'x');
+    let calls = 0;
+    try {
+      await assert.rejects(
+        startNatsCluster({
+          size: 3,
+          dataDir,
+          partitions: PARTITIONS,
+          waitFormed: async () => {
+            calls++;
+            throw new Error('not formed');
+          },
+        }),
+        /not formed/,
+      );
+      assert.equal(calls, 1, 'no second attempt over existing stores');
+      assert.ok(existsSync(join(dataDir, 'partita-1', 'keep')), 'an existing store is kept');
+    } finally {
       rmSync(dir, { recursive: true, force: true });
     }
   });
