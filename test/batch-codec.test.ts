@@ -2,6 +2,7 @@
 // the same events `rawEventOf` makes of them, through nats.js's internals and through its public
 // API alike; and random batches survive the trip (seeded).
 import assert from 'node:assert/strict';
+import { connect as netConnect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { type JsMsg, jetstream } from '@nats-io/jetstream';
 import { MsgHdrsImpl } from '@nats-io/nats-core';
@@ -104,6 +105,41 @@ describe('the batch codec against real deliveries', () => {
     // The internals were used, not the fallback: a delivery's bytes are views of what was received.
     const d = deliveryOf(msgs[1]!);
     assert.equal(d.data.buffer, d.headers!.buffer, 'header block and payload share the received buffer');
+  });
+});
+
+describe('the batch codec against headers nats.js refuses', () => {
+  it('reads a header block whose key nats.js would throw on', async () => {
+    // Another client may send a header key nats.js refuses (a space in it). The server stores it;
+    // nats.js throws as soon as the headers are read, which the main thread no longer does.
+    const url = new URL(nats.url);
+    const block = 'NATS/1.0\r\nBad Key: v\r\nNats-Msg-Id: raw-1\r\n\r\n';
+    const payload = '{"n":1}';
+    const sock = netConnect(Number(url.port), url.hostname, () => {
+      // The server sends INFO first and reads what the client sent after it.
+      sock.write(
+        `CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n` +
+          `HPUB partita.in.2.click.raw ${block.length} ${block.length + payload.length}\r\n${block}${payload}\r\nPING\r\n`,
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      let seen = '';
+      sock.on('error', reject);
+      sock.on('data', (d) => {
+        seen += d.toString();
+        if (seen.includes('-ERR')) reject(new Error(seen));
+        else if (seen.includes('PONG')) resolve();
+      });
+    });
+    sock.end();
+    const js = jetstream(nc);
+    const c = await js.consumers.get('PARTITA_IN_2', { filter_subjects: 'partita.in.2.click.raw' });
+    const m = await c.next({ expires: 5000 });
+    assert.ok(m, 'the raw message is stored');
+    assert.throws(() => rawEventOf(m, 2), /not a valid character in a header name/);
+    const [got] = decodeBatches(encodeBatches([{ partition: 2, epoch: 1, deliveries: [deliveryOf(m)] }]));
+    assert.deepEqual(got!.events[0]!.headers, { 'Bad Key': 'v', 'Nats-Msg-Id': 'raw-1' });
+    assert.equal(got!.events[0]!.key, 'raw');
   });
 });
 
