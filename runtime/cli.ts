@@ -291,6 +291,11 @@ const COMMANDS: Record<string, Command> = {
       mkdirSync(dataDir, { recursive: true });
       const natsUrl = (v.nats as string | undefined) ?? defaultNatsUrl();
       const shutdownMs = durationMs(v['shutdown-timeout'] as string | undefined, 'shutdown-timeout');
+      // Listening from before the start: without a listener, a SIGINT or SIGTERM that comes after
+      // the node logged "node running" but before this command listens kills the process at once
+      // (seen in CI). One that comes during the start stops the node once it has started; a second
+      // one still kills it at once.
+      const signalled = untilSignal();
       const node = await startNode({
         natsUrl,
         actorsDir: v.actors as string | undefined,
@@ -314,7 +319,7 @@ const COMMANDS: Record<string, Command> = {
         throw natsUnreachable(err, natsUrl);
       });
       ready({ node: node.id, metrics: node.metricsUrl, nats: node.natsUrl });
-      await untilSignal();
+      await signalled;
       return stopWithin(
         'node',
         shutdownMs ?? DEFAULT_SHUTDOWN_MS,

@@ -55,7 +55,12 @@ const isJsonLine = (l: string, msg: string) => {
  * through the terminal) or SIGINT, and returns what it printed: `out` (the terminal, or stdout) and
  * `err` (stderr; empty on a terminal, where both streams are the same).
  */
-async function runNode(opts: { tty: boolean; args?: string[] }): Promise<{ out: string; err: string }> {
+async function runNode(opts: {
+  tty: boolean;
+  args?: string[];
+  /** The output after which it is stopped. @default "node running" */
+  stopOn?: RegExp;
+}): Promise<{ out: string; err: string }> {
   const id = `log-${++runs}`;
   const args = [
     PARTITA_BIN,
@@ -89,10 +94,11 @@ async function runNode(opts: { tty: boolean; args?: string[] }): Promise<{ out: 
   });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   try {
+    const stopOn = opts.stopOn ?? /node running/;
     await check(
-      () => /node running/.test(out + err),
+      () => stopOn.test(out + err),
       30_000,
-      `"node running" from ${id} (out: ${out.slice(-500)} err: ${err.slice(-500)})`,
+      `${stopOn} from ${id} (out: ${out.slice(-500)} err: ${err.slice(-500)})`,
     );
   } finally {
     if (opts.tty) child.stdin!.write('\u0003');
@@ -151,4 +157,19 @@ it('not on a terminal with --log-format pretty: readable lines, without colours'
     `no pretty "node running" line in:\n${err}`,
   );
   assert.ok(!err.includes('\u001b['), 'colours off a terminal');
+});
+
+it('stopped by SIGINT while starting: starts, then stops cleanly and exits 0', async () => {
+  // Its first log line comes well before the start ends. Without a listener for the signal by
+  // then, SIGINT kills the node half-started (no exit code).
+  const { err } = await runNode({ tty: false, stopOn: /schemas in force/ });
+  const lines = linesOf(err);
+  assert.ok(
+    lines.some((l) => isJsonLine(l, 'node running')),
+    `it went on starting:\n${err}`,
+  );
+  assert.ok(
+    lines.some((l) => isJsonLine(l, 'node stopped')),
+    `then stopped cleanly:\n${err}`,
+  );
 });
