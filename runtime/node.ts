@@ -374,6 +374,7 @@ export async function startNode(opts: NodeOptions): Promise<PartitaNode> {
         if (!l.valid()) throw new Error(`lease of partition ${l.partition} lapsed while starting it`);
         const runner = new PartitionRunner(l.partition, deps, l, writer.claimedAfter > 0, writer);
         runners.set(l.partition, runner);
+        queries.open(l.partition);
         await runner.start();
       }),
     );
