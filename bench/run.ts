@@ -634,6 +634,10 @@ interface StateCheck {
  * After a backlog run: every key's state in the state bucket against the events published to it
  * (events 0..n-1). Read with an ordered consumer; the bucket keeps one entry per key.
  */
+const fmtCheck = (what: string, c: StateCheck) =>
+  `${what}: ${fmtInt(c.keys)} keys, ${c.keysWrong} with a wrong count ` +
+  `(${fmtInt(c.missing)} events missing, ${fmtInt(c.extra)} counted twice)`;
+
 /** Each backlog key's expected count: the events published to it (events 0..n-1). */
 function backlogWant(n: number): Uint32Array {
   const want = new Uint32Array(opts.keys);
@@ -791,14 +795,8 @@ async function benchBacklogOnce(): Promise<BacklogResult> {
     );
     log(`  ${fmtNode(figures)}`);
     log(`  ${fmtCpu(cpu)}`);
-    log(
-      `  exactly-once check (owners' answers): ${fmtInt(check.keys)} keys, ${check.keysWrong} with a wrong count ` +
-        `(${fmtInt(check.missing)} events missing, ${fmtInt(check.extra)} counted twice)`,
-    );
-    log(
-      `  state bucket once acked: ${fmtInt(bucketCheck.keys)} keys, ${bucketCheck.keysWrong} with a wrong count ` +
-        `(${fmtInt(bucketCheck.missing)} events missing, ${fmtInt(bucketCheck.extra)} counted twice)`,
-    );
+    log(`  ${fmtCheck("exactly-once check (owners' answers)", check)}`);
+    log(`  ${fmtCheck('state bucket once acked', bucketCheck)}`);
     log(`  ${tally}`);
     return res;
   } finally {
@@ -907,10 +905,7 @@ async function benchLive(rate: number, durability: Durability): Promise<LiveResu
       `  ${fmtCpu(cpu)}; load generator threads pub ${fmt(pub.cpuMs / cpu.wallMs, 2)} + sub ${fmt(sub.cpuMs / cpu.wallMs, 2)} ` +
         'cores (included in other threads)',
     );
-    log(
-      `  exactly-once check: ${fmtInt(sub.check.keys)} keys, ${sub.check.keysWrong} with a wrong count ` +
-        `(${fmtInt(sub.check.missing)} events missing, ${fmtInt(sub.check.extra)} counted twice)`,
-    );
+    log(`  ${fmtCheck('exactly-once check', sub.check)}`);
     log(`  ${tally}`);
     return { rate, durability, pub, sub, node: figures, cpu, warnings: tally.toJSON() };
   } finally {

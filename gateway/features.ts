@@ -7,7 +7,7 @@ import { setImmediate as nextTurn } from 'node:timers/promises';
 import type { FastifyInstance } from 'fastify';
 import { sendError } from './http-error.js';
 import { tooLongName } from './key-limit.js';
-import { STATE_SOURCE_HEADER, type StateReader, sourceHeader } from './state-reader.js';
+import { STATE_SOURCE_HEADER, STATE_SOURCE_OPENAPI, type StateReader, sourceHeader } from './state-reader.js';
 
 /** Feast's `FieldStatus` words. */
 export type FeastStatus = 'PRESENT' | 'NOT_FOUND' | 'NULL_VALUE' | 'OUTSIDE_MAX_AGE' | 'INVALID';
@@ -158,6 +158,7 @@ export async function featureRoutes(app: FastifyInstance, opts: FeatureOptions):
         tags: ['features'],
         body: requestSchema,
         response: { 200: responseSchema },
+        responseHeaders: STATE_SOURCE_OPENAPI,
       },
     },
     async (req, reply) => {

@@ -20,6 +20,8 @@ declare module 'fastify' {
     tags?: string[];
     /** Leave the route out of the document. */
     hide?: boolean;
+    /** OpenAPI: headers of the 200 response, by name. */
+    responseHeaders?: Record<string, { description: string; schema: Record<string, unknown> }>;
   }
 }
 
@@ -48,6 +50,9 @@ function operation(r: Collected): Json {
     const description = (schema.description as string | undefined) ?? `HTTP ${code}`;
     responses[code] =
       schema.type === 'null' ? { description } : { description, content: { 'application/json': { schema } } };
+  }
+  if (s.responseHeaders && responses['200']) {
+    responses['200'] = { ...(responses['200'] as Json), headers: s.responseHeaders };
   }
   if (r.websocket) responses['101'] = { description: 'switching to the WebSocket protocol' };
   if (r.scope !== 'public') {

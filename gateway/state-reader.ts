@@ -24,6 +24,15 @@ export type StateSource = 'owner' | 'export';
 /** The response header that names the sources of an answer (`owner`, `export`, or both). */
 export const STATE_SOURCE_HEADER = 'Partita-State-Source';
 
+/** How the routes that read state declare `Partita-State-Source` in the OpenAPI document. */
+export const STATE_SOURCE_OPENAPI = {
+  [STATE_SOURCE_HEADER]: {
+    description:
+      "which source answered: `owner` (the partition's owner, never behind a committed change), `export` (the state bucket, where no owner answered: it may lag), or both for a request of many keys",
+    schema: { type: 'string', enum: ['owner', 'export', 'owner, export'] },
+  },
+};
+
 export interface StateReaderOptions {
   state: KV;
   /** Without a connection every read goes to the bucket. */

@@ -2,7 +2,7 @@
 import type { FastifyInstance } from 'fastify';
 import { ERROR_SCHEMA, sendError } from './http-error.js';
 import { publicChangeOf } from './public-state.js';
-import { STATE_SOURCE_HEADER, type StateReader, sourceHeader } from './state-reader.js';
+import { STATE_SOURCE_HEADER, STATE_SOURCE_OPENAPI, type StateReader, sourceHeader } from './state-reader.js';
 
 export interface StateRouteOptions {
   /** Reads from the key's owner, else the state bucket. */
@@ -46,6 +46,7 @@ export async function stateRoutes(app: FastifyInstance, opts: StateRouteOptions)
           properties: { actor: { type: 'string', minLength: 1 }, key: { type: 'string', minLength: 1 } },
         },
         response: { 200: stateChangeSchema, 404: ERROR_SCHEMA },
+        responseHeaders: STATE_SOURCE_OPENAPI,
       },
     },
     async (req, reply) => {

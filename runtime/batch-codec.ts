@@ -169,33 +169,64 @@ export function decodeBatches(buf: Uint8Array): PartitionBatch[] {
       const headerLen = v.getInt32(p, true);
       p += 4;
       let headers: Record<string, string> | null = null;
-      let msgpack = false;
       if (headerLen > -1) {
         headers = headerRecord(text.toString('utf8', p, p + headerLen));
-        msgpack = headers['Content-Type'] === MSGPACK;
         p += headerLen;
       }
       const dataLen = v.getUint32(p, true);
       p += 4;
       const data = text.subarray(p, p + dataLen);
       p += dataLen;
-      const parsed = parseInSubject(subject);
-      const raw: RawEvent = {
-        seq,
-        type: parsed?.type ?? '',
-        key: parsed?.key ?? '',
-        data,
-        msgpack,
-        publishMs,
-        headers,
-      };
-      if (!parsed || parsed.partition !== partition) raw.badSubject = subject;
+      const raw = rawEvent(seq, subject, partition, data, headers, publishMs);
       batch.events[e] = raw;
     }
     batches.push(batch);
   }
   if (p !== buf.byteLength) throw new Error(`batch task: ${buf.byteLength - p} bytes after its batches`);
   return batches;
+}
+
+/**
+ * An input stream message as a batch event, through nats.js's public API (replays read it this
+ * way; the partition runner hands workers `Delivery` bytes, which `decodeBatches` makes the same).
+ */
+export function rawEventOf(m: JsMsg, partition: number): RawEvent {
+  let headers: Record<string, string> | null = null;
+  if (m.headers) {
+    headers = {};
+    for (const k of m.headers.keys()) headers[k] = m.headers.get(k);
+  }
+  return rawEvent(
+    m.seq,
+    m.subject,
+    partition,
+    m.data,
+    headers,
+    Math.floor(m.info.timestampNanos / 1_000_000),
+  );
+}
+
+/** The event of a stored message of `partition`: its subject parsed, a bad one named. */
+function rawEvent(
+  seq: number,
+  subject: string,
+  partition: number,
+  data: Uint8Array,
+  headers: Record<string, string> | null,
+  publishMs: number,
+): RawEvent {
+  const parsed = parseInSubject(subject);
+  const raw: RawEvent = {
+    seq,
+    type: parsed?.type ?? '',
+    key: parsed?.key ?? '',
+    data,
+    msgpack: headers?.['Content-Type'] === MSGPACK,
+    publishMs,
+    headers,
+  };
+  if (!parsed || parsed.partition !== partition) raw.badSubject = subject;
+  return raw;
 }
 
 /**

@@ -11,7 +11,6 @@ import {
 } from '@nats-io/jetstream';
 import { type MsgHdrs, type NatsConnection, headers as natsHeaders } from '@nats-io/transport-node';
 import type { AckedPublisher, Outgoing, Stored } from './acked-publisher.js';
-import type { RawEvent } from './batch.js';
 import { deliveryOf } from './batch-codec.js';
 import type { BatchResult } from './batch-worker.js';
 import {
@@ -36,15 +35,7 @@ import { emitInfo, type OutputInfo, refusedOutput, stateInfo } from './refused-o
 import { serverFeatures } from './server-features.js';
 import { stateChangeJson } from './state-change.js';
 import type { Checkpoint, Outbox, StateRecord, StateStore } from './state-store.js';
-import {
-  consumerPrefix,
-  inStream,
-  parseInSubject,
-  partitionOf,
-  STATE_BUCKET,
-  STATE_PREFIX,
-  stateKvKey,
-} from './subjects.js';
+import { consumerPrefix, inStream, partitionOf, STATE_BUCKET, STATE_PREFIX, stateKvKey } from './subjects.js';
 
 export interface PartitionDeps {
   nc: NatsConnection;
@@ -96,7 +87,6 @@ interface Item {
 
 export type PartitionStatus = 'STARTING' | 'RUNNING' | 'STOPPING' | 'STOPPED' | 'FAILED';
 
-const MSGPACK = 'application/msgpack';
 const KV_STATE_PREFIX = `$KV.${STATE_BUCKET}.`;
 const nanos = (ms: number) => ms * 1_000_000;
 /** How long one attempt waits for the streams to acknowledge a batch's outputs. */
@@ -1205,25 +1195,4 @@ export class PartitionRunner {
     }
     return found;
   }
-}
-
-/** An input stream message as a batch event (as the partition runner hands it to workers). */
-export function rawEventOf(m: JsMsg, partition: number): RawEvent {
-  let headers: Record<string, string> | null = null;
-  if (m.headers) {
-    headers = {};
-    for (const k of m.headers.keys()) headers[k] = m.headers.get(k);
-  }
-  const parsed = parseInSubject(m.subject);
-  const raw: RawEvent = {
-    seq: m.seq,
-    type: parsed?.type ?? '',
-    key: parsed?.key ?? '',
-    data: m.data,
-    msgpack: m.headers?.get('Content-Type') === MSGPACK,
-    publishMs: Math.floor(m.info.timestampNanos / 1_000_000),
-    headers,
-  };
-  if (!parsed || parsed.partition !== partition) raw.badSubject = m.subject;
-  return raw;
 }

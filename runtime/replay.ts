@@ -14,12 +14,12 @@ import { pack, unpack } from 'msgpackr';
 import type { LoadedActor } from './actor-loader.js';
 import { recordAudit } from './audit.js';
 import { actorsByType, applyBatch, type RawEvent } from './batch.js';
+import { rawEventOf } from './batch-codec.js';
 import { type ErrorCode, isErrorCode, PartitaError } from './errors.js';
 import { GovernanceCache } from './governance.js';
 import type { Logger } from './logger.js';
 import type { NodeMetrics } from './metrics.js';
 import type { PartitionLease } from './partition-lease.js';
-import { rawEventOf } from './partition-runner.js';
 import type { Outbox, StateRecord, StateStore } from './state-store.js';
 import { inStream, LEASES_BUCKET, META_BUCKET, STATE_BUCKET, stateKvKey } from './subjects.js';
 

@@ -17,8 +17,8 @@ import {
   headerRecord,
   type OutgoingBatch,
   publicDeliveryOf,
+  rawEventOf,
 } from '../runtime/batch-codec.js';
-import { rawEventOf } from '../runtime/partition-runner.js';
 import { partitionOf } from '../runtime/subjects.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
 

@@ -354,6 +354,14 @@ describe('gateway: Feast features, auth, validation', () => {
     );
     assert.ok(doc.paths['/v1/ws'].get.responses['101']);
     assert.ok(doc.paths['/v1/subscribe'].get.parameters.some((p: { name: string }) => p.name === 'prefix'));
+    // The routes that read state say which source answered.
+    for (const read of [op, doc.paths['/v1/actors/{actor}/{key}'].get]) {
+      assert.deepEqual(read.responses['200'].headers['Partita-State-Source'].schema.enum, [
+        'owner',
+        'export',
+        'owner, export',
+      ]);
+    }
   });
 });
 
