@@ -5,15 +5,18 @@
 // watches, never time of the runtime or of other clients. A client whose transport stays full for
 // longer than `maxBlockedMs` is dropped, so a client that never reads holds nothing for long.
 //
-// Snapshots read the state bucket with one ordered pull consumer each, a chunk at a time as the
-// client takes them, and delete it when the snapshot ends or the client goes; at most
-// `maxSnapshots` are read at once, so a crowd of new clients cannot swamp JetStream's API.
+// Snapshots ask each partition's owner for its states a page at a time as the client takes them
+// (runtime/state-query.ts scans), so a new client never starts behind a committed change. The
+// partitions no owner answers for now are read from the state bucket (the export) with one pull
+// consumer, deleted when the snapshot ends or the client goes. At most `maxSnapshots` are read at
+// once, so a crowd of new clients cannot swamp the owners or JetStream's API.
 import { type Consumer, DeliverPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import type { KV } from '@nats-io/kv';
 import type { NatsConnection, Subscription } from '@nats-io/transport-node';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import { kvToken, STATE_BUCKET, STATE_PREFIX, stateKvKey } from '../runtime/index.js';
-import { publicChange } from './public-state.js';
+import { kvToken, partitionOf, STATE_BUCKET, STATE_PREFIX, stateKvKey } from '../runtime/index.js';
+import { publicChange, publicChangeOf } from './public-state.js';
+import type { StateReader } from './state-reader.js';
 
 /** What a client watches; all given parts must match. */
 export interface PushFilter {
@@ -64,6 +67,8 @@ export interface PushHubOptions {
   maxSnapshots?: number;
   /** Reads the cluster status for `status` frames (partitions, owners, lag). */
   readStatus?: () => Promise<unknown>;
+  /** Snapshots from the partitions' owners (the bucket only where none answers); else the bucket. */
+  reader?: StateReader;
   registry?: Registry;
 }
 
@@ -82,10 +87,22 @@ class StateMsg {
   ) {}
 }
 
-/** A change as the bucket or subject carries it, reduced to its public form; null if unreadable. */
-function stateMsg(id: number, tail: string, actorTok: string, keyTok: string, text: string): StateMsg | null {
-  const p = publicChange(text);
-  return p ? new StateMsg(id, tail, actorTok, keyTok, p.json, p.seq) : null;
+/** A snapshot entry from a stored state change (an owner's answer or a bucket entry). */
+function snapshotMsg(change: Readonly<Record<string, unknown>>): StateMsg | null {
+  if (typeof change.actor !== 'string' || typeof change.key !== 'string') return null;
+  const actorTok = kvToken(change.actor);
+  const keyTok = kvToken(change.key);
+  const p = publicChangeOf(change);
+  return new StateMsg(0, `${actorTok}.${keyTok}`, actorTok, keyTok, p.json, p.seq);
+}
+
+function parsedChange(raw: string): Record<string, unknown> | null {
+  try {
+    const v = JSON.parse(raw) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
 }
 
 function changesFrame(batch: readonly StateMsg[]): string {
@@ -560,36 +577,70 @@ export class PushHub {
     return f;
   }
 
-  /** The latest state of every key the client's filter matches, from the state bucket. */
+  /**
+   * The latest state of every key the client's filter matches: from the partitions' owners (never
+   * behind a committed change) when a state reader is given, and from the state bucket for the
+   * partitions whose owner cannot answer now (or all, without a reader).
+   */
   private async *readSnapshot(c: PushClient): AsyncIterable<StateMsg> {
     const { actor, key } = c.filter;
     if (actor !== undefined && key !== undefined) {
-      const e = await this.kv.get(stateKvKey(actor, key));
-      if (e?.operation === 'PUT' && e.length > 0) {
-        const a = kvToken(actor);
-        const k = kvToken(key);
-        const msg = stateMsg(0, `${a}.${k}`, a, k, e.string());
-        if (msg) yield msg;
-      }
+      const change = this.opts.reader
+        ? (await this.opts.reader.read([[actor, key]])).changes[0]
+        : await this.kv
+            .get(stateKvKey(actor, key))
+            .then((e) => (e?.operation === 'PUT' && e.length > 0 ? parsedChange(e.string()) : null));
+      const msg = change ? snapshotMsg(change) : null;
+      if (msg) yield msg;
       return;
     }
     await this.snapshotSlots.take();
     try {
       if (c.closed) return;
-      // Deleted below; the threshold only covers a gateway that dies mid-snapshot.
-      const consumer = await this.js.consumers.get(`KV_${STATE_BUCKET}`, {
-        filter_subjects: `$KV.${STATE_BUCKET}.${c.actorTok ?? '*'}.>`,
-        // The bucket keeps one entry per key, so All is the latest per key (and quick to set up on 2.9).
-        deliver_policy: DeliverPolicy.All,
-        inactive_threshold: this.maxBlockedMs + 30_000,
-      });
-      try {
-        yield* this.readChunks(c, consumer);
-      } finally {
-        await consumer.delete().catch(() => undefined);
+      const reader = this.opts.reader;
+      if (reader) {
+        let missed: ReadonlySet<number> | undefined;
+        // Keys sent from an owner: a partition lost part way is read again from the bucket.
+        const sent = new Set<string>();
+        for await (const change of reader.scan(actor, (m) => {
+          missed = m;
+        })) {
+          if (c.closed) return;
+          const msg = snapshotMsg(change);
+          if (!msg || !c.matches(msg.keyTok)) continue;
+          sent.add(msg.tail);
+          yield msg;
+        }
+        const lost = missed as ReadonlySet<number> | undefined;
+        if (lost?.size === 0) return;
+        const partitions = await reader.knownPartitions();
+        if (lost && partitions !== undefined) {
+          yield* this.readBucket(c, (tail, k) => lost.has(partitionOf(k, partitions)) && !sent.has(tail));
+          return;
+        }
       }
+      yield* this.readBucket(c, () => true);
     } finally {
       this.snapshotSlots.give();
+    }
+  }
+
+  /** The bucket's latest state of each key the client matches and `keep` takes (tail, raw key). */
+  private async *readBucket(
+    c: PushClient,
+    keep: (tail: string, key: string) => boolean,
+  ): AsyncIterable<StateMsg> {
+    // Deleted below; the threshold only covers a gateway that dies mid-snapshot.
+    const consumer = await this.js.consumers.get(`KV_${STATE_BUCKET}`, {
+      filter_subjects: `$KV.${STATE_BUCKET}.${c.actorTok ?? '*'}.>`,
+      // The bucket keeps one entry per key, so All is the latest per key (and quick to set up on 2.9).
+      deliver_policy: DeliverPolicy.All,
+      inactive_threshold: this.maxBlockedMs + 30_000,
+    });
+    try {
+      yield* this.readChunks(c, consumer, keep);
+    } finally {
+      await consumer.delete().catch(() => undefined);
     }
   }
 
@@ -598,7 +649,11 @@ export class PushHub {
    * Only the entries there at the start: later ones reach the client as live changes, and a busy
    * bucket would otherwise keep a snapshot going for ever.
    */
-  private async *readChunks(c: PushClient, consumer: Consumer): AsyncIterable<StateMsg> {
+  private async *readChunks(
+    c: PushClient,
+    consumer: Consumer,
+    keep: (tail: string, key: string) => boolean,
+  ): AsyncIterable<StateMsg> {
     const prefixLen = `$KV.${STATE_BUCKET}.`.length;
     let left = (await consumer.info(true)).num_pending;
     while (left > 0 && !c.closed) {
@@ -611,9 +666,11 @@ export class PushHub {
         const op = m.headers?.get('KV-Operation');
         if (op === 'DEL' || op === 'PURGE' || m.data.length === 0) continue;
         const tail = m.subject.slice(prefixLen);
-        const dot = tail.indexOf('.');
-        const keyTok = tail.slice(dot + 1);
-        const msg = c.matches(keyTok) ? stateMsg(0, tail, tail.slice(0, dot), keyTok, m.string()) : null;
+        const keyTok = tail.slice(tail.indexOf('.') + 1);
+        if (!c.matches(keyTok)) continue;
+        const change = parsedChange(m.string());
+        if (!change || typeof change.key !== 'string' || !keep(tail, change.key)) continue;
+        const msg = snapshotMsg(change);
         if (msg) got.push(msg);
       }
       if (n === 0) return; // the entries went meanwhile

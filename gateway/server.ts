@@ -99,8 +99,14 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
 
   const nc = deps.nc;
   const status = nc ? () => readStatus(nc) : undefined;
+  const reader = new StateReader({
+    state: deps.state,
+    nc,
+    registry,
+    ownerTimeoutMs: deps.ownerReadTimeoutMs,
+  });
   const hub = nc
-    ? new PushHub(nc, jetstream(nc), deps.state, { readStatus: status, registry, ...deps.push })
+    ? new PushHub(nc, jetstream(nc), deps.state, { readStatus: status, registry, reader, ...deps.push })
     : null;
   app.decorate('pushHub', hub);
   if (hub) {
@@ -131,12 +137,6 @@ export function buildGateway(deps: GatewayDeps): FastifyInstance {
         return registry.metrics();
       },
     );
-  });
-  const reader = new StateReader({
-    state: deps.state,
-    nc,
-    registry,
-    ownerTimeoutMs: deps.ownerReadTimeoutMs,
   });
   app.register(stateRoutes, { reader, readStatus: status });
   app.register(featureRoutes, {

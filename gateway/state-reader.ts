@@ -15,6 +15,7 @@ import {
   partitionOf,
   queryStates,
   type StoredStateChange,
+  scanStates,
   stateKvKey,
 } from '../runtime/index.js';
 
@@ -112,6 +113,45 @@ export class StateReader {
   }
 
   /**
+   * Every committed state of `actor` (of every actor when absent), from each partition's owner, a
+   * page at a time as the caller takes them. Answers the partitions whose owner could not answer
+   * (none runs it now, it is moving, or it is slow) without their states: the caller reads those
+   * from the bucket. Undefined for all of them when the deployment has no partitions yet.
+   */
+  async *scan(
+    actor: string | undefined,
+    missed: (partitions: ReadonlySet<number> | undefined) => void,
+  ): AsyncIterable<StoredStateChange> {
+    const nc = this.opts.nc;
+    const partitions = nc ? await this.partitionCount(nc) : undefined;
+    if (!nc || partitions === undefined) return missed(undefined);
+    const failed = new Set<number>();
+    const timeout = this.opts.ownerTimeoutMs ?? DEFAULT_OWNER_TIMEOUT_MS;
+    for (let p = 0; p < partitions; p++) {
+      // A partition read part way and then lost is read again whole from the bucket: the caller
+      // keeps the newest change of each key.
+      let after: [string, string] | undefined;
+      try {
+        for (;;) {
+          const page = await scanStates(
+            nc,
+            p,
+            { ...(actor !== undefined ? { actor } : {}), ...(after ? { after } : {}) },
+            timeout,
+          );
+          this.reads.inc({ source: 'owner' }, page.changes.length);
+          yield* page.changes;
+          if (page.next === null) break;
+          after = page.next;
+        }
+      } catch {
+        failed.add(p);
+      }
+    }
+    missed(failed);
+  }
+
+  /**
    * Asks the owner of partition `p` for the keys at `indices`; an answer too large for one NATS
    * message is asked for again in halves. Keys left unanswered (undefined) go to the bucket.
    */
@@ -168,6 +208,10 @@ export class StateReader {
    * The deployment's partition count, from `partita_meta` (fixed when the deployment is created, so
    * read once); undefined while the deployment has none yet (no node has ever started).
    */
+  async knownPartitions(): Promise<number | undefined> {
+    return this.opts.nc ? this.partitionCount(this.opts.nc) : undefined;
+  }
+
   private async partitionCount(nc: NatsConnection): Promise<number | undefined> {
     if (this.partitions !== undefined) return this.partitions;
     if (!this.partitionsRead && Date.now() - this.partitionsTriedAt >= PARTITIONS_RETRY_MS) {

@@ -56,7 +56,10 @@ export {
 export {
   MAX_QUERY_KEYS,
   queryStates,
+  type ScanPage,
+  type ScanRequest,
   type StoredStateChange,
+  scanStates,
 } from './state-query.js';
 export type { Durability } from './state-store.js';
 export {

@@ -9,6 +9,13 @@
 // rather than msgpack because the answer is made of state changes that are JSON already: the reply
 // is their text joined, with nothing to encode on the node, and any NATS client can read it
 // (`nats req partita.query.3 '[["ledger","acct-1"]]'`).
+//
+// A scan (`{"scan":{"actor":"ledger","after":["ledger","acct-1"],"limit":500}}`, every field
+// optional) pages through the partition's states in key order, of one actor or of all: the reply
+// is `{"changes":[...],"next":[actor, key] | null}`, where `next` is the `after` of the next page
+// (null: none left). A page holds at most `limit` changes (MAX_QUERY_KEYS at most) and fits one
+// NATS message; it may hold fewer, even none, when the node's store interleaves keys of other
+// partitions (a page looks at MAX_SCAN_EXAMINED keys at most, so an answer never takes long).
 // An error is an empty reply with the headers `Partita-Error-Code` and `Partita-Error`:
 // PARTITA_ERR_NOT_OWNER (this node does not run the partition now: starting, stopping, fenced,
 // failed, rebuilding), PARTITA_ERR_QUERY_TOO_LARGE (too many keys, or an answer over the server's
@@ -30,6 +37,22 @@ import { partitionOf, querySubject } from './subjects.js';
 
 /** Keys one state query may ask for: a reply stays well under a megabyte for states of a few hundred bytes. */
 export const MAX_QUERY_KEYS = 1000;
+
+/** Keys one scan page looks at, of every partition the node's store holds, before it answers. */
+export const MAX_SCAN_EXAMINED = 20_000;
+
+/** One page of a scan: at most `limit` states after `after` in key order, of `actor` or all. */
+export interface ScanRequest {
+  actor?: string;
+  after?: readonly [string, string];
+  limit?: number;
+}
+
+/** A scan page's answer: `next` is the `after` of the following page, null after the last. */
+export interface ScanPage {
+  changes: StoredStateChange[];
+  next: [string, string] | null;
+}
 
 /** The results a node counts in `partita_state_queries_total`. */
 export const QUERY_RESULTS = ['answered', 'not_owner', 'too_large', 'bad_request'] as const;
@@ -99,16 +122,101 @@ export class StateQueries {
     }
   }
 
+  /**
+   * The context of this node's answers for `partition` (its committed snapshot, taken now), or why
+   * it cannot answer.
+   */
+  private owned(partition: number): { partition: number; epoch: number; partitionKeys?: number } | Refusal {
+    const { store } = this.host;
+    const runner = this.host.runner(partition);
+    // Only a running owner that provably holds the lease: a fenced or paused former owner may be
+    // behind the node that runs the partition now.
+    if (runner?.status !== 'RUNNING' || !runner.lease.valid())
+      return notOwner(`partition ${partition} is not running on this node`);
+    // lmdb-js renews the main thread's read snapshot only on a later turn: without this, a read
+    // could miss a batch a worker thread committed since. One snapshot serves every key.
+    store.root.resetReadTxn();
+    // A partition rebuilding from its input stream holds older states than earlier owners stored.
+    if (store.meta.get(['rb', partition]) !== undefined)
+      return notOwner(`partition ${partition} is rebuilding its state`);
+    return { partition, epoch: runner.lease.epoch, partitionKeys: store.checkpoint(partition)?.n };
+  }
+
+  private maxReplyBytes(): number {
+    return (this.host.nc.info?.max_payload ?? 1024 * 1024) - REPLY_HEADROOM_BYTES;
+  }
+
+  /** One page of a scan (see the head of this file). */
+  private scan(partition: number, req: unknown): string | Refusal {
+    if (typeof req !== 'object' || req === null || Array.isArray(req))
+      return badRequest('"scan" is an object: {"actor"?, "after"?, "limit"?}');
+    const { actor, after, limit = MAX_QUERY_KEYS } = req as Record<string, unknown>;
+    if (actor !== undefined && typeof actor !== 'string') return badRequest('scan.actor is a string');
+    if (
+      after !== undefined &&
+      (!Array.isArray(after) ||
+        after.length !== 2 ||
+        typeof after[0] !== 'string' ||
+        typeof after[1] !== 'string')
+    )
+      return badRequest('scan.after is [actor, key]');
+    if (typeof limit !== 'number' || !Number.isInteger(limit) || limit < 1 || limit > MAX_QUERY_KEYS)
+      return badRequest(`scan.limit is a whole number from 1 to ${MAX_QUERY_KEYS}`);
+    const ctx = this.owned(partition);
+    if ('result' in ctx) return ctx;
+    const { store, partitions } = this.host;
+    const max = this.maxReplyBytes();
+    const from = (after as [string, string] | undefined) ?? (actor !== undefined ? [actor] : undefined);
+    let bytes = 32;
+    let examined = 0;
+    // The last key this page covers, and whether any key may follow it.
+    let last: [string, string] | null = null;
+    let more = false;
+    const parts: string[] = [];
+    for (const { key, value } of store.states.getRange(from ? { start: from as [string, string] } : {})) {
+      if (after !== undefined && key[0] === after[0] && key[1] === after[1]) continue;
+      if (actor !== undefined && key[0] !== actor) break;
+      if (parts.length >= limit || examined >= MAX_SCAN_EXAMINED) {
+        more = true;
+        break;
+      }
+      examined++;
+      if (partitionOf(key[1], partitions) === partition) {
+        const json = stateChangeJson(key[0], key[1], value, ctx);
+        const size = Buffer.byteLength(json, 'utf8') + 1;
+        if (bytes + size > max && parts.length > 0) {
+          more = true;
+          break;
+        }
+        bytes += size;
+        parts.push(json);
+      }
+      last = [key[0], key[1]];
+    }
+    const next = more && last ? JSON.stringify(last) : 'null';
+    const reply = `{"changes":[${parts.join(',')}],"next":${next}}`;
+    // Only a single state larger than a message gets here (a page stops before the limit).
+    if (Buffer.byteLength(reply, 'utf8') > max)
+      return {
+        result: 'too_large',
+        code: 'PARTITA_ERR_QUERY_TOO_LARGE',
+        detail: `the state after ${JSON.stringify(after ?? null)} is over the ${max} bytes NATS carries`,
+      };
+    return reply;
+  }
+
   /** The reply to a query of `partition`: the answers as JSON text, or why there are none. */
   private read(partition: number, body: string): string | Refusal {
-    const { store, nc } = this.host;
     let pairs: unknown;
     try {
       pairs = JSON.parse(body);
     } catch {
       pairs = undefined;
     }
-    if (!Array.isArray(pairs)) return badRequest('a state query is a JSON array of [actor, key]');
+    if (typeof pairs === 'object' && pairs !== null && !Array.isArray(pairs) && 'scan' in pairs)
+      return this.scan(partition, (pairs as { scan: unknown }).scan);
+    if (!Array.isArray(pairs))
+      return badRequest('a state query is a JSON array of [actor, key], or {"scan": {...}}');
     if (pairs.length > MAX_QUERY_KEYS) {
       return {
         result: 'too_large',
@@ -123,25 +231,16 @@ export class StateQueries {
       if (partitionOf(p[1], this.host.partitions) !== partition)
         return badRequest(`key ${JSON.stringify(p[1].slice(0, 200))} is not in partition ${partition}`);
     }
-    const runner = this.host.runner(partition);
-    // Only a running owner that provably holds the lease: a fenced or paused former owner may be
-    // behind the node that runs the partition now.
-    if (runner?.status !== 'RUNNING' || !runner.lease.valid())
-      return notOwner(`partition ${partition} is not running on this node`);
-    // lmdb-js renews the main thread's read snapshot only on a later turn: without this, a read
-    // could miss a batch a worker thread committed since. One snapshot serves every key.
-    store.root.resetReadTxn();
-    // A partition rebuilding from its input stream holds older states than earlier owners stored.
-    if (store.meta.get(['rb', partition]) !== undefined)
-      return notOwner(`partition ${partition} is rebuilding its state`);
-    const ctx = { partition, epoch: runner.lease.epoch, partitionKeys: store.checkpoint(partition)?.n };
+    const ctx = this.owned(partition);
+    if ('result' in ctx) return ctx;
+    const { store } = this.host;
     const parts: string[] = [];
     for (const [actor, key] of pairs as [string, string][]) {
       const rec = store.states.get([actor, key]);
       parts.push(rec ? stateChangeJson(actor, key, rec, ctx) : 'null');
     }
     const reply = `[${parts.join(',')}]`;
-    const max = (nc.info?.max_payload ?? 1024 * 1024) - REPLY_HEADROOM_BYTES;
+    const max = this.maxReplyBytes();
     const bytes = Buffer.byteLength(reply, 'utf8');
     if (bytes > max) {
       return {
@@ -186,7 +285,42 @@ export async function queryStates(
   keys: readonly (readonly [string, string])[],
   timeoutMs: number,
 ): Promise<(StoredStateChange | null)[]> {
-  const msg = await nc.request(querySubject(partition), JSON.stringify(keys), { timeout: timeoutMs });
+  const answers = await request(nc, partition, JSON.stringify(keys), timeoutMs);
+  if (!Array.isArray(answers) || answers.length !== keys.length)
+    throw new PartitaError(
+      'PARTITA_ERR_INTERNAL',
+      `partition ${partition}'s owner answered another number of keys`,
+    );
+  return answers as (StoredStateChange | null)[];
+}
+
+/**
+ * One page of a scan of `partition`'s states by its owner (see the head of this file). Throws as
+ * `queryStates` does.
+ */
+export async function scanStates(
+  nc: NatsConnection,
+  partition: number,
+  scan: ScanRequest,
+  timeoutMs: number,
+): Promise<ScanPage> {
+  const page = (await request(nc, partition, JSON.stringify({ scan }), timeoutMs)) as Partial<ScanPage>;
+  if (!Array.isArray(page?.changes) || (page.next !== null && !Array.isArray(page.next)))
+    throw new PartitaError(
+      'PARTITA_ERR_INTERNAL',
+      `partition ${partition}'s owner answered a scan in another form`,
+    );
+  return page as ScanPage;
+}
+
+/** A query's answer, parsed; the owner's refusal thrown as a PartitaError of its code. */
+async function request(
+  nc: NatsConnection,
+  partition: number,
+  body: string,
+  timeoutMs: number,
+): Promise<unknown> {
+  const msg = await nc.request(querySubject(partition), body, { timeout: timeoutMs });
   const code = msg.headers?.get(DLQ_HEADERS.code);
   if (code) {
     const detail = msg.headers?.get(DLQ_HEADERS.error) ?? '';
@@ -196,11 +330,5 @@ export async function queryStates(
     err.message = detail || err.message;
     throw err;
   }
-  const answers = JSON.parse(msg.string()) as unknown;
-  if (!Array.isArray(answers) || answers.length !== keys.length)
-    throw new PartitaError(
-      'PARTITA_ERR_INTERNAL',
-      `partition ${partition}'s owner answered another number of keys`,
-    );
-  return answers as (StoredStateChange | null)[];
+  return JSON.parse(msg.string()) as unknown;
 }

@@ -17,11 +17,13 @@ import {
   queryStates,
   querySubject,
   STATE_BUCKET,
+  scanStates,
   startNode,
   stateKvKey,
 } from '../runtime/index.js';
 import { check } from './helpers/check.js';
 import { startTestNats, type TestNats } from './helpers/nats.js';
+import { openSse } from './helpers/sse.js';
 
 const FIXTURE_ACTORS = fileURLToPath(new URL('./fixtures/actors/', import.meta.url));
 const PARTITIONS = 4;
@@ -210,6 +212,94 @@ describe('gateway: state reads from the partition owner', () => {
     const body = (await res.json()) as { results: { values: unknown[]; statuses: string[] }[] };
     assert.equal(body.results[1]!.statuses.filter((s) => s === 'NOT_FOUND').length, many.length);
     assert.equal(body.results[1]!.values[many.length], eventsOf(0));
+  });
+
+  it("scans an owner's states a page at a time, and refuses a malformed scan", async () => {
+    const seen = new Map<string, Record<string, unknown>>();
+    let pages = 0;
+    for (let p = 0; p < PARTITIONS; p++) {
+      let after: [string, string] | undefined;
+      for (;;) {
+        const page = await scanStates(
+          nc,
+          p,
+          { actor: 'account', limit: 2, ...(after ? { after } : {}) },
+          5000,
+        );
+        pages++;
+        assert.ok(page.changes.length <= 2);
+        for (const c of page.changes) {
+          assert.equal(partitionOf(c.key as string, PARTITIONS), p, `${c.key} scanned in its partition`);
+          assert.ok(!seen.has(c.key as string), `${c.key} once`);
+          seen.set(c.key as string, c);
+        }
+        if (page.next === null) break;
+        after = page.next;
+      }
+    }
+    assert.deepEqual([...seen.keys()].sort(), [...KEYS].sort());
+    assert.ok(pages > PARTITIONS, `${pages} pages of two`);
+    for (const [i, key] of KEYS.entries()) {
+      const c = seen.get(key) as { state: { count: number }; seq: number };
+      assert.equal(c.state.count, eventsOf(i), key);
+      assert.equal(c.seq, JSON.parse(settled.get(key)!).seq, key);
+    }
+    // Another actor's scan finds nothing of this one; a scan of every actor finds the same keys.
+    const none = await scanStates(nc, 0, { actor: 'warehouse' }, 5000);
+    assert.deepEqual(none, { changes: [], next: null });
+    const accounts: string[] = [];
+    for (let p = 0; p < PARTITIONS; p++)
+      for (const c of (await scanStates(nc, p, {}, 5000)).changes) {
+        assert.equal(partitionOf(c.key as string, PARTITIONS), p);
+        if (c.actor === 'account') accounts.push(c.key as string);
+      }
+    assert.deepEqual(accounts.sort(), [...KEYS].sort());
+    for (const scan of [
+      { limit: 0 },
+      { limit: MAX_QUERY_KEYS + 1 },
+      { after: ['account'] },
+      { actor: 7 },
+      [],
+    ]) {
+      const msg = await nc.request(querySubject(0), JSON.stringify({ scan }), { timeout: 5000 });
+      assert.equal(msg.headers?.get('Partita-Error-Code'), 'PARTITA_ERR_BAD_REQUEST', JSON.stringify(scan));
+      assert.match(msg.headers?.get('Partita-Error') ?? '', /scan/);
+    }
+  });
+
+  it("starts a push subscription from the owners' states, the bucket only where no owner answers", async () => {
+    // KEYS[5] was purged from the bucket above: only its owner still has it.
+    const snapshotKeys = async () => {
+      const sse = await openSse(`${gw.url}/v1/subscribe?actor=account`);
+      try {
+        await check(() => sse.events.some((e) => e.event === 'ready'), 10_000, 'SSE ready');
+        return sse.events
+          .filter((e) => e.event === 'snapshot')
+          .flatMap((e) => e.data.changes ?? [])
+          .map((c) => c.key)
+          .sort();
+      } finally {
+        await sse.close();
+      }
+    };
+    assert.deepEqual(await snapshotKeys(), [...KEYS].sort(), 'every committed state, from the owner');
+    await node.stop();
+    try {
+      assert.deepEqual(
+        await snapshotKeys(),
+        KEYS.filter((k) => k !== KEYS[5]).sort(),
+        'without an owner, what the bucket holds',
+      );
+    } finally {
+      node = await startNode({
+        natsUrl: nats.url,
+        actorsDir: FIXTURE_ACTORS,
+        dataDir: join(nats.dir, 'node'),
+        threads: 1,
+        logger: pino({ level: 'silent' }),
+      });
+      await check(() => node.owned().length === PARTITIONS, 20_000, 'the node to own every partition again');
+    }
   });
 
   it('falls back to the bucket when no node runs, and counts both sources', async () => {
