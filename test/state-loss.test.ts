@@ -63,6 +63,8 @@ describe('keys lost from the state bucket', () => {
       'node',
       ...['--nats', nats.url, '--actors', actorsDir, '--data', join(nats.dir, id), '--id', id],
       ...['--threads', '1'],
+      // The bucket's losses matter where partitions are recovered from it.
+      ...['--recovery', 'bucket'],
     ]);
     nodes.push(node);
     return node;
@@ -151,6 +153,7 @@ describe('keys lost from the state bucket', () => {
       id: 'n-audit',
       threads: 1,
       stateAuditMs: 0,
+      recovery: 'bucket',
     });
     try {
       await check(async () => node.owned().length === PARTITIONS, 20_000, 'both partitions owned');
