@@ -562,5 +562,5 @@ export async function main(argv: string[]): Promise<number> {
 function recoveryOption(v: unknown): { recovery?: 'bucket' | 'changelog' } {
   if (v === undefined) return {};
   if (v === 'bucket' || v === 'changelog') return { recovery: v };
-  throw new Error(`--recovery must be bucket or changelog, not ${JSON.stringify(v)}`);
+  throw new UsageError(`--recovery must be bucket or changelog, got "${String(v)}"`);
 }

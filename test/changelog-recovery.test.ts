@@ -96,6 +96,18 @@ it('restores moved partitions from their changelogs, not the bucket, and reads n
     } finally {
       await b.stop();
     }
+    // A node of the other mode cannot see what these committed, and says so.
+    await assert.rejects(
+      startNode({
+        natsUrl: nats.url,
+        actorsDir: FIXTURE_ACTORS,
+        dataDir: join(nats.dir, 'c'),
+        threads: 1,
+        recovery: 'bucket',
+      }),
+      (err: Error & { code?: string }) =>
+        err.code === 'PARTITA_ERR_RECOVERY_MODE' && /--recovery changelog/.test(err.message),
+    );
   } finally {
     await nats.stop();
   }
@@ -137,6 +149,28 @@ it('stops appending once another owner claims the changelog, and takes the parti
     } finally {
       await node.stop();
     }
+  } finally {
+    await nats.stop();
+  }
+});
+
+it('refuses to recover from changelogs a deployment run with recovery from the bucket', async () => {
+  const nats = await startTestNats({ partitions: 2 });
+  const nc = await nats.connect();
+  try {
+    const opts = { natsUrl: nats.url, actorsDir: FIXTURE_ACTORS, threads: 1 };
+    const a = await startNode({ ...opts, dataDir: join(nats.dir, 'a'), recovery: 'bucket' });
+    try {
+      nc.publish('events.tx.k1', JSON.stringify({ id: 1, amount: 1 }));
+      await check(async () => (await total(a, 'partita_events_in_total')) === 1, 20_000, 'the event read');
+    } finally {
+      await a.stop();
+    }
+    await assert.rejects(
+      startNode({ ...opts, dataDir: join(nats.dir, 'b'), recovery: 'changelog' }),
+      (err: Error & { code?: string }) =>
+        err.code === 'PARTITA_ERR_RECOVERY_MODE' && /--recovery bucket/.test(err.message),
+    );
   } finally {
     await nats.stop();
   }

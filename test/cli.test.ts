@@ -29,10 +29,14 @@ describe('partita command line', () => {
       ['node', '--bogus'],
       ['node', '--threads', 'many'],
       ['node', '--handler-timeout', 'forever'],
+      ['node', '--recovery', 'snapshots'],
     ]) {
       const r = spawnSync(process.execPath, [PARTITA_BIN, ...args], { encoding: 'utf8' });
       assert.equal(r.status, 2, `partita ${args.join(' ')}: ${r.stderr}`);
-      assert.match(r.stdout + r.stderr, /usage|must be a whole number|must be a duration/);
+      assert.match(
+        r.stdout + r.stderr,
+        /usage|must be a whole number|must be a duration|must be bucket or changelog/,
+      );
     }
   });
 
