@@ -63,10 +63,8 @@ describe('gateway: state reads from the partition owner', () => {
       body: JSON.stringify({ features: fields.map((f) => `account:${f}`), entities: { account_id: keys } }),
     });
 
-  before(async () => {
-    nats = await startTestNats({ partitions: PARTITIONS });
-    nc = await nats.connect();
-    kv = await new Kvm(nc).open(STATE_BUCKET);
+  /** The node (the same data dir each time), once it owns every partition. */
+  const startOwner = async () => {
     node = await startNode({
       natsUrl: nats.url,
       actorsDir: FIXTURE_ACTORS,
@@ -75,6 +73,13 @@ describe('gateway: state reads from the partition owner', () => {
       logger: pino({ level: 'silent' }),
     });
     await check(() => node.owned().length === PARTITIONS, 20_000, 'the node to own every partition');
+  };
+
+  before(async () => {
+    nats = await startTestNats({ partitions: PARTITIONS });
+    nc = await nats.connect();
+    kv = await new Kvm(nc).open(STATE_BUCKET);
+    await startOwner();
     gw = await startGateway({ natsUrl: nats.url, port: 0 });
     let id = 0;
     KEYS.forEach((key, i) => {
@@ -291,14 +296,7 @@ describe('gateway: state reads from the partition owner', () => {
         'without an owner, what the bucket holds',
       );
     } finally {
-      node = await startNode({
-        natsUrl: nats.url,
-        actorsDir: FIXTURE_ACTORS,
-        dataDir: join(nats.dir, 'node'),
-        threads: 1,
-        logger: pino({ level: 'silent' }),
-      });
-      await check(() => node.owned().length === PARTITIONS, 20_000, 'the node to own every partition again');
+      await startOwner();
     }
   });
 
